@@ -1,0 +1,256 @@
+//! Building the application: state (database, keys, denylist), router and layers, serving with
+//! an injected shutdown signal, and the background tasks (key reload, expiry sweep).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::denylist::Denylist;
+use crate::error::{problem, AppError};
+use crate::metrics::{HttpLabels, Metrics};
+use crate::password::Passwords;
+use crate::state::AppState;
+use crate::store::Store;
+use crate::tokens::jwt::{self, Keys};
+use crate::{http, sessions};
+
+/// Largest request body (API.md: 413 `payload_too_large` above it).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Accept backlog: tokio's default of 1024 is too small for reconnect storms.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Opens and migrates the database, loads the keys, bootstraps the admin, rebuilds the
+/// denylist and checks that signing works. Returns a state that is ready to serve.
+pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppState> {
+    let store = Store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    let keys = Keys::new(&config.issuer, &config.audience, config.access_ttl);
+    jwt::ensure_initial_key(&store, &clock).await?;
+    keys.reload(&store, clock.now_ms()).await?;
+    let state = AppState {
+        store,
+        keys,
+        denylist: Denylist::default(),
+        passwords: Passwords::new(config.password_hash_concurrency),
+        metrics: Arc::new(Metrics::new()),
+        clock,
+        config: Arc::new(config),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    self_test(&state)?;
+    bootstrap_admin(&state).await?;
+    let n = sessions::rebuild_denylist(&state).await?;
+    tracing::info!(denylisted = n, kids = ?state.keys.kids(), "state ready");
+    state.ready.store(true, Ordering::Release);
+    Ok(state)
+}
+
+/// Signs and verifies once: a crypto backend misconfiguration of `jsonwebtoken` compiles but
+/// panics at the first use, so find out before serving traffic.
+fn self_test(state: &AppState) -> anyhow::Result<()> {
+    let now = state.clock.now_ms();
+    let (token, _) = state.keys.issue("self-test", "self-test", vec![], now, now + 60_000)?;
+    state
+        .keys
+        .verify(&token, state.clock.now_secs())
+        .map_err(|e| anyhow::anyhow!("signing self-test failed: {e:?}"))?;
+    Ok(())
+}
+
+/// The first start on an empty database with `SESSIOND_ADMIN_EMAIL`/`_PASSWORD` creates that admin.
+async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
+    let (Some(email), Some(password)) = (&state.config.admin_email, &state.config.admin_password) else {
+        return Ok(());
+    };
+    if state.store.count_users().await? > 0 {
+        return Ok(());
+    }
+    match sessions::register(state, email, password.0.clone(), true).await {
+        Ok(id) => tracing::info!(user_id = %id, "bootstrap admin created"),
+        Err(AppError::EmailTaken) => {}
+        Err(e) => anyhow::bail!("creating the bootstrap admin failed: {e}"),
+    }
+    Ok(())
+}
+
+/// The whole HTTP API with its layers.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(http::auth::router())
+        .merge(http::me::router())
+        .merge(http::admin::router())
+        // API responses carry tokens or account data: never cache them (RFC 6749 §5.1).
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    Router::new()
+        .merge(api)
+        .merge(http::health::router())
+        .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(CatchPanicLayer::custom(|_| {
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Server Error", "An internal error occurred.")
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Counts requests by route and status, and turns any error response that is not yet
+/// problem+json (a layer's or axum's own) into one, so every error has a stable `code`.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let mut res = next.run(req).await;
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if status.as_u16() >= 400 && !is_problem {
+        let (code, detail) = match status {
+            StatusCode::NOT_FOUND => ("not_found", "No such resource."),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is larger than 64 KiB."),
+            s if s.is_server_error() => ("internal", "An internal error occurred."),
+            _ => ("invalid_request", "The request is not valid."),
+        };
+        let title = status.canonical_reason().unwrap_or("Error");
+        let mut fresh = problem(status, code, title, detail);
+        for (k, v) in res.headers() {
+            if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+                fresh.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+        res = fresh;
+    }
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&HttpLabels { method, route, status: status.as_u16() })
+        .inc();
+    res
+}
+
+/// Binds with a large accept backlog.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Serves until `shutdown` resolves, running the background tasks meanwhile.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let stop = CancellationToken::new();
+    let tasks = spawn_background(&state, stop.clone());
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop_serving = stop.clone();
+    let res = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop_serving.cancelled() => {}
+            }
+        })
+        .await;
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    state.store.close().await;
+    res
+}
+
+/// Key reload (so `keys rotate` reaches running servers) and the expiry sweep.
+fn spawn_background(state: &AppState, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let reload = {
+        let (state, stop) = (state.clone(), stop.clone());
+        every(state.config.keys_reload_interval, stop, move || {
+            let state = state.clone();
+            async move {
+                if let Err(e) = state.keys.reload(&state.store, state.clock.now_ms()).await {
+                    tracing::warn!(error = %e, "keyset reload failed");
+                }
+            }
+        })
+    };
+    let sweep = {
+        let state = state.clone();
+        every(state.config.sweep_interval, stop, move || {
+            let state = state.clone();
+            async move {
+                match sessions::sweep(&state).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "expired sessions ended"),
+                    Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                }
+            }
+        })
+    };
+    vec![reload, sweep]
+}
+
+fn every<F, Fut>(period: Duration, stop: CancellationToken, mut f: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => f().await,
+            }
+        }
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+impl IntoResponse for crate::store::StoreError {
+    fn into_response(self) -> Response {
+        AppError::from(self).into_response()
+    }
+}

@@ -1,0 +1,205 @@
+//! Command line and environment configuration (API.md §1).
+//!
+//! One flat clap struct: every flag also reads `SESSIOND_<FLAG>`, except the database, which is
+//! `DATABASE_URL`. Durations accept `30s`, `5m`, `14d` (humantime).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Parses `30s`, `5m`, `14d`, `1h 30m`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parses a comma separated list, dropping empty items.
+fn parse_origins(s: &str) -> Result<Origins, String> {
+    let list: Vec<String> = s
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_string())
+        .filter(|o| !o.is_empty())
+        .collect();
+    Ok(Origins(list))
+}
+
+/// A list of exact browser origins (`scheme://host[:port]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origins(pub Vec<String>);
+
+#[derive(Debug, Parser)]
+#[command(name = "sessiond", version, about = "Session and token service with instant revocation")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Manage users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; the password is read from stdin (one line).
+    Add {
+        #[arg(long)]
+        email: String,
+        /// Give the user the admin role.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Publish a new signing key. It starts signing once every JWKS cache has seen it, or at once
+    /// with `--now`.
+    Rotate {
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+/// Server configuration. Flags are global so they may precede or follow the subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// HTTP + WebSocket listen address.
+    #[arg(long, env = "SESSIOND_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// `sqlite://…` (embedded, single instance) or `postgres://…` (shared, many instances).
+    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "sqlite://sessiond.db", global = true)]
+    pub database_url: String,
+
+    /// `iss` of every token.
+    #[arg(long, env = "SESSIOND_ISSUER", default_value = "http://localhost:8080", global = true)]
+    pub issuer: String,
+
+    /// `aud` of every access token.
+    #[arg(long, env = "SESSIOND_AUDIENCE", default_value = "sessiond", global = true)]
+    pub audience: String,
+
+    /// Access-token lifetime.
+    #[arg(long, env = "SESSIOND_ACCESS_TTL", default_value = "5m", value_parser = parse_duration, global = true)]
+    pub access_ttl: Duration,
+
+    /// A session unused for this long expires.
+    #[arg(long, env = "SESSIOND_REFRESH_IDLE_TTL", default_value = "14d", value_parser = parse_duration, global = true)]
+    pub refresh_idle_ttl: Duration,
+
+    /// Absolute session lifetime, however active.
+    #[arg(long, env = "SESSIOND_SESSION_MAX_AGE", default_value = "30d", value_parser = parse_duration, global = true)]
+    pub session_max_age: Duration,
+
+    /// How long the immediately previous refresh token still converges on its successor.
+    #[arg(long, env = "SESSIOND_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub refresh_reuse_grace: Duration,
+
+    /// Comma list of browser origins allowed to open sockets and use cookie refresh
+    /// (default: the issuer's origin).
+    #[arg(long, env = "SESSIOND_ALLOWED_ORIGINS", value_parser = parse_origins, global = true)]
+    pub allowed_origins: Option<Origins>,
+
+    /// Whether `POST /v1/auth/register` is open.
+    #[arg(long, env = "SESSIOND_ALLOW_REGISTRATION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub allow_registration: bool,
+
+    /// Admin created on the first start on an empty database (with `SESSIOND_ADMIN_PASSWORD`).
+    #[arg(long, env = "SESSIOND_ADMIN_EMAIL", hide = true, global = true)]
+    pub admin_email: Option<String>,
+
+    /// Password of the bootstrap admin. Prefer the environment variable to the flag.
+    #[arg(long, env = "SESSIOND_ADMIN_PASSWORD", hide = true, hide_env_values = true, global = true)]
+    pub admin_password: Option<Secret>,
+
+    /// How many password hashes may run at once (each holds ~19 MiB).
+    #[arg(long, env = "SESSIOND_PASSWORD_HASH_CONCURRENCY", default_value_t = 2, global = true)]
+    pub password_hash_concurrency: usize,
+
+    /// How often expired sessions are swept (and, later, pushed as `session_expired`).
+    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub sweep_interval: Duration,
+
+    /// How often the signing keyset is re-read from the database (≤ 60 s per API.md §1).
+    #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub keys_reload_interval: Duration,
+}
+
+impl Config {
+    /// Configuration with every default, as `sessiond serve` with no flags and no environment.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["sessiond"]).config
+    }
+
+    /// The exact origins allowed for sockets and cookie refresh.
+    pub fn allowed_origins(&self) -> Vec<String> {
+        match &self.allowed_origins {
+            Some(o) => o.0.clone(),
+            None => origin_of(&self.issuer).into_iter().collect(),
+        }
+    }
+}
+
+/// `scheme://host[:port]` of a URL, without path.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    if host.is_empty() {
+        return None;
+    }
+    Some(format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
+}
+
+/// A string that never prints: `Debug` shows `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_the_contract() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("14d").unwrap(), Duration::from_secs(14 * 86400));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn default_origin_is_the_issuers() {
+        let c = Config::defaults();
+        assert_eq!(c.allowed_origins(), vec!["http://localhost:8080".to_string()]);
+        assert_eq!(origin_of("https://Auth.Example.com/x/y"), Some("https://auth.example.com".into()));
+    }
+}

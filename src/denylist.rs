@@ -1,0 +1,50 @@
+//! The in-memory denylist of revoked session ids: how a revoked session's still-unexpired
+//! access token is refused at once with no database read on the hot path.
+//!
+//! Invariant: an entry lives until every access token of its session has expired (the
+//! session's latest `exp` plus the verification leeway), then is pruned, so memory stays
+//! bounded by the sessions revoked within one access-token lifetime. It is rebuilt from the
+//! database at startup before `/readyz` turns 200.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::clock::Millis;
+use crate::tokens::jwt::LEEWAY_SECS;
+
+#[derive(Clone, Default)]
+pub struct Denylist {
+    /// session id → keep until (ms since epoch).
+    entries: Arc<DashMap<String, Millis>>,
+}
+
+impl Denylist {
+    /// Denies `session_id` until its tokens (latest `exp` = `access_expires_at`) are dead.
+    pub fn insert(&self, session_id: &str, access_expires_at: Millis) {
+        let until = access_expires_at + LEEWAY_SECS * 1000 + 1000;
+        self.entries
+            .entry(session_id.to_string())
+            .and_modify(|u| *u = (*u).max(until))
+            .or_insert(until);
+    }
+
+    pub fn contains(&self, session_id: &str) -> bool {
+        self.entries.contains_key(session_id)
+    }
+
+    /// Drops entries whose every token has expired; returns how many were dropped.
+    pub fn prune(&self, now: Millis) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, until| *until > now);
+        before - self.entries.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

@@ -1,0 +1,162 @@
+//! Extractors: the authenticated caller (`AuthUser`, `AdminUser`), JSON bodies that fail with
+//! problem+json instead of axum's defaults, and where a request comes from (`Client`).
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use serde::de::DeserializeOwned;
+
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::tokens::jwt::{VerifyError, MAX_TOKEN_LEN};
+
+/// Largest `User-Agent` kept with a session.
+const MAX_USER_AGENT: usize = 512;
+
+/// The caller of a Bearer-protected endpoint: a valid access token of a live session.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user_id: String,
+    pub session_id: String,
+    pub roles: Vec<String>,
+}
+
+impl AuthUser {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+}
+
+/// The raw Bearer token, if the request has an `Authorization: Bearer …` header.
+/// `Err` when the header is present but unusable (not Bearer, not ASCII, too long).
+pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    if value.len() > MAX_TOKEN_LEN + 16 {
+        return Err(AppError::InvalidToken { presented: true });
+    }
+    let value = value.to_str().map_err(|_| AppError::InvalidToken { presented: true })?;
+    let (scheme, token) = value.split_once(' ').ok_or(AppError::InvalidToken { presented: true })?;
+    // RFC 7235 §2.1: the scheme is case-insensitive.
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AppError::InvalidToken { presented: true });
+    }
+    Ok(Some(token.trim()))
+}
+
+/// Verifies a token and checks the denylist: the whole hot path, memory only.
+pub fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
+    let claims = state.keys.verify(token, state.clock.now_secs()).map_err(|e| {
+        tracing::debug!(reason = ?e, "access token refused");
+        match e {
+            VerifyError::Expired => AppError::TokenExpired,
+            VerifyError::Invalid(_) => AppError::InvalidToken { presented: true },
+        }
+    })?;
+    if state.denylist.contains(&claims.sid) {
+        tracing::debug!(session_id = %claims.sid, "access token of a revoked session");
+        return Err(AppError::SessionRevoked);
+    }
+    Ok(AuthUser { user_id: claims.sub, session_id: claims.sid, roles: claims.roles })
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = AppError;
+
+    #[tracing::instrument(skip_all)]
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match bearer(&parts.headers)? {
+            Some(token) => authenticate(state, token),
+            None => Err(AppError::InvalidToken { presented: false }),
+        }
+    }
+}
+
+/// An authenticated caller with the `admin` role (403 otherwise).
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = AppError;
+
+    #[tracing::instrument(skip_all)]
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if !user.is_admin() {
+            return Err(AppError::Forbidden);
+        }
+        Ok(AdminUser(user))
+    }
+}
+
+/// Where a request comes from: peer address and `User-Agent`.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| truncate(s, MAX_USER_AGENT));
+        Ok(Client { ip, user_agent })
+    }
+}
+
+/// At most `max` bytes, cut at a character boundary.
+pub fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// A JSON object body. An empty body reads as `{}` (so optional bodies work and a missing
+/// required field is a 400). Every failure is a problem+json 400 (413 over the body limit),
+/// never axum's plain-text 415/422, and never an echo of the input.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::PayloadTooLarge
+            } else {
+                AppError::InvalidRequest("The request body could not be read.")
+            }
+        })?;
+        let body: &[u8] = if bytes.iter().all(|b| b.is_ascii_whitespace()) { b"{}" } else { &bytes };
+        if body != b"{}" && is_json != Some(true) {
+            return Err(AppError::InvalidRequest("Send a JSON body with Content-Type: application/json."));
+        }
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(AppError::InvalidRequest("The request body must be a JSON object."));
+        }
+        serde_json::from_slice(body).map(JsonBody).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                AppError::InvalidRequest("A required field is missing or has the wrong type.")
+            }
+            _ => AppError::InvalidRequest("The request body is not valid JSON."),
+        })
+    }
+}

@@ -1,0 +1,43 @@
+//! The HTTP API (API.md §4): one router per area, merged by [`crate::app::router`].
+
+pub mod admin;
+pub mod auth;
+pub mod extract;
+pub mod health;
+pub mod me;
+
+use serde::Serialize;
+
+use crate::clock::rfc3339;
+use crate::state::AppState;
+use crate::store::SessionRow;
+
+/// `Session` of API.md §4.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub id: String,
+    pub device_name: Option<String>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub created_at: String,
+    pub last_used_at: String,
+    pub expires_at: String,
+    pub current: bool,
+    pub connected: bool,
+}
+
+/// Renders a session; `current` compares with the caller's session.
+pub fn session_json(_state: &AppState, s: &SessionRow, caller_session: Option<&str>) -> SessionView {
+    SessionView {
+        id: s.id.clone(),
+        device_name: s.device_name.clone(),
+        user_agent: s.user_agent.clone(),
+        ip: s.ip.clone(),
+        created_at: rfc3339(s.created_at),
+        last_used_at: rfc3339(s.last_used_at),
+        expires_at: rfc3339(s.expires_at()),
+        current: caller_session == Some(s.id.as_str()),
+        // Presence arrives with the WebSocket hub.
+        connected: false,
+    }
+}

@@ -1,0 +1,29 @@
+//! sessiond: short-lived stateless EdDSA access tokens, stateful rotating refresh tokens, and
+//! revocation that takes effect at once.
+//!
+//! # Layout
+//! - [`config`]: clap configuration (flags and `SESSIOND_*` environment).
+//! - [`app`]: state building, router and layers, `serve` with an injected shutdown, background tasks.
+//! - [`http`]: the endpoints, one router per area, and the extractors.
+//! - [`sessions`]: login, refresh, logout and every revocation path ([`sessions::publish`]).
+//! - [`tokens`]: access-token JWTs and keyset ([`tokens::jwt`]), opaque refresh tokens ([`tokens::refresh`]).
+//! - [`store`]: the database behind one API (SQLite today).
+//! - [`denylist`]: revoked session ids held in memory until their tokens expire.
+//! - [`password`]: argon2id hashing behind a semaphore.
+//! - [`metrics`], [`telemetry`], [`clock`], [`error`], [`state`], [`cli`].
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod denylist;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod password;
+pub mod sessions;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;

@@ -1,0 +1,84 @@
+//! Password hashing: argon2id at the OWASP parameters, off the async runtime, bounded.
+//!
+//! Each hash takes ~18 ms of CPU and 19 MiB of memory, so hashing runs in `spawn_blocking`
+//! behind a semaphore: a login burst queues here instead of starving sockets and refreshes or
+//! growing memory without bound. An unknown email is verified against a dummy hash so that its
+//! status, body and timing match a wrong password (OWASP Authentication Cheat Sheet).
+
+use std::sync::Arc;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+
+use crate::error::AppError;
+
+/// OWASP Password Storage Cheat Sheet minimum for argon2id: m = 19 MiB, t = 2, p = 1.
+pub const M_COST_KIB: u32 = 19_456;
+pub const T_COST: u32 = 2;
+pub const P_COST: u32 = 1;
+/// Accepted password lengths, in characters.
+pub const MIN_LEN: usize = 8;
+pub const MAX_LEN: usize = 1024;
+
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(M_COST_KIB, T_COST, P_COST, None).expect("static argon2 params are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Shared hasher. Clones share the semaphore and the dummy hash.
+#[derive(Clone)]
+pub struct Passwords {
+    permits: Arc<Semaphore>,
+    /// A hash of a random password, verified against when the email is unknown.
+    dummy: Arc<str>,
+}
+
+/// 400 unless the password has 8–1024 characters.
+pub fn validate(pw: &str) -> Result<(), AppError> {
+    let n = pw.chars().count();
+    if !(MIN_LEN..=MAX_LEN).contains(&n) {
+        return Err(AppError::InvalidRequest("The password must have 8 to 1024 characters."));
+    }
+    Ok(())
+}
+
+impl Passwords {
+    pub fn new(concurrency: usize) -> Self {
+        let random = uuid::Uuid::new_v4().to_string();
+        let salt = SaltString::generate(&mut OsRng);
+        let dummy = argon2()
+            .hash_password(random.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        Passwords { permits: Arc::new(Semaphore::new(concurrency.max(1))), dummy: dummy.into() }
+    }
+
+    /// Hashes a password (PHC string).
+    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
+        let _permit = self.permits.acquire().await?;
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            argon2()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
+        })
+        .await?
+    }
+
+    /// Verifies against `hash`, or against the dummy hash when there is none (unknown user),
+    /// which always answers false after the same work.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> anyhow::Result<bool> {
+        let _permit = self.permits.acquire().await?;
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy.to_string());
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| argon2().verify_password(password.as_bytes(), &parsed).is_ok())
+                .unwrap_or(false)
+        })
+        .await?;
+        Ok(ok && known)
+    }
+}

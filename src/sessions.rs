@@ -1,0 +1,250 @@
+//! Login, refresh, logout and every other way a session ends: the only place that combines the
+//! store, the tokens and the revocation fan-out.
+//!
+//! Every revocation path commits in the database first and then goes through [`publish`], the
+//! one function that makes a revocation take effect in memory (the denylist; the WebSocket hub
+//! hooks in here). Revoking before announcing means a client cannot refresh in between.
+
+use serde::Serialize;
+
+use crate::clock::{ms, Millis};
+use crate::error::{AppError, Result};
+use crate::state::AppState;
+use crate::store::{NewRefresh, NewSession, Revoked, RotateOutcome, Rotation, Selector, SessionRow, UserRow};
+use crate::tokens::refresh::RefreshToken;
+
+/// `TokenResponse` of API.md §4.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub refresh_token: String,
+    pub refresh_expires_in: i64,
+    pub session_id: String,
+    pub user_id: String,
+}
+
+/// Where a login comes from, stored with the session.
+#[derive(Debug, Default, Clone)]
+pub struct ClientInfo {
+    pub device_name: Option<String>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+fn new_refresh() -> (RefreshToken, NewRefresh) {
+    let token = RefreshToken::generate();
+    let stored = NewRefresh { id: uuid::Uuid::now_v7().to_string(), hash: token.digest() };
+    (token, stored)
+}
+
+/// Normalises an email: trimmed, lower case, one `@` with both sides non-empty.
+pub fn normalize_email(email: &str) -> Result<String> {
+    let e = email.trim().to_lowercase();
+    let valid = e.len() <= 254
+        && e.split('@').count() == 2
+        && e.split('@').all(|p| !p.is_empty())
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        return Err(AppError::InvalidRequest("The email address is not valid."));
+    }
+    Ok(e)
+}
+
+/// Creates a user. Fails with `email_taken` for a known email.
+pub async fn register(state: &AppState, email: &str, password: String, admin: bool) -> Result<String> {
+    let email = normalize_email(email)?;
+    crate::password::validate(&password)?;
+    let hash = state.passwords.hash(password).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    state.store.create_user(&id, &email, &hash, admin, state.clock.now_ms()).await?;
+    tracing::info!(user_id = %id, admin, "user registered");
+    Ok(id)
+}
+
+/// Verifies the password and starts a new session (never reuses one: no fixation).
+pub async fn login(state: &AppState, email: &str, password: String, client: ClientInfo) -> Result<TokenResponse> {
+    // Malformed email or password length: same answer as a wrong password, after the same work.
+    let email = normalize_email(email).ok();
+    let user = match &email {
+        Some(e) => state.store.user_by_email(e).await?,
+        None => None,
+    };
+    let hash = user.as_ref().filter(|u| u.disabled_at.is_none()).map(|u| u.password_hash.clone());
+    let ok = state.passwords.verify(password, hash).await?;
+    let Some(user) = user.filter(|_| ok) else {
+        state.metrics.login("invalid_credentials");
+        tracing::info!("login failed");
+        return Err(AppError::InvalidCredentials);
+    };
+    let cfg = &state.config;
+    let (token, stored) = new_refresh();
+    let session = state
+        .store
+        .create_session(NewSession {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: user.id.clone(),
+            device_name: client.device_name,
+            user_agent: client.user_agent,
+            ip: client.ip,
+            now: state.clock.now_ms(),
+            idle_ttl: ms(cfg.refresh_idle_ttl),
+            max_age: ms(cfg.session_max_age),
+            access_ttl: ms(cfg.access_ttl),
+            refresh: stored,
+        })
+        .await?;
+    state.metrics.login("success");
+    tracing::info!(user_id = %user.id, session_id = %session.id, "login");
+    token_response(state, &user, &session, session.access_expires_at, token)
+}
+
+/// One refresh (API.md §3.3).
+pub async fn refresh(state: &AppState, presented: &str) -> Result<TokenResponse> {
+    let Some(presented) = RefreshToken::parse(presented) else {
+        state.metrics.refresh("invalid");
+        return Err(AppError::InvalidRefreshToken);
+    };
+    let (candidate, stored) = new_refresh();
+    let cfg = &state.config;
+    let rotation = Rotation {
+        now: state.clock.now_ms(),
+        presented_hash: presented.digest(),
+        sealed_candidate: presented.seal(&candidate),
+        candidate: stored,
+        grace: ms(cfg.refresh_reuse_grace),
+        idle_ttl: ms(cfg.refresh_idle_ttl),
+        access_ttl: ms(cfg.access_ttl),
+    };
+    // The transaction runs in its own task: if the client disconnects and this future is
+    // dropped, the rotation still completes or rolls back whole, never half-written.
+    let store = state.store.clone();
+    let outcome = tokio::spawn(async move { store.rotate_refresh(rotation).await })
+        .await
+        .map_err(|e| AppError::Internal(e.into()))??;
+    let (session, access_exp, token) = match outcome {
+        RotateOutcome::Rotated { session, access_exp } => {
+            state.metrics.refresh("rotated");
+            (session, access_exp, candidate)
+        }
+        RotateOutcome::Grace { session, sealed_successor, access_exp } => {
+            let successor = presented
+                .open(&sealed_successor)
+                .ok_or_else(|| AppError::Internal(anyhow::anyhow!("sealed successor does not open")))?;
+            state.metrics.refresh("grace");
+            (session, access_exp, successor)
+        }
+        RotateOutcome::Reused(revoked) => {
+            state.metrics.refresh("reused");
+            tracing::warn!(session_id = ?revoked.first().map(|r| &r.session_id), "refresh token reused: session revoked");
+            publish(state, &revoked);
+            return Err(AppError::RefreshTokenReused);
+        }
+        RotateOutcome::Expired(revoked) => {
+            state.metrics.refresh("expired");
+            publish(state, &revoked);
+            return Err(AppError::InvalidRefreshToken);
+        }
+        RotateOutcome::Invalid => {
+            state.metrics.refresh("invalid");
+            return Err(AppError::InvalidRefreshToken);
+        }
+    };
+    let user = state.store.user_by_id(&session.user_id).await?.ok_or(AppError::InvalidRefreshToken)?;
+    token_response(state, &user, &session, access_exp, token)
+}
+
+fn token_response(state: &AppState, user: &UserRow, session: &SessionRow, access_exp: Millis, refresh: RefreshToken) -> Result<TokenResponse> {
+    let now = state.clock.now_ms();
+    let (access_token, exp) = state.keys.issue(&user.id, &session.id, user.roles(), now, access_exp)?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer",
+        expires_in: (exp - now.div_euclid(1000)).max(0),
+        refresh_token: refresh.as_str().to_string(),
+        refresh_expires_in: ((session.expires_at() - now) / 1000).max(0),
+        session_id: session.id.clone(),
+        user_id: user.id.clone(),
+    })
+}
+
+/// Ends the selected live sessions with `reason` and publishes the revocations.
+pub async fn end_sessions(state: &AppState, sel: Selector, reason: &'static str) -> Result<Vec<Revoked>> {
+    let store = state.store.clone();
+    let now = state.clock.now_ms();
+    // Own task: a dropped request must not leave a revocation committed but unpublished.
+    let st = state.clone();
+    let revoked = tokio::spawn(async move {
+        let revoked = store.revoke(&sel, reason, now).await?;
+        publish(&st, &revoked);
+        Ok::<_, AppError>(revoked)
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))??;
+    Ok(revoked)
+}
+
+/// Logout with a refresh token: ends its session (idempotent: unknown tokens are ignored).
+pub async fn logout_by_refresh(state: &AppState, presented: &str) -> Result<()> {
+    let Some(token) = RefreshToken::parse(presented) else { return Ok(()) };
+    if let Some(session_id) = state.store.session_of_refresh(&token.digest()).await? {
+        end_sessions(state, Selector::Session(session_id), "logout").await?;
+    }
+    Ok(())
+}
+
+/// Changes the password and ends every other session of the user (`password_changed`).
+pub async fn change_password(state: &AppState, user_id: &str, session_id: &str, current: String, new: String) -> Result<()> {
+    let user = state.store.user_by_id(user_id).await?.ok_or(AppError::InvalidCredentials)?;
+    if !state.passwords.verify(current, Some(user.password_hash)).await? {
+        return Err(AppError::InvalidCredentials);
+    }
+    crate::password::validate(&new)?;
+    let hash = state.passwords.hash(new).await?;
+    let (store, st, uid, sid, now) = (state.store.clone(), state.clone(), user_id.to_string(), session_id.to_string(), state.clock.now_ms());
+    tokio::spawn(async move {
+        let revoked = store.change_password(&uid, &hash, &sid, now).await?;
+        publish(&st, &revoked);
+        Ok::<_, AppError>(())
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))??;
+    tracing::info!(user_id, "password changed");
+    Ok(())
+}
+
+/// Makes committed revocations take effect in this process: the denylist refuses the
+/// sessions' access tokens from now on. Every revocation path ends here.
+pub fn publish(state: &AppState, revoked: &[Revoked]) {
+    for r in revoked {
+        state.denylist.insert(&r.session_id, r.access_expires_at);
+        tracing::info!(session_id = %r.session_id, user_id = %r.user_id, reason = %r.reason, "session revoked");
+    }
+    if let Some(first) = revoked.first() {
+        state.metrics.revoked(&first.reason, revoked.len());
+    }
+    state.metrics.denylist_entries.set(state.denylist.len() as i64);
+}
+
+/// Ends expired sessions (`session_expired`) and prunes the denylist. Run periodically.
+pub async fn sweep(state: &AppState) -> Result<usize> {
+    let now = state.clock.now_ms();
+    let revoked = state.store.sweep_expired(now, ms(state.config.refresh_reuse_grace)).await?;
+    publish(state, &revoked);
+    state.denylist.prune(now);
+    state.metrics.denylist_entries.set(state.denylist.len() as i64);
+    Ok(revoked.len())
+}
+
+/// Rebuilds the denylist from the database: every revoked session whose tokens may live.
+pub async fn rebuild_denylist(state: &AppState) -> Result<usize> {
+    let now = state.clock.now_ms();
+    let min_exp = now - crate::tokens::jwt::LEEWAY_SECS * 1000 - 1000;
+    let revoked = state.store.revoked_since(min_exp).await?;
+    for r in &revoked {
+        state.denylist.insert(&r.session_id, r.access_expires_at);
+    }
+    state.metrics.denylist_entries.set(state.denylist.len() as i64);
+    Ok(revoked.len())
+}

@@ -1,0 +1,27 @@
+//! Shared application state: cheap-clone handles only.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::denylist::Denylist;
+use crate::metrics::Metrics;
+use crate::password::Passwords;
+use crate::store::Store;
+use crate::tokens::jwt::Keys;
+
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub store: Store,
+    pub keys: Keys,
+    pub denylist: Denylist,
+    pub passwords: Passwords,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub config: Arc<Config>,
+    /// True once the denylist is rebuilt and the keyset loaded: `/readyz` may answer 200.
+    pub ready: Arc<AtomicBool>,
+}

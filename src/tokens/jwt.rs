@@ -1,0 +1,250 @@
+//! Access tokens: EdDSA (Ed25519) JWTs, the in-memory keyset, the JWKS, and key rotation.
+//!
+//! Verification follows RFC 8725 and the pipeline of SECURITY.md §0: our own header policy
+//! first (only `alg`, `typ`, `kid`; `alg` must be `EdDSA`, `typ` `at+jwt`, `kid` known), then the
+//! key and algorithm come from *our* keyset entry, never from the token, then `jsonwebtoken`
+//! checks the signature, `iss`, `aud`, `exp` (all required), then we check `iat` and `sid`.
+//! No database, file or network lookup happens here: the keyset is reloaded in the background.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::clock::{ms, Clock, Millis};
+use crate::store::{KeyRow, Store, StoreResult};
+
+/// Verification leeway for `exp`/`iat`, identical on every instance (≤ 30 s per the contract).
+pub const LEEWAY_SECS: i64 = 30;
+/// `Cache-Control: max-age` of the JWKS (API.md §7: ≤ 5 min).
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// A rotated-in key signs only after every JWKS cache (max-age) and every instance (reload
+/// bound of 60 s, API.md §1) has seen it.
+pub const ACTIVATION_DELAY: Duration = Duration::from_secs(300 + 60);
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// The only header parameters we emit, and so the only ones we accept.
+const ALLOWED_HEADER_PARAMS: [&str; 3] = ["alg", "typ", "kid"];
+
+/// Access-token claims (API.md §3.1). `aud` is a single string: multi-audience tokens are not
+/// ours and fail to deserialize.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub sid: String,
+    pub jti: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub roles: Vec<String>,
+}
+
+/// Why a token was refused. Deliberately coarse: the reason is logged at debug, never returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    Invalid(&'static str),
+    Expired,
+}
+
+/// One loaded keyset; replaced whole on reload.
+struct Keyset {
+    /// kid → verifying key. Every entry is Ed25519/EdDSA: the algorithm is pinned per key.
+    verify: HashMap<String, DecodingKey>,
+    /// The newest active key.
+    signer: Option<(String, EncodingKey)>,
+    /// The JWKS document, pre-rendered.
+    jwks: Arc<str>,
+}
+
+/// The shared keyset handle. Clones share the keyset.
+#[derive(Clone)]
+pub struct Keys {
+    set: Arc<RwLock<Arc<Keyset>>>,
+    issuer: Arc<str>,
+    audience: Arc<str>,
+    access_ttl: Duration,
+}
+
+/// A freshly generated Ed25519 key.
+pub fn generate_key(now: Millis, activates_at: Millis) -> KeyRow {
+    let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let x = URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
+    // RFC 7638 thumbprint as kid: stable, and says nothing but the public key.
+    let thumb_input = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(thumb_input.as_bytes()));
+    let der = sk.to_pkcs8_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+    KeyRow { kid, private_der: der, public_x: x, created_at: now, activates_at }
+}
+
+/// Creates the first signing key when the database has none (raced safely by many instances).
+pub async fn ensure_initial_key(store: &Store, clock: &Clock) -> StoreResult<()> {
+    if store.signing_keys().await?.is_empty() {
+        let now = clock.now_ms();
+        store.insert_signing_key(&generate_key(now, now), true).await?;
+    }
+    Ok(())
+}
+
+/// `sessiond keys rotate [--now]`: publishes a new key; it signs after [`ACTIVATION_DELAY`], or
+/// at once with `now`. Returns the new key's kid and activation time.
+pub async fn rotate(store: &Store, clock: &Clock, now: bool) -> StoreResult<(String, Millis)> {
+    let t = clock.now_ms();
+    let activates = if now { t } else { t + ms(ACTIVATION_DELAY) };
+    let key = generate_key(t, activates);
+    store.insert_signing_key(&key, false).await?;
+    Ok((key.kid, activates))
+}
+
+impl Keys {
+    pub fn new(issuer: &str, audience: &str, access_ttl: Duration) -> Self {
+        let empty = Keyset { verify: HashMap::new(), signer: None, jwks: Arc::from(r#"{"keys":[]}"#) };
+        Keys {
+            set: Arc::new(RwLock::new(Arc::new(empty))),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            access_ttl,
+        }
+    }
+
+    fn current(&self) -> Arc<Keyset> {
+        match self.set.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the keys from the database and swaps the in-memory keyset.
+    ///
+    /// A key is published (JWKS, verification) from its creation until every token it may have
+    /// signed has expired: it stops signing when the next key activates, so it retires at that
+    /// activation + access TTL + leeway. The signer is the newest key whose activation has come.
+    pub async fn reload(&self, store: &Store, now: Millis) -> StoreResult<()> {
+        let rows = store.signing_keys().await?; // ordered by activates_at
+        let retire_after = ms(self.access_ttl) + LEEWAY_SECS * 1000;
+        let mut verify = HashMap::new();
+        let mut jwks = Vec::new();
+        let mut signer = None;
+        for (i, row) in rows.iter().enumerate() {
+            let superseded_at = rows[i + 1..]
+                .iter()
+                .map(|r| r.activates_at)
+                .filter(|&a| a > row.activates_at && a <= now)
+                .min();
+            if superseded_at.is_some_and(|s| now > s + retire_after) {
+                continue;
+            }
+            let Ok(dk) = DecodingKey::from_ed_components(&row.public_x) else { continue };
+            verify.insert(row.kid.clone(), dk);
+            jwks.push(serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "x": row.public_x,
+                "kid": row.kid, "alg": "EdDSA", "use": "sig",
+            }));
+            if row.activates_at <= now {
+                signer = Some((row.kid.clone(), EncodingKey::from_ed_der(&row.private_der)));
+            }
+        }
+        let jwks: Arc<str> = serde_json::json!({ "keys": jwks }).to_string().into();
+        let set = Arc::new(Keyset { verify, signer, jwks });
+        match self.set.write() {
+            Ok(mut g) => *g = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+        Ok(())
+    }
+
+    /// The JWKS document (public keys only).
+    pub fn jwks(&self) -> Arc<str> {
+        self.current().jwks.clone()
+    }
+
+    /// Kids currently accepted.
+    pub fn kids(&self) -> Vec<String> {
+        self.current().verify.keys().cloned().collect()
+    }
+
+    /// Signs an access token for a session. `exp_ms` is already capped at the session expiry.
+    pub fn issue(&self, user_id: &str, session_id: &str, roles: Vec<String>, now: Millis, exp_ms: Millis) -> anyhow::Result<(String, i64)> {
+        let set = self.current();
+        let (kid, key) = set.signer.as_ref().ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
+        let iat = now.div_euclid(1000);
+        let exp = exp_ms.div_euclid(1000).max(iat + 1);
+        let claims = Claims {
+            iss: self.issuer.to_string(),
+            aud: self.audience.to_string(),
+            sub: user_id.to_string(),
+            sid: session_id.to_string(),
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            iat,
+            exp,
+            roles,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(kid.clone());
+        Ok((jsonwebtoken::encode(&header, &claims, key)?, exp))
+    }
+
+    /// Verifies an access token against the in-memory keyset. Does not consult the denylist.
+    pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, VerifyError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(VerifyError::Invalid("too long"));
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(VerifyError::Invalid("not three segments"));
+        };
+        let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| VerifyError::Invalid("header encoding"))?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|_| VerifyError::Invalid("header json"))?;
+        if header.keys().any(|k| !ALLOWED_HEADER_PARAMS.contains(&k.as_str())) {
+            return Err(VerifyError::Invalid("header parameter not allowed"));
+        }
+        if header.get("alg").and_then(|v| v.as_str()) != Some("EdDSA") {
+            return Err(VerifyError::Invalid("alg"));
+        }
+        let typ_ok = header.get("typ").and_then(|v| v.as_str()).is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok {
+            return Err(VerifyError::Invalid("typ"));
+        }
+        let Some(kid) = header.get("kid").and_then(|v| v.as_str()) else {
+            return Err(VerifyError::Invalid("kid missing"));
+        };
+        let set = self.current();
+        let Some(key) = set.verify.get(kid) else { return Err(VerifyError::Invalid("unknown kid")) };
+
+        // The algorithm is pinned by our keyset entry (every key is Ed25519).
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_issuer(&[&*self.issuer]);
+        v.set_audience(&[&*self.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = LEEWAY_SECS as u64;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.validate_aud = true;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => VerifyError::Expired,
+            _ => VerifyError::Invalid("signature or claims"),
+        })?;
+        let c = data.claims;
+        // Our own clock decides too (it is the one sessions and tests use).
+        if c.exp + LEEWAY_SECS < now_secs {
+            return Err(VerifyError::Expired);
+        }
+        if c.iat > now_secs + LEEWAY_SECS {
+            return Err(VerifyError::Invalid("iat in the future"));
+        }
+        if c.sid.is_empty() || c.sub.is_empty() || c.jti.is_empty() {
+            return Err(VerifyError::Invalid("empty sid/sub/jti"));
+        }
+        Ok(c)
+    }
+}
