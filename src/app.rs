@@ -104,7 +104,12 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(|_| {
-            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal Server Error", "An internal error occurred.")
+            problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal Server Error",
+                "An internal error occurred.",
+            )
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -114,17 +119,12 @@ pub fn router(state: AppState) -> Router {
 /// problem+json (a layer's or axum's own) into one, so every error has a stable `code`.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let mut res = next.run(req).await;
     let status = res.status();
-    let is_problem = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    let is_problem =
+        res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
     if status.as_u16() >= 400 && !is_problem {
         let (code, detail) = match status {
             StatusCode::NOT_FOUND => ("not_found", "No such resource."),
@@ -141,11 +141,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         }
         res = fresh;
     }
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&HttpLabels { method, route, status: status.as_u16() })
-        .inc();
+    state.metrics.http_requests.get_or_create(&HttpLabels { method, route, status: status.as_u16() }).inc();
     res
 }
 
@@ -158,7 +154,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves until `shutdown` resolves, running the background tasks meanwhile.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let stop = CancellationToken::new();
     let tasks = spawn_background(&state, stop.clone());
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -25,10 +25,7 @@ impl Clock {
 
     /// Now, in milliseconds since the epoch.
     pub fn now_ms(&self) -> Millis {
-        let sys = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
+        let sys = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
         sys + self.offset_ms.load(Ordering::Relaxed)
     }
 

@@ -19,11 +19,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses a comma separated list, dropping empty items.
 fn parse_origins(s: &str) -> Result<Origins, String> {
-    let list: Vec<String> = s
-        .split(',')
-        .map(|o| o.trim().trim_end_matches('/').to_string())
-        .filter(|o| !o.is_empty())
-        .collect();
+    let list: Vec<String> =
+        s.split(',').map(|o| o.trim().trim_end_matches('/').to_string()).filter(|o| !o.is_empty()).collect();
     Ok(Origins(list))
 }
 

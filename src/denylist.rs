@@ -23,10 +23,7 @@ impl Denylist {
     /// Denies `session_id` until its tokens (latest `exp` = `access_expires_at`) are dead.
     pub fn insert(&self, session_id: &str, access_expires_at: Millis) {
         let until = access_expires_at + LEEWAY_SECS * 1000 + 1000;
-        self.entries
-            .entry(session_id.to_string())
-            .and_modify(|u| *u = (*u).max(until))
-            .or_insert(until);
+        self.entries.entry(session_id.to_string()).and_modify(|u| *u = (*u).max(until)).or_insert(until);
     }
 
     pub fn contains(&self, session_id: &str) -> bool {

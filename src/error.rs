@@ -77,10 +77,7 @@ impl From<sqlx::Error> for AppError {
 
 /// SQLite `SQLITE_BUSY`/`SQLITE_LOCKED`, Postgres serialization/deadlock/admin-shutdown: retryable.
 fn is_busy(db: &dyn sqlx::error::DatabaseError) -> bool {
-    matches!(
-        db.code().as_deref(),
-        Some("5") | Some("6") | Some("517") | Some("40001") | Some("40P01") | Some("57P01")
-    )
+    matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517") | Some("40001") | Some("40P01") | Some("57P01"))
 }
 
 impl AppError {
@@ -90,8 +87,12 @@ impl AppError {
             InvalidRequest(_) => StatusCode::BAD_REQUEST,
             EmailTaken => StatusCode::CONFLICT,
             RegistrationDisabled | Forbidden => StatusCode::FORBIDDEN,
-            InvalidCredentials | InvalidToken { .. } | TokenExpired | SessionRevoked
-            | InvalidRefreshToken | RefreshTokenReused => StatusCode::UNAUTHORIZED,
+            InvalidCredentials
+            | InvalidToken { .. }
+            | TokenExpired
+            | SessionRevoked
+            | InvalidRefreshToken
+            | RefreshTokenReused => StatusCode::UNAUTHORIZED,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -135,9 +136,7 @@ impl AppError {
             TokenExpired => "The access token has expired; refresh it.",
             SessionRevoked => "The session of this token has ended; sign in again.",
             InvalidRefreshToken => "The refresh token is not valid; sign in again.",
-            RefreshTokenReused => {
-                "The refresh token was already used; the session has been ended. Sign in again."
-            }
+            RefreshTokenReused => "The refresh token was already used; the session has been ended. Sign in again.",
             Forbidden => "You are not allowed to do this.",
             NotFound => "No such resource.",
             MethodNotAllowed => "This method is not allowed on this resource.",
@@ -168,10 +167,7 @@ pub fn problem_body(status: StatusCode, code: &str, title: &str, detail: &str) -
 /// `application/problem+json` response for a status and code.
 pub fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Response {
     let mut res = (status, problem_body(status, code, title, detail)).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     res
 }
 
@@ -191,13 +187,8 @@ impl IntoResponse for AppError {
             AppError::InvalidToken { presented: false } => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            AppError::InvalidToken { presented: true }
-            | AppError::TokenExpired
-            | AppError::SessionRevoked => {
-                h.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
+            AppError::InvalidToken { presented: true } | AppError::TokenExpired | AppError::SessionRevoked => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
             }
             AppError::RateLimited { retry_after_secs } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_secs).clamp(1, 60)));

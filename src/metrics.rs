@@ -55,7 +55,11 @@ impl Metrics {
         registry.register("refreshes", "Refresh requests by outcome", refreshes.clone());
         registry.register("sessions_revoked", "Sessions ended, by reason", revocations.clone());
         registry.register("active_sessions", "Live sessions (all instances), read at scrape", active_sessions.clone());
-        registry.register("denylist_entries", "Revoked sessions held in this instance's denylist", denylist_entries.clone());
+        registry.register(
+            "denylist_entries",
+            "Revoked sessions held in this instance's denylist",
+            denylist_entries.clone(),
+        );
         Metrics { registry, http_requests, logins, refreshes, revocations, active_sessions, denylist_entries }
     }
 

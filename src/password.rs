@@ -47,10 +47,7 @@ impl Passwords {
     pub fn new(concurrency: usize) -> Self {
         let random = uuid::Uuid::new_v4().to_string();
         let salt = SaltString::generate(&mut OsRng);
-        let dummy = argon2()
-            .hash_password(random.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default();
+        let dummy = argon2().hash_password(random.as_bytes(), &salt).map(|h| h.to_string()).unwrap_or_default();
         Passwords { permits: Arc::new(Semaphore::new(concurrency.max(1))), dummy: dummy.into() }
     }
 

@@ -155,7 +155,13 @@ pub async fn refresh(state: &AppState, presented: &str) -> Result<TokenResponse>
     token_response(state, &user, &session, access_exp, token)
 }
 
-fn token_response(state: &AppState, user: &UserRow, session: &SessionRow, access_exp: Millis, refresh: RefreshToken) -> Result<TokenResponse> {
+fn token_response(
+    state: &AppState,
+    user: &UserRow,
+    session: &SessionRow,
+    access_exp: Millis,
+    refresh: RefreshToken,
+) -> Result<TokenResponse> {
     let now = state.clock.now_ms();
     let (access_token, exp) = state.keys.issue(&user.id, &session.id, user.roles(), now, access_exp)?;
     Ok(TokenResponse {
@@ -195,14 +201,21 @@ pub async fn logout_by_refresh(state: &AppState, presented: &str) -> Result<()> 
 }
 
 /// Changes the password and ends every other session of the user (`password_changed`).
-pub async fn change_password(state: &AppState, user_id: &str, session_id: &str, current: String, new: String) -> Result<()> {
+pub async fn change_password(
+    state: &AppState,
+    user_id: &str,
+    session_id: &str,
+    current: String,
+    new: String,
+) -> Result<()> {
     let user = state.store.user_by_id(user_id).await?.ok_or(AppError::InvalidCredentials)?;
     if !state.passwords.verify(current, Some(user.password_hash)).await? {
         return Err(AppError::InvalidCredentials);
     }
     crate::password::validate(&new)?;
     let hash = state.passwords.hash(new).await?;
-    let (store, st, uid, sid, now) = (state.store.clone(), state.clone(), user_id.to_string(), session_id.to_string(), state.clock.now_ms());
+    let (store, st, uid, sid, now) =
+        (state.store.clone(), state.clone(), user_id.to_string(), session_id.to_string(), state.clock.now_ms());
     tokio::spawn(async move {
         let revoked = store.change_password(&uid, &hash, &sid, now).await?;
         publish(&st, &revoked);

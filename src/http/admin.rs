@@ -34,7 +34,11 @@ struct Page {
     after: Option<String>,
 }
 
-async fn list_users(State(state): State<AppState>, _admin: AdminUser, Query(page): Query<Page>) -> Result<Json<serde_json::Value>> {
+async fn list_users(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Query(page): Query<Page>,
+) -> Result<Json<serde_json::Value>> {
     let limit = match page.limit.as_deref() {
         None | Some("") => DEFAULT_PAGE,
         Some(s) => s
@@ -66,14 +70,22 @@ async fn list_users(State(state): State<AppState>, _admin: AdminUser, Query(page
     Ok(Json(serde_json::json!({ "users": users, "next": next })))
 }
 
-async fn user_sessions(State(state): State<AppState>, AdminUser(admin): AdminUser, Path(id): Path<String>) -> Result<Json<serde_json::Value>> {
+async fn user_sessions(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
     state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
     let rows = state.store.live_sessions(&id, state.clock.now_ms()).await?;
     let sessions: Vec<SessionView> = rows.iter().map(|s| session_json(&state, s, Some(&admin.session_id))).collect();
     Ok(Json(serde_json::json!({ "sessions": sessions })))
 }
 
-async fn force_logout_user(State(state): State<AppState>, _admin: AdminUser, Path(id): Path<String>) -> Result<Json<serde_json::Value>> {
+async fn force_logout_user(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
     state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
     let revoked = sessions::end_sessions(&state, Selector::User { user_id: id, except: None }, "admin_logout").await?;
     Ok(Json(serde_json::json!({
@@ -82,7 +94,11 @@ async fn force_logout_user(State(state): State<AppState>, _admin: AdminUser, Pat
     })))
 }
 
-async fn revoke_any_session(State(state): State<AppState>, _admin: AdminUser, Path(id): Path<String>) -> Result<StatusCode> {
+async fn revoke_any_session(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
     let revoked = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked").await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);

@@ -45,7 +45,11 @@ async fn register(State(state): State<AppState>, JsonBody(body): JsonBody<Creden
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "user_id": user_id }))))
 }
 
-async fn login(State(state): State<AppState>, client: Client, JsonBody(body): JsonBody<Credentials>) -> Result<Json<TokenResponse>> {
+async fn login(
+    State(state): State<AppState>,
+    client: Client,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<Json<TokenResponse>> {
     let info = ClientInfo {
         device_name: body.device_name.map(|d| truncate(d.trim(), MAX_DEVICE_NAME)).filter(|d| !d.is_empty()),
         user_agent: client.user_agent,
@@ -59,7 +63,10 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-async fn refresh_session(State(state): State<AppState>, JsonBody(body): JsonBody<RefreshBody>) -> Result<Json<TokenResponse>> {
+async fn refresh_session(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshBody>,
+) -> Result<Json<TokenResponse>> {
     Ok(Json(sessions::refresh(&state, &body.refresh_token).await?))
 }
 
@@ -69,7 +76,11 @@ struct LogoutBody {
 }
 
 /// Idempotent: 204 also for an already-ended session or an unknown refresh token.
-async fn logout(State(state): State<AppState>, headers: HeaderMap, JsonBody(body): JsonBody<LogoutBody>) -> Result<StatusCode> {
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<LogoutBody>,
+) -> Result<StatusCode> {
     if let Some(rt) = body.refresh_token {
         sessions::logout_by_refresh(&state, &rt).await?;
         return Ok(StatusCode::NO_CONTENT);
@@ -92,12 +103,13 @@ struct LogoutAllBody {
     keep_current: bool,
 }
 
-async fn logout_all(State(state): State<AppState>, user: AuthUser, JsonBody(body): JsonBody<LogoutAllBody>) -> Result<Json<serde_json::Value>> {
-    let (except, reason) = if body.keep_current {
-        (Some(user.session_id.clone()), "logout_others")
-    } else {
-        (None, "logout_all")
-    };
+async fn logout_all(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<LogoutAllBody>,
+) -> Result<Json<serde_json::Value>> {
+    let (except, reason) =
+        if body.keep_current { (Some(user.session_id.clone()), "logout_others") } else { (None, "logout_all") };
     let revoked = sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason).await?;
     Ok(Json(serde_json::json!({ "revoked_sessions": revoked.len() })))
 }
@@ -124,7 +136,12 @@ struct PasswordChange {
     new_password: String,
 }
 
-async fn change_password(State(state): State<AppState>, user: AuthUser, JsonBody(body): JsonBody<PasswordChange>) -> Result<StatusCode> {
-    sessions::change_password(&state, &user.user_id, &user.session_id, body.current_password, body.new_password).await?;
+async fn change_password(
+    State(state): State<AppState>,
+    user: AuthUser,
+    JsonBody(body): JsonBody<PasswordChange>,
+) -> Result<StatusCode> {
+    sessions::change_password(&state, &user.user_id, &user.session_id, body.current_password, body.new_password)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -31,7 +31,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return AppError::Unavailable(anyhow::anyhow!("starting")).into_response();
     }
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ready"}"#).into_response(),
+        Ok(()) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ready"}"#).into_response()
+        }
         Err(e) => AppError::Unavailable(e.into()).into_response(),
     }
 }
@@ -41,11 +43,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.active_sessions.set(n);
     }
     state.metrics.denylist_entries.set(state.denylist.len() as i64);
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
         .into_response()
 }
 

@@ -22,10 +22,7 @@ pub struct UserRow {
 
 impl std::fmt::Debug for UserRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserRow")
-            .field("id", &self.id)
-            .field("is_admin", &self.is_admin)
-            .finish_non_exhaustive()
+        f.debug_struct("UserRow").field("id", &self.id).field("is_admin", &self.is_admin).finish_non_exhaustive()
     }
 }
 
@@ -248,7 +245,13 @@ impl Store {
     }
 
     /// Sets a new password hash and revokes every other live session of the user, atomically.
-    pub async fn change_password(&self, user_id: &str, hash: &str, keep_session: &str, now: Millis) -> StoreResult<Vec<Revoked>> {
+    pub async fn change_password(
+        &self,
+        user_id: &str,
+        hash: &str,
+        keep_session: &str,
+        now: Millis,
+    ) -> StoreResult<Vec<Revoked>> {
         dispatch!(self.change_password(user_id, hash, keep_session, now))
     }
 

@@ -78,7 +78,14 @@ impl SqliteStore {
 
     // ---- users ----
 
-    pub(super) async fn create_user(&self, id: &str, email: &str, hash: &str, admin: bool, now: Millis) -> StoreResult<()> {
+    pub(super) async fn create_user(
+        &self,
+        id: &str,
+        email: &str,
+        hash: &str,
+        admin: bool,
+        now: Millis,
+    ) -> StoreResult<()> {
         let res = sqlx::query(
             "INSERT INTO users (id, email, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -101,20 +108,19 @@ impl SqliteStore {
     }
 
     pub(super) async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRow>> {
-        Ok(sqlx::query_as("SELECT * FROM users WHERE email = $1")
-            .bind(email)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(sqlx::query_as("SELECT * FROM users WHERE email = $1").bind(email).fetch_optional(&self.reader).await?)
     }
 
     pub(super) async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRow>> {
-        Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(&self.reader).await?)
     }
 
-    pub(super) async fn list_users(&self, limit: i64, after: Option<&str>, now: Millis) -> StoreResult<Vec<UserSummary>> {
+    pub(super) async fn list_users(
+        &self,
+        limit: i64,
+        after: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<Vec<UserSummary>> {
         Ok(sqlx::query_as(
             "SELECT u.id, u.email, u.is_admin, u.created_at, \
                (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id AND s.revoked_at IS NULL \
@@ -128,7 +134,13 @@ impl SqliteStore {
         .await?)
     }
 
-    pub(super) async fn change_password(&self, user_id: &str, hash: &str, keep: &str, now: Millis) -> StoreResult<Vec<Revoked>> {
+    pub(super) async fn change_password(
+        &self,
+        user_id: &str,
+        hash: &str,
+        keep: &str,
+        now: Millis,
+    ) -> StoreResult<Vec<Revoked>> {
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(hash)
@@ -221,10 +233,12 @@ impl SqliteStore {
         .await?;
         forget_successors(&mut tx, now).await?;
         // Past the grace window a sealed successor can never be used again.
-        sqlx::query("UPDATE refresh_tokens SET sealed_successor = NULL WHERE sealed_successor IS NOT NULL AND rotated_at < $1")
-            .bind(now - grace)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE refresh_tokens SET sealed_successor = NULL WHERE sealed_successor IS NOT NULL AND rotated_at < $1",
+        )
+        .bind(now - grace)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(to_revoked(rows, "session_expired", now))
     }
@@ -330,12 +344,14 @@ async fn rotate_in(tx: &mut Transaction<'static, Sqlite>, r: &Rotation) -> Store
         }
         Some(rotated_at) => {
             let successor_live = match &token.successor_id {
-                Some(sid) => sqlx::query_scalar::<_, Option<i64>>("SELECT rotated_at FROM refresh_tokens WHERE id = $1")
-                    .bind(sid)
-                    .fetch_optional(&mut **tx)
-                    .await?
-                    .map(|ra| ra.is_none())
-                    .unwrap_or(false),
+                Some(sid) => {
+                    sqlx::query_scalar::<_, Option<i64>>("SELECT rotated_at FROM refresh_tokens WHERE id = $1")
+                        .bind(sid)
+                        .fetch_optional(&mut **tx)
+                        .await?
+                        .map(|ra| ra.is_none())
+                        .unwrap_or(false)
+                }
                 None => false,
             };
             let within = r.now - rotated_at <= r.grace;
@@ -375,14 +391,16 @@ async fn rotate_live(
         .bind(&token.id)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("INSERT INTO refresh_tokens (id, session_id, token_hash, prev_id, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&r.candidate.id)
-        .bind(&session.id)
-        .bind(&r.candidate.hash[..])
-        .bind(&token.id)
-        .bind(r.now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO refresh_tokens (id, session_id, token_hash, prev_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&r.candidate.id)
+    .bind(&session.id)
+    .bind(&r.candidate.hash[..])
+    .bind(&token.id)
+    .bind(r.now)
+    .execute(&mut **tx)
+    .await?;
     // Only the immediately previous token may converge: forget older sealed successors.
     sqlx::query("UPDATE refresh_tokens SET sealed_successor = NULL WHERE session_id = $1 AND id <> $2 AND sealed_successor IS NOT NULL")
         .bind(&session.id)
@@ -402,10 +420,19 @@ async fn rotate_live(
 }
 
 /// Ends the selected live sessions inside `tx`.
-async fn revoke_in(tx: &mut Transaction<'static, Sqlite>, sel: &Selector, reason: &str, now: Millis) -> StoreResult<Vec<Revoked>> {
-    // Only live sessions: an expired one is left for the sweep to end as `session_expired`.
-    let base = "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE revoked_at IS NULL \
-                AND idle_expires_at > $1 AND absolute_expires_at > $1";
+async fn revoke_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    sel: &Selector,
+    reason: &str,
+    now: Millis,
+) -> StoreResult<Vec<Revoked>> {
+    // Only live sessions: an expired one is left to end as `session_expired`.
+    let base = if reason == "session_expired" {
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE revoked_at IS NULL"
+    } else {
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE revoked_at IS NULL \
+         AND idle_expires_at > $1 AND absolute_expires_at > $1"
+    };
     let ret = "RETURNING id, user_id, access_expires_at";
     let sql = match sel {
         Selector::Session(_) => format!("{base} AND id = $3 {ret}"),

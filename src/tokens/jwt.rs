@@ -132,11 +132,8 @@ impl Keys {
         let mut jwks = Vec::new();
         let mut signer = None;
         for (i, row) in rows.iter().enumerate() {
-            let superseded_at = rows[i + 1..]
-                .iter()
-                .map(|r| r.activates_at)
-                .filter(|&a| a > row.activates_at && a <= now)
-                .min();
+            let superseded_at =
+                rows[i + 1..].iter().map(|r| r.activates_at).filter(|&a| a > row.activates_at && a <= now).min();
             if superseded_at.is_some_and(|s| now > s + retire_after) {
                 continue;
             }
@@ -170,7 +167,14 @@ impl Keys {
     }
 
     /// Signs an access token for a session. `exp_ms` is already capped at the session expiry.
-    pub fn issue(&self, user_id: &str, session_id: &str, roles: Vec<String>, now: Millis, exp_ms: Millis) -> anyhow::Result<(String, i64)> {
+    pub fn issue(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        roles: Vec<String>,
+        now: Millis,
+        exp_ms: Millis,
+    ) -> anyhow::Result<(String, i64)> {
         let set = self.current();
         let (kid, key) = set.signer.as_ref().ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
         let iat = now.div_euclid(1000);
@@ -209,9 +213,10 @@ impl Keys {
         if header.get("alg").and_then(|v| v.as_str()) != Some("EdDSA") {
             return Err(VerifyError::Invalid("alg"));
         }
-        let typ_ok = header.get("typ").and_then(|v| v.as_str()).is_some_and(|t| {
-            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
-        });
+        let typ_ok = header
+            .get("typ")
+            .and_then(|v| v.as_str())
+            .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
         if !typ_ok {
             return Err(VerifyError::Invalid("typ"));
         }
@@ -236,7 +241,7 @@ impl Keys {
         })?;
         let c = data.claims;
         // Our own clock decides too (it is the one sessions and tests use).
-        if c.exp + LEEWAY_SECS < now_secs {
+        if c.exp.saturating_add(LEEWAY_SECS) < now_secs {
             return Err(VerifyError::Expired);
         }
         if c.iat > now_secs + LEEWAY_SECS {

@@ -68,9 +68,7 @@ impl RefreshToken {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let mut out = nonce.to_vec();
         // Encryption with a fresh random nonce cannot fail for inputs this small.
-        let ct = cipher
-            .encrypt(XNonce::from_slice(&nonce), successor.0.as_bytes())
-            .unwrap_or_default();
+        let ct = cipher.encrypt(XNonce::from_slice(&nonce), successor.0.as_bytes()).unwrap_or_default();
         out.extend_from_slice(&ct);
         out
     }

@@ -1,0 +1,228 @@
+//! Refresh rotation and the reuse policy of API.md §3.3 (SECURITY.md R1–R7).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn refresh_ok(app: &TestApp, rt: &str) -> Tokens {
+    let r = app.refresh(rt).await;
+    assert_eq!(r.status(), StatusCode::OK, "refresh failed");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    Tokens::from(r.json::<Value>().await.unwrap())
+}
+
+async fn reason(app: &TestApp, session_id: &str) -> Option<String> {
+    app.state.store.session(session_id).await.unwrap().unwrap().revoked_reason
+}
+
+#[tokio::test]
+async fn refresh_rotates_the_token() {
+    let app = spawn_app().await;
+    let t0 = app.new_session().await;
+    let t1 = refresh_ok(&app, &t0.refresh).await;
+    assert_ne!(t1.refresh, t0.refresh);
+    assert_ne!(t1.access, t0.access);
+    assert_eq!(t1.session_id, t0.session_id);
+    assert_eq!(t1.user_id, t0.user_id);
+    assert_eq!(app.me(&t1.access).await.status(), StatusCode::OK);
+    let t2 = refresh_ok(&app, &t1.refresh).await;
+    assert_ne!(t2.refresh, t1.refresh);
+    // Exactly one live refresh token per session, and the chain links each to its predecessor.
+    let mut conn = sqlx_conn(&app).await;
+    let live: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens WHERE session_id = $1 AND rotated_at IS NULL")
+            .bind(&t0.session_id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(live, 1);
+    let chained: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens WHERE session_id = $1 AND prev_id IS NOT NULL")
+            .bind(&t0.session_id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(chained, 2);
+}
+
+pub async fn sqlx_conn(app: &TestApp) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db_path().display())).await.unwrap()
+}
+
+#[tokio::test]
+async fn retry_inside_grace_converges_on_the_same_successor() {
+    let app = spawn_app().await;
+    let t0 = app.new_session().await;
+    let a = refresh_ok(&app, &t0.refresh).await;
+    // A retry after a lost response.
+    app.clock.advance(Duration::from_millis(9_500));
+    let b = refresh_ok(&app, &t0.refresh).await;
+    assert_eq!(a.refresh, b.refresh, "same successor");
+    assert_eq!(app.me(&b.access).await.status(), StatusCode::OK);
+    assert_eq!(reason(&app, &t0.session_id).await, None, "nobody logged out");
+    // The converged successor is the live token.
+    let c = refresh_ok(&app, &a.refresh).await;
+    assert_ne!(c.refresh, a.refresh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_parallel_refreshes_converge() {
+    let app = spawn_app().await;
+    for _ in 0..5 {
+        let t0 = app.new_session().await;
+        let calls = (0..8).map(|_| app.refresh(&t0.refresh));
+        let responses = futures::future::join_all(calls).await;
+        let mut successors = Vec::new();
+        for r in responses {
+            assert_eq!(r.status(), StatusCode::OK, "every racing tab succeeds");
+            successors.push(Tokens::from(r.json::<Value>().await.unwrap()).refresh);
+        }
+        successors.dedup();
+        assert_eq!(successors.len(), 1, "all converge on one successor");
+        assert_eq!(reason(&app, &t0.session_id).await, None);
+        refresh_ok(&app, &successors[0]).await;
+    }
+}
+
+#[tokio::test]
+async fn reuse_after_grace_revokes_the_session() {
+    let app = spawn_app().await;
+    let t0 = app.new_session().await;
+    let t1 = refresh_ok(&app, &t0.refresh).await;
+    app.clock.advance(Duration::from_millis(10_500));
+    let r = app.refresh(&t0.refresh).await;
+    assert_problem(r, StatusCode::UNAUTHORIZED, "refresh_token_reused").await;
+    // The revocation committed although the answer was an error (R2): everything is dead.
+    assert_eq!(reason(&app, &t0.session_id).await.as_deref(), Some("refresh_token_reused"));
+    assert_problem(app.refresh(&t1.refresh).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    assert_problem(app.me(&t1.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+}
+
+#[tokio::test]
+async fn grace_covers_only_the_immediately_previous_token() {
+    let app = spawn_app().await;
+    let t0 = app.new_session().await;
+    let t1 = refresh_ok(&app, &t0.refresh).await;
+    let t2 = refresh_ok(&app, &t1.refresh).await;
+    // t0 is two generations back, inside the grace window: reuse (R3).
+    assert_problem(app.refresh(&t0.refresh).await, StatusCode::UNAUTHORIZED, "refresh_token_reused").await;
+    assert_eq!(reason(&app, &t0.session_id).await.as_deref(), Some("refresh_token_reused"));
+    assert_problem(app.refresh(&t2.refresh).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+}
+
+#[tokio::test]
+async fn the_newest_previous_token_still_converges() {
+    let app = spawn_app().await;
+    let t0 = app.new_session().await;
+    let t1 = refresh_ok(&app, &t0.refresh).await;
+    let t2 = refresh_ok(&app, &t1.refresh).await;
+    // t1 is now the immediately previous token and inside grace: converges on t2.
+    let again = refresh_ok(&app, &t1.refresh).await;
+    assert_eq!(again.refresh, t2.refresh);
+}
+
+#[tokio::test]
+async fn zero_grace_makes_any_second_use_a_reuse() {
+    let app = spawn_app_with(|c| c.refresh_reuse_grace = Duration::ZERO).await;
+    let t0 = app.new_session().await;
+    refresh_ok(&app, &t0.refresh).await;
+    app.clock.advance(Duration::from_millis(5));
+    assert_problem(app.refresh(&t0.refresh).await, StatusCode::UNAUTHORIZED, "refresh_token_reused").await;
+}
+
+#[tokio::test]
+async fn idle_expiry_ends_the_session() {
+    let app = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(3600)).await;
+    let t0 = app.new_session().await;
+    app.clock.advance(Duration::from_secs(3000));
+    let t1 = refresh_ok(&app, &t0.refresh).await; // use extends the idle expiry
+    app.clock.advance(Duration::from_secs(3000));
+    let t2 = refresh_ok(&app, &t1.refresh).await;
+    app.clock.advance(Duration::from_secs(3601));
+    assert_problem(app.refresh(&t2.refresh).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    assert_eq!(reason(&app, &t0.session_id).await.as_deref(), Some("session_expired"));
+}
+
+#[tokio::test]
+async fn absolute_expiry_cannot_be_extended() {
+    let app = spawn_app_with(|c| c.session_max_age = Duration::from_secs(600)).await;
+    let t0 = app.new_session().await;
+    assert!(t0.raw["refresh_expires_in"].as_i64().unwrap() <= 600);
+    app.clock.advance(Duration::from_secs(480));
+    let t1 = refresh_ok(&app, &t0.refresh).await;
+    // The access token never outlives the session: 120 s left, not the full 300.
+    let expires_in = t1.raw["expires_in"].as_i64().unwrap();
+    assert!((118..=120).contains(&expires_in), "expires_in {expires_in}");
+    assert!(t1.raw["refresh_expires_in"].as_i64().unwrap() <= 120);
+    app.clock.advance(Duration::from_secs(121));
+    assert_problem(app.refresh(&t1.refresh).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    assert_eq!(reason(&app, &t0.session_id).await.as_deref(), Some("session_expired"));
+}
+
+#[tokio::test]
+async fn the_sweep_ends_expired_sessions() {
+    let app = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(60)).await;
+    let t0 = app.new_session().await;
+    app.clock.advance(Duration::from_secs(61));
+    let n = sessiond::sessions::sweep(&app.state).await.unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(reason(&app, &t0.session_id).await.as_deref(), Some("session_expired"));
+    assert!(app.state.denylist.contains(&t0.session_id));
+}
+
+#[tokio::test]
+async fn bad_refresh_tokens() {
+    let app = spawn_app().await;
+    assert_problem(
+        app.refresh("rt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+    assert_problem(app.refresh("garbage").await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    assert_problem(app.refresh("").await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    let r = app.post_json("/v1/auth/refresh", json!({"refresh_token": 12})).await;
+    assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let r = app.post_json("/v1/auth/refresh", json!({})).await;
+    assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_never_hit_a_locked_database() {
+    let app = spawn_app().await;
+    let email = app.new_user().await;
+    let mut tokens = Vec::new();
+    for _ in 0..16 {
+        tokens.push(app.session_of(&email).await.refresh);
+    }
+    for _round in 0..5 {
+        let calls = tokens.iter().map(|t| app.refresh(t));
+        let responses = futures::future::join_all(calls).await;
+        let mut next = Vec::new();
+        for r in responses {
+            assert_eq!(r.status(), StatusCode::OK, "no 5xx, no 'database is locked'");
+            next.push(Tokens::from(r.json::<Value>().await.unwrap()).refresh);
+        }
+        tokens = next;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_racing_refresh_leaves_no_live_token() {
+    // SECURITY.md F9: whatever the interleaving, the session ends revoked and denylisted.
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    for _ in 0..20 {
+        let t = app.new_session().await;
+        let path = format!("/v1/admin/sessions/{}", t.session_id);
+        let (_, r) = tokio::join!(app.refresh(&t.refresh), app.delete_auth(&path, &admin.access));
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert!(app.state.denylist.contains(&t.session_id));
+        let next = app.refresh(&t.refresh).await;
+        assert_eq!(next.status(), StatusCode::UNAUTHORIZED);
+    }
+}
