@@ -980,6 +980,13 @@ async fn j8_time_validation_uses_a_30_second_leeway() {
             .await,
     );
     report.add(accepted(&app, &real.sign_claims(&c.set("nbf", (now + 25).to_string())), &t, "nbf = now + 25").await);
+
+    // The server's injectable clock decides too (`jsonwebtoken` itself reads the system clock):
+    // 5 min + 31 s later the genuine token and the crafted one have expired.
+    let crafted = real.sign_claims(&c);
+    app.clock.advance(Duration::from_secs(300 + 31));
+    report.add(refused(&app, &t.access, "token_expired", "genuine token at exp + 31 (server clock)").await);
+    report.add(refused(&app, &crafted, "token_expired", "crafted token at exp + 31 (server clock)").await);
     report.finish("j8_time_validation_uses_a_30_second_leeway");
 }
 
@@ -1075,6 +1082,17 @@ async fn j10_oversized_authorization_headers_are_refused_quickly() {
     let health = app.client.get(app.url("/healthz")).send().await.expect("server still answers");
     report.add(if health.status() == StatusCode::OK { Ok(()) } else { Err(format!("healthz {}", health.status())) });
     report.add(accepted(&app, &t.access, &t, "the genuine token still works").await);
+
+    // The 4096-byte limit applies to validly signed tokens too: the longest real-key token that
+    // fits is accepted, the shortest one over it is refused.
+    let real = RealSigner::of(&app, &t.access).await;
+    let c = RawClaims::valid(&app, &t);
+    let padded = |n: usize| real.sign_claims(&c.set("pad", Value::from("x".repeat(n)).to_string()));
+    let fits = (0..4096).map(padded).take_while(|tok| tok.len() <= 4096).last().unwrap();
+    let over = (0..4096).map(padded).find(|tok| tok.len() > 4096).unwrap();
+    assert!(fits.len() >= 4093 && over.len() <= 4100, "{} {}", fits.len(), over.len());
+    report.add(accepted(&app, &fits, &t, &format!("real-key token of {} bytes", fits.len())).await);
+    report.add(refused(&app, &over, "invalid_token", &format!("real-key token of {} bytes", over.len())).await);
     report.finish("j10_oversized_authorization_headers_are_refused_quickly");
 }
 
