@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::denylist::Denylist;
 use crate::error::{problem, AppError};
+use crate::hub::Hub;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::password::Passwords;
 use crate::state::AppState;
@@ -42,12 +43,14 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
     let keys = Keys::new(&config.issuer, &config.audience, config.access_ttl);
     jwt::ensure_initial_key(&store, &clock).await?;
     keys.reload(&store, clock.now_ms()).await?;
+    let metrics = Arc::new(Metrics::new());
     let state = AppState {
         store,
         keys,
         denylist: Denylist::default(),
+        hub: Hub::new(metrics.clone()),
         passwords: Passwords::new(config.password_hash_concurrency),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         clock,
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(false)),
@@ -99,6 +102,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(http::health::router())
+        .merge(http::ws::router())
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -163,14 +167,19 @@ pub async fn serve(
     let tasks = spawn_background(&state, stop.clone());
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop_serving = stop.clone();
+    let hub = state.hub.clone();
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = stop_serving.cancelled() => {}
             }
+            // Upgraded sockets are not HTTP connections: axum's graceful shutdown does not end
+            // them (tokio-rs/axum#3003). Close them with 1012 now, in parallel with the drain.
+            hub.begin_shutdown();
         })
         .await;
+    state.hub.shutdown(state.config.shutdown_drain).await;
     stop.cancel();
     for t in tasks {
         let _ = t.await;

@@ -133,6 +133,22 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
     pub sweep_interval: Duration,
 
+    /// Authenticated sockets one user may hold on this instance; the next is closed with 4429.
+    #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS_PER_USER", default_value_t = 64, global = true)]
+    pub ws_max_sockets_per_user: usize,
+
+    /// How long a new socket may take to send its `auth` message (else close 4408).
+    #[arg(long, env = "SESSIOND_WS_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub ws_auth_timeout: Duration,
+
+    /// Protocol ping period; a socket that misses two pongs is closed.
+    #[arg(long, env = "SESSIOND_WS_PING_INTERVAL", default_value = "25s", value_parser = parse_duration, global = true)]
+    pub ws_ping_interval: Duration,
+
+    /// On shutdown, how long to wait for sockets to close before exiting.
+    #[arg(long, env = "SESSIOND_SHUTDOWN_DRAIN", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub shutdown_drain: Duration,
+
     /// How often the signing keyset is re-read from the database (≤ 60 s per API.md §1).
     #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
     pub keys_reload_interval: Duration,

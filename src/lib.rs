@@ -8,6 +8,7 @@
 //! - [`sessions`]: login, refresh, logout and every revocation path ([`sessions::publish`]).
 //! - [`tokens`]: access-token JWTs and keyset ([`tokens::jwt`]), opaque refresh tokens ([`tokens::refresh`]).
 //! - [`store`]: the database behind one API (SQLite today).
+//! - [`hub`]: the WebSocket registry and logout push ([`hub::connection`] is one socket's task).
 //! - [`denylist`]: revoked session ids held in memory until their tokens expire.
 //! - [`password`]: argon2id hashing behind a semaphore.
 //! - [`metrics`], [`telemetry`], [`clock`], [`error`], [`state`], [`cli`].
@@ -20,6 +21,7 @@ pub mod config;
 pub mod denylist;
 pub mod error;
 pub mod http;
+pub mod hub;
 pub mod metrics;
 pub mod password;
 pub mod sessions;

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +34,16 @@ pub struct Metrics {
     pub revocations: Family<ReasonLabels, Counter>,
     pub active_sessions: Gauge,
     pub denylist_entries: Gauge,
+    /// WebSocket connections open on this instance (authenticated or not).
+    pub ws_open: Gauge,
+    /// Authenticated sockets registered in the hub.
+    pub ws_authenticated: Gauge,
+    /// `logout` frames written, by reason.
+    pub ws_logouts: Family<ReasonLabels, Counter>,
+    /// Seconds from the revocation's commit (publish) to the `logout` frame written.
+    pub ws_push_latency: Histogram,
+    /// Sockets closed because their outbound queue was full.
+    pub ws_queue_full_closes: Counter,
 }
 
 impl Default for Metrics {
@@ -50,6 +61,13 @@ impl Metrics {
         let revocations = Family::<ReasonLabels, Counter>::default();
         let active_sessions = Gauge::default();
         let denylist_entries = Gauge::default();
+        let ws_open = Gauge::default();
+        let ws_authenticated = Gauge::default();
+        let ws_logouts = Family::<ReasonLabels, Counter>::default();
+        // 50 µs … ~1.6 s
+        let ws_push_latency =
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16));
+        let ws_queue_full_closes = Counter::default();
         registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
         registry.register("logins", "Login attempts by outcome", logins.clone());
         registry.register("refreshes", "Refresh requests by outcome", refreshes.clone());
@@ -60,7 +78,37 @@ impl Metrics {
             "Revoked sessions held in this instance's denylist",
             denylist_entries.clone(),
         );
-        Metrics { registry, http_requests, logins, refreshes, revocations, active_sessions, denylist_entries }
+        registry.register("ws_open", "WebSocket connections open on this instance", ws_open.clone());
+        registry.register(
+            "ws_authenticated",
+            "Authenticated WebSocket connections on this instance",
+            ws_authenticated.clone(),
+        );
+        registry.register("ws_logout_events", "Logout events written to sockets, by reason", ws_logouts.clone());
+        registry.register(
+            "ws_push_latency_seconds",
+            "Revocation committed to logout frame written",
+            ws_push_latency.clone(),
+        );
+        registry.register(
+            "ws_queue_full_closes",
+            "Sockets closed because their outbound queue was full",
+            ws_queue_full_closes.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            logins,
+            refreshes,
+            revocations,
+            active_sessions,
+            denylist_entries,
+            ws_open,
+            ws_authenticated,
+            ws_logouts,
+            ws_push_latency,
+            ws_queue_full_closes,
+        }
     }
 
     pub fn login(&self, outcome: &'static str) {

@@ -175,16 +175,17 @@ fn token_response(
     })
 }
 
-/// Ends the selected live sessions with `reason` and publishes the revocations.
-pub async fn end_sessions(state: &AppState, sel: Selector, reason: &'static str) -> Result<Vec<Revoked>> {
+/// Ends the selected live sessions with `reason` and publishes the revocations. Returns the
+/// ended sessions and how many sockets were told.
+pub async fn end_sessions(state: &AppState, sel: Selector, reason: &'static str) -> Result<(Vec<Revoked>, usize)> {
     let store = state.store.clone();
     let now = state.clock.now_ms();
     // Own task: a dropped request must not leave a revocation committed but unpublished.
     let st = state.clone();
     let revoked = tokio::spawn(async move {
         let revoked = store.revoke(&sel, reason, now).await?;
-        publish(&st, &revoked);
-        Ok::<_, AppError>(revoked)
+        let notified = publish(&st, &revoked);
+        Ok::<_, AppError>((revoked, notified))
     })
     .await
     .map_err(|e| AppError::Internal(e.into()))??;
@@ -228,16 +229,19 @@ pub async fn change_password(
 }
 
 /// Makes committed revocations take effect in this process: the denylist refuses the
-/// sessions' access tokens from now on. Every revocation path ends here.
-pub fn publish(state: &AppState, revoked: &[Revoked]) {
+/// sessions' access tokens from now on, then every socket of those sessions gets the logout
+/// event. Every revocation path ends here. Returns how many sockets were notified.
+pub fn publish(state: &AppState, revoked: &[Revoked]) -> usize {
     for r in revoked {
-        state.denylist.insert(&r.session_id, r.access_expires_at);
+        state.denylist.insert(&r.session_id, r.access_expires_at, &r.reason, r.at);
         tracing::info!(session_id = %r.session_id, user_id = %r.user_id, reason = %r.reason, "session revoked");
     }
     if let Some(first) = revoked.first() {
         state.metrics.revoked(&first.reason, revoked.len());
     }
     state.metrics.denylist_entries.set(state.denylist.len() as i64);
+    // After the denylist: a socket registering meanwhile re-checks it (see `hub`).
+    state.hub.notify(revoked)
 }
 
 /// Ends expired sessions (`session_expired`) and prunes the denylist. Run periodically.
@@ -256,7 +260,7 @@ pub async fn rebuild_denylist(state: &AppState) -> Result<usize> {
     let min_exp = now - crate::tokens::jwt::LEEWAY_SECS * 1000 - 1000;
     let revoked = state.store.revoked_since(min_exp).await?;
     for r in &revoked {
-        state.denylist.insert(&r.session_id, r.access_expires_at);
+        state.denylist.insert(&r.session_id, r.access_expires_at, &r.reason, r.at);
     }
     state.metrics.denylist_entries.set(state.denylist.len() as i64);
     Ok(revoked.len())

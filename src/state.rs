@@ -8,6 +8,7 @@ use axum::extract::FromRef;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::denylist::Denylist;
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::password::Passwords;
 use crate::store::Store;
@@ -18,6 +19,7 @@ pub struct AppState {
     pub store: Store,
     pub keys: Keys,
     pub denylist: Denylist,
+    pub hub: Hub,
     pub passwords: Passwords,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,

@@ -87,10 +87,11 @@ async fn force_logout_user(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
     state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
-    let revoked = sessions::end_sessions(&state, Selector::User { user_id: id, except: None }, "admin_logout").await?;
+    let (revoked, notified) =
+        sessions::end_sessions(&state, Selector::User { user_id: id, except: None }, "admin_logout").await?;
     Ok(Json(serde_json::json!({
         "revoked_sessions": revoked.len(),
-        "notified_connections": 0,
+        "notified_connections": notified,
     })))
 }
 
@@ -99,7 +100,7 @@ async fn revoke_any_session(
     _admin: AdminUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    let revoked = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked").await?;
+    let (revoked, _) = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked").await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);
     }
@@ -108,9 +109,9 @@ async fn revoke_any_session(
 
 /// The "signing key leaked" button: every live session of every user ends, the caller's too.
 async fn logout_everyone(State(state): State<AppState>, _admin: AdminUser) -> Result<Json<serde_json::Value>> {
-    let revoked = sessions::end_sessions(&state, Selector::Everyone, "admin_logout").await?;
+    let (revoked, notified) = sessions::end_sessions(&state, Selector::Everyone, "admin_logout").await?;
     Ok(Json(serde_json::json!({
         "revoked_sessions": revoked.len(),
-        "notified_connections": 0,
+        "notified_connections": notified,
     })))
 }

@@ -110,7 +110,7 @@ async fn logout_all(
 ) -> Result<Json<serde_json::Value>> {
     let (except, reason) =
         if body.keep_current { (Some(user.session_id.clone()), "logout_others") } else { (None, "logout_all") };
-    let revoked = sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason).await?;
+    let (revoked, _) = sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason).await?;
     Ok(Json(serde_json::json!({ "revoked_sessions": revoked.len() })))
 }
 
@@ -123,7 +123,7 @@ async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<
 /// 404 for a session that is not the caller's or no longer live.
 async fn revoke_session(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode> {
     let sel = Selector::OwnSession { user_id: user.user_id, session_id: id };
-    let revoked = sessions::end_sessions(&state, sel, "session_revoked").await?;
+    let (revoked, _) = sessions::end_sessions(&state, sel, "session_revoked").await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);
     }

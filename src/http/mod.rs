@@ -5,6 +5,7 @@ pub mod auth;
 pub mod extract;
 pub mod health;
 pub mod me;
+pub mod ws;
 
 use serde::Serialize;
 
@@ -27,7 +28,7 @@ pub struct SessionView {
 }
 
 /// Renders a session; `current` compares with the caller's session.
-pub fn session_json(_state: &AppState, s: &SessionRow, caller_session: Option<&str>) -> SessionView {
+pub fn session_json(state: &AppState, s: &SessionRow, caller_session: Option<&str>) -> SessionView {
     SessionView {
         id: s.id.clone(),
         device_name: s.device_name.clone(),
@@ -37,7 +38,6 @@ pub fn session_json(_state: &AppState, s: &SessionRow, caller_session: Option<&s
         last_used_at: rfc3339(s.last_used_at),
         expires_at: rfc3339(s.expires_at()),
         current: caller_session == Some(s.id.as_str()),
-        // Presence arrives with the WebSocket hub.
-        connected: false,
+        connected: state.hub.is_connected(&s.id),
     }
 }

@@ -1,0 +1,50 @@
+//! `GET /v1/ws`: the upgrade. The Origin check happens here, before the upgrade (a browser
+//! cannot be trusted to enforce it for WebSockets); authentication is the first message, never
+//! the URL (API.md §5).
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::error::AppError;
+use crate::hub::connection::{self, MAX_MESSAGE_BYTES};
+use crate::state::AppState;
+
+/// Per-socket read buffer. tungstenite's default (128 KiB, eagerly zero-filled) costs ~137 KB
+/// of RSS per idle socket; 4 KiB brings it to ~9 KB (PERFORMANCE.md §0).
+const READ_BUFFER: usize = 4 * 1024;
+/// Hard cap on buffered outbound bytes per socket.
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
+/// tungstenite's own message and frame limits: a little above the protocol limit, so that a
+/// message just over 16 KiB is read and refused with a proper close code by us.
+const WIRE_LIMIT: usize = 4 * MAX_MESSAGE_BYTES;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/ws", get(upgrade))
+}
+
+async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = state.config.allowed_origins();
+        // Exact match only: no prefix, suffix or case tricks.
+        if !origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a == o)) {
+            tracing::debug!("websocket upgrade from a foreign origin refused");
+            return AppError::Forbidden.into_response();
+        }
+    }
+    if state.hub.is_shutting_down() {
+        return AppError::Unavailable(anyhow::anyhow!("shutting down")).into_response();
+    }
+    let token = state.hub.track();
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(WIRE_LIMIT)
+        .max_frame_size(WIRE_LIMIT)
+        .on_upgrade(move |socket| async move {
+            connection::run(socket, state).await;
+            drop(token);
+        })
+}
