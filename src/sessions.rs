@@ -80,6 +80,7 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
     };
     let cfg = &state.config;
     let (token, stored) = new_refresh();
+    let now = state.clock.now_ms();
     let session = state
         .store
         .create_session(NewSession {
@@ -88,7 +89,7 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
             device_name: client.device_name,
             user_agent: client.user_agent,
             ip: client.ip,
-            now: state.clock.now_ms(),
+            now,
             idle_ttl: ms(cfg.refresh_idle_ttl),
             max_age: ms(cfg.session_max_age),
             access_ttl: ms(cfg.access_ttl),
@@ -97,7 +98,7 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
         .await?;
     state.metrics.login("success");
     tracing::info!(user_id = %user.id, session_id = %session.id, "login");
-    token_response(state, &user, &session, session.access_expires_at, token)
+    token_response(state, now, &user, &session, session.access_expires_at, token)
 }
 
 /// One refresh (API.md §3.3).
@@ -108,8 +109,9 @@ pub async fn refresh(state: &AppState, presented: &str) -> Result<TokenResponse>
     };
     let (candidate, stored) = new_refresh();
     let cfg = &state.config;
+    let now = state.clock.now_ms();
     let rotation = Rotation {
-        now: state.clock.now_ms(),
+        now,
         presented_hash: presented.digest(),
         sealed_candidate: presented.seal(&candidate),
         candidate: stored,
@@ -152,17 +154,19 @@ pub async fn refresh(state: &AppState, presented: &str) -> Result<TokenResponse>
         }
     };
     let user = state.store.user_by_id(&session.user_id).await?.ok_or(AppError::InvalidRefreshToken)?;
-    token_response(state, &user, &session, access_exp, token)
+    token_response(state, now, &user, &session, access_exp, token)
 }
 
+/// The token pair; `now` is the instant the session's expiries were computed from, so that
+/// `exp - iat` is exactly the access TTL (unless capped by the session's expiry).
 fn token_response(
     state: &AppState,
+    now: Millis,
     user: &UserRow,
     session: &SessionRow,
     access_exp: Millis,
     refresh: RefreshToken,
 ) -> Result<TokenResponse> {
-    let now = state.clock.now_ms();
     let (access_token, exp) = state.keys.issue(&user.id, &session.id, user.roles(), now, access_exp)?;
     Ok(TokenResponse {
         access_token,

@@ -168,6 +168,13 @@ impl TestApp {
         Tokens::from(r.json::<Value>().await.unwrap())
     }
 
+    /// Logs in with a given password.
+    pub async fn session_of_with(&self, email: &str, password: &str) -> Tokens {
+        let r = self.login(email, password).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        Tokens::from(r.json::<Value>().await.unwrap())
+    }
+
     /// A fresh user with one session.
     pub async fn new_session(&self) -> Tokens {
         let email = self.new_user().await;

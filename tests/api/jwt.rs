@@ -335,10 +335,8 @@ async fn access_token_verifies_independently_against_jwks() {
     let exp = claims["exp"].as_i64().expect("exp integer");
     assert!(iat <= now, "iat {iat} in the future (now {now})");
     assert!(iat >= now - 60, "iat {iat} far in the past (now {now})");
-    // The TTL is 5 min. `exp` is computed from the session row's clock read and `iat` from a
-    // second read a few ms later, so when those straddle a second boundary the token carries
-    // 299 s; `expires_in` always matches the token.
-    assert!(exp - iat == 300 || exp - iat == 299, "exp - iat = {}", exp - iat);
+    // The TTL is 5 min: `exp` and `iat` come from the same clock reading.
+    assert_eq!(exp - iat, 300, "exp - iat");
     assert_eq!(t.raw["expires_in"].as_i64(), Some(exp - iat), "expires_in matches the token");
     assert!(claims["roles"].is_array(), "{claims}");
 }

@@ -9,3 +9,4 @@ mod errors;
 mod jwt;
 mod keys;
 mod refresh;
+mod ws;
