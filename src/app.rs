@@ -18,6 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::backplane::Backplane;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::denylist::Denylist;
@@ -26,7 +27,7 @@ use crate::hub::Hub;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::password::Passwords;
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{Kind, Store};
 use crate::tokens::jwt::{self, Keys};
 use crate::{http, sessions};
 
@@ -44,7 +45,10 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
     jwt::ensure_initial_key(&store, &clock).await?;
     keys.reload(&store, clock.now_ms()).await?;
     let metrics = Arc::new(Metrics::new());
+    let backplane = (store.kind() == Kind::Postgres).then(|| Arc::new(Backplane::new(clock.now_ms())));
     let state = AppState {
+        instance_id: uuid::Uuid::new_v4().simple().to_string().into(),
+        backplane,
         store,
         keys,
         denylist: Denylist::default(),
@@ -203,7 +207,7 @@ fn spawn_background(state: &AppState, stop: CancellationToken) -> Vec<tokio::tas
     };
     let sweep = {
         let state = state.clone();
-        every(state.config.sweep_interval, stop, move || {
+        every(state.config.sweep_interval, stop.clone(), move || {
             let state = state.clone();
             async move {
                 match sessions::sweep(&state).await {
@@ -214,7 +218,9 @@ fn spawn_background(state: &AppState, stop: CancellationToken) -> Vec<tokio::tas
             }
         })
     };
-    vec![reload, sweep]
+    let listener = tokio::spawn(crate::backplane::run_listener(state.clone(), stop.clone()));
+    let presence = tokio::spawn(crate::backplane::run_presence(state.clone(), stop));
+    vec![reload, sweep, listener, presence]
 }
 
 fn every<F, Fut>(period: Duration, stop: CancellationToken, mut f: F) -> tokio::task::JoinHandle<()>

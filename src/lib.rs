@@ -7,7 +7,8 @@
 //! - [`http`]: the endpoints, one router per area, and the extractors.
 //! - [`sessions`]: login, refresh, logout and every revocation path ([`sessions::publish`]).
 //! - [`tokens`]: access-token JWTs and keyset ([`tokens::jwt`]), opaque refresh tokens ([`tokens::refresh`]).
-//! - [`store`]: the database behind one API (SQLite today).
+//! - [`store`]: the database behind one API (SQLite or PostgreSQL, one SQL through sqlx `Any`).
+//! - [`backplane`]: PostgreSQL LISTEN/NOTIFY fan-out between instances, resync, presence.
 //! - [`hub`]: the WebSocket registry and logout push ([`hub::connection`] is one socket's task).
 //! - [`denylist`]: revoked session ids held in memory until their tokens expire.
 //! - [`password`]: argon2id hashing behind a semaphore.
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod backplane;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -180,27 +180,58 @@ fn token_response(
 }
 
 /// Ends the selected live sessions with `reason` and publishes the revocations. Returns the
-/// ended sessions and how many sockets were told.
-pub async fn end_sessions(state: &AppState, sel: Selector, reason: &'static str) -> Result<(Vec<Revoked>, usize)> {
-    let store = state.store.clone();
+/// ended sessions and how many sockets were told: on this instance, plus, with
+/// `count_cluster` on PostgreSQL, those other live instances acknowledge (waited for ≤ 1 s).
+pub async fn end_sessions(
+    state: &AppState,
+    sel: Selector,
+    reason: &'static str,
+    count_cluster: bool,
+) -> Result<(Vec<Revoked>, usize)> {
     let now = state.clock.now_ms();
-    // Own task: a dropped request must not leave a revocation committed but unpublished.
     let st = state.clone();
-    let revoked = tokio::spawn(async move {
-        let revoked = store.revoke(&sel, reason, now).await?;
-        let notified = publish(&st, &revoked);
+    // Own task: a dropped request must not leave a revocation committed but unpublished.
+    tokio::spawn(async move {
+        let cluster = match (&st.backplane, count_cluster) {
+            (Some(bp), true) => {
+                let alive_after = now - crate::backplane::INSTANCE_TTL_MS;
+                let others = st.store.other_instances(&st.instance_id, alive_after).await?;
+                let req = uuid::Uuid::new_v4().simple().to_string();
+                Some((bp.clone(), bp.expect_acks(&req), req, others))
+            }
+            _ => None,
+        };
+        let req = cluster.as_ref().map(|c| c.2.as_str());
+        let revoked = st.store.revoke(&sel, reason, now, req).await;
+        let revoked = match revoked {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some((bp, _, req, _)) = &cluster {
+                    bp.forget_acks(req);
+                }
+                return Err(e.into());
+            }
+        };
+        let mut notified = publish(&st, &revoked);
+        if let Some((bp, rx, req, others)) = cluster {
+            if !revoked.is_empty() {
+                let expected = others.into_iter().collect();
+                let remote = crate::backplane::collect_acks(rx, expected, std::time::Duration::from_secs(1)).await;
+                notified += remote as usize;
+            }
+            bp.forget_acks(&req);
+        }
         Ok::<_, AppError>((revoked, notified))
     })
     .await
-    .map_err(|e| AppError::Internal(e.into()))??;
-    Ok(revoked)
+    .map_err(|e| AppError::Internal(e.into()))?
 }
 
 /// Logout with a refresh token: ends its session (idempotent: unknown tokens are ignored).
 pub async fn logout_by_refresh(state: &AppState, presented: &str) -> Result<()> {
     let Some(token) = RefreshToken::parse(presented) else { return Ok(()) };
     if let Some(session_id) = state.store.session_of_refresh(&token.digest()).await? {
-        end_sessions(state, Selector::Session(session_id), "logout").await?;
+        end_sessions(state, Selector::Session(session_id), "logout", false).await?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 
+use crate::backplane::Backplane;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::denylist::Denylist;
@@ -24,6 +25,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub config: Arc<Config>,
+    /// This process's id among the instances sharing a database.
+    pub instance_id: Arc<str>,
+    /// The PostgreSQL backplane (listener health, acknowledgements); `None` on SQLite.
+    pub backplane: Option<Arc<Backplane>>,
     /// True once the denylist is rebuilt and the keyset loaded: `/readyz` may answer 200.
     pub ready: Arc<AtomicBool>,
 }

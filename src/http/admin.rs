@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::extract::AdminUser;
-use super::{session_json, SessionView};
+use super::session_views;
 use crate::clock::rfc3339;
 use crate::error::{AppError, Result};
 use crate::sessions;
@@ -61,7 +61,7 @@ async fn list_users(
             serde_json::json!({
                 "user_id": u.id,
                 "email": u.email,
-                "roles": if u.is_admin { vec!["admin"] } else { vec![] },
+                "roles": if u.is_admin != 0 { vec!["admin"] } else { vec![] },
                 "created_at": rfc3339(u.created_at),
                 "active_sessions": u.active_sessions,
             })
@@ -76,8 +76,7 @@ async fn user_sessions(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
     state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
-    let rows = state.store.live_sessions(&id, state.clock.now_ms()).await?;
-    let sessions: Vec<SessionView> = rows.iter().map(|s| session_json(&state, s, Some(&admin.session_id))).collect();
+    let sessions = session_views(&state, &id, &admin.session_id).await?;
     Ok(Json(serde_json::json!({ "sessions": sessions })))
 }
 
@@ -88,7 +87,7 @@ async fn force_logout_user(
 ) -> Result<Json<serde_json::Value>> {
     state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
     let (revoked, notified) =
-        sessions::end_sessions(&state, Selector::User { user_id: id, except: None }, "admin_logout").await?;
+        sessions::end_sessions(&state, Selector::User { user_id: id, except: None }, "admin_logout", true).await?;
     Ok(Json(serde_json::json!({
         "revoked_sessions": revoked.len(),
         "notified_connections": notified,
@@ -100,7 +99,7 @@ async fn revoke_any_session(
     _admin: AdminUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    let (revoked, _) = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked").await?;
+    let (revoked, _) = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked", false).await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);
     }
@@ -109,7 +108,7 @@ async fn revoke_any_session(
 
 /// The "signing key leaked" button: every live session of every user ends, the caller's too.
 async fn logout_everyone(State(state): State<AppState>, _admin: AdminUser) -> Result<Json<serde_json::Value>> {
-    let (revoked, notified) = sessions::end_sessions(&state, Selector::Everyone, "admin_logout").await?;
+    let (revoked, notified) = sessions::end_sessions(&state, Selector::Everyone, "admin_logout", true).await?;
     Ok(Json(serde_json::json!({
         "revoked_sessions": revoked.len(),
         "notified_connections": notified,

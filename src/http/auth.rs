@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::extract::{authenticate, bearer, truncate, AuthUser, Client, JsonBody};
-use super::{session_json, SessionView};
+use super::session_views;
 use crate::error::{AppError, Result};
 use crate::sessions::{self, ClientInfo, TokenResponse};
 use crate::state::AppState;
@@ -88,12 +88,12 @@ async fn logout(
     let Some(token) = bearer(&headers)? else {
         return Err(AppError::InvalidToken { presented: false });
     };
-    let user = match authenticate(&state, token) {
+    let user = match authenticate(&state, token).await {
         Ok(u) => u,
         Err(AppError::SessionRevoked) => return Ok(StatusCode::NO_CONTENT),
         Err(e) => return Err(e),
     };
-    sessions::end_sessions(&state, Selector::Session(user.session_id), "logout").await?;
+    sessions::end_sessions(&state, Selector::Session(user.session_id), "logout", false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -110,20 +110,20 @@ async fn logout_all(
 ) -> Result<Json<serde_json::Value>> {
     let (except, reason) =
         if body.keep_current { (Some(user.session_id.clone()), "logout_others") } else { (None, "logout_all") };
-    let (revoked, _) = sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason).await?;
+    let (revoked, _) =
+        sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason, false).await?;
     Ok(Json(serde_json::json!({ "revoked_sessions": revoked.len() })))
 }
 
 async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<Json<serde_json::Value>> {
-    let rows = state.store.live_sessions(&user.user_id, state.clock.now_ms()).await?;
-    let sessions: Vec<SessionView> = rows.iter().map(|s| session_json(&state, s, Some(&user.session_id))).collect();
+    let sessions = session_views(&state, &user.user_id, &user.session_id).await?;
     Ok(Json(serde_json::json!({ "sessions": sessions })))
 }
 
 /// 404 for a session that is not the caller's or no longer live.
 async fn revoke_session(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode> {
     let sel = Selector::OwnSession { user_id: user.user_id, session_id: id };
-    let (revoked, _) = sessions::end_sessions(&state, sel, "session_revoked").await?;
+    let (revoked, _) = sessions::end_sessions(&state, sel, "session_revoked", false).await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);
     }

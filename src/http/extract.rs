@@ -46,8 +46,30 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
     Ok(Some(token.trim()))
 }
 
-/// Verifies a token and checks the denylist: the whole hot path, memory only.
-pub fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
+/// Verifies a token and checks the denylist: the whole hot path, memory only. While the
+/// PostgreSQL listener is down (the denylist may miss other instances' revocations) it fails
+/// closed: the session is checked in the database.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
+    let user = authenticate_in_memory(state, token)?;
+    if let Some(bp) = &state.backplane {
+        if !bp.is_up() {
+            let session = state.store.session(&user.session_id).await?;
+            match session {
+                Some(s) if s.revoked_at.is_none() && s.expires_at() > state.clock.now_ms() => {}
+                Some(s) => {
+                    let at = s.revoked_at.unwrap_or(s.expires_at());
+                    let reason = s.revoked_reason.as_deref().unwrap_or("session_expired");
+                    state.denylist.insert(&s.id, s.access_expires_at, reason, at);
+                    return Err(AppError::SessionRevoked);
+                }
+                None => return Err(AppError::InvalidToken { presented: true }),
+            }
+        }
+    }
+    Ok(user)
+}
+
+fn authenticate_in_memory(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
     let claims = state.keys.verify(token, state.clock.now_secs()).map_err(|e| {
         tracing::debug!(reason = ?e, "access token refused");
         match e {
@@ -68,7 +90,7 @@ impl FromRequestParts<AppState> for AuthUser {
     #[tracing::instrument(skip_all)]
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match bearer(&parts.headers)? {
-            Some(token) => authenticate(state, token),
+            Some(token) => authenticate(state, token).await,
             None => Err(AppError::InvalidToken { presented: false }),
         }
     }

@@ -30,6 +30,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if !state.ready.load(Ordering::Acquire) {
         return AppError::Unavailable(anyhow::anyhow!("starting")).into_response();
     }
+    // With PostgreSQL: not before the first LISTEN + resync, nor after 5 s without a listener.
+    if let Some(bp) = &state.backplane {
+        if !bp.is_ready(state.clock.now_ms()) {
+            return AppError::Unavailable(anyhow::anyhow!("revocation listener down")).into_response();
+        }
+    }
     match state.store.ping().await {
         Ok(()) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ready"}"#).into_response()

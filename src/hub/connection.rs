@@ -193,7 +193,7 @@ async fn on_text(
         ClientMessage::Auth { access_token } => access_token,
     };
 
-    let user = match authenticate(state, &token) {
+    let user = match authenticate(state, &token).await {
         Ok(u) => u,
         Err(AppError::SessionRevoked) => {
             // Claims were valid: tell the client why its session ended (it may have been offline).

@@ -187,6 +187,11 @@ impl Hub {
         self.inner.by_session.get(session_id).is_some_and(|s| !s.is_empty())
     }
 
+    /// Sessions with at least one socket on this instance.
+    pub fn sessions(&self) -> Vec<String> {
+        self.inner.by_session.iter().map(|e| e.key().to_string()).collect()
+    }
+
     /// Authenticated sockets of a user on this instance.
     pub fn user_connections(&self, user_id: &str) -> usize {
         self.inner.by_user.get(user_id).map_or(0, |s| s.len())

@@ -1,11 +1,18 @@
 //! Storage: one API over the database, so handlers never see SQL or the backend.
 //!
-//! `Store` is a cheap handle (pools are shared on clone). Today it wraps SQLite; the PostgreSQL
-//! backend plugs in as another `Backend` arm with the same methods and semantics. All SQL lives
-//! in the backend modules, one function per query or transaction. Times are milliseconds since
-//! the epoch from the application's [`Clock`](crate::clock::Clock), passed in explicitly.
+//! `Store` is a cheap handle (pools are shared on clone) over SQLite (embedded, one instance)
+//! or PostgreSQL (shared by many instances), chosen by the URL. The SQL is written once for both
+//! through sqlx's `Any` driver ([`sql`] holds the transactions); the few dialect differences are
+//! explicit in [`Kind`]. Times are milliseconds since the epoch from the application's
+//! [`Clock`](crate::clock::Clock), passed in explicitly.
 
-mod sqlite;
+pub mod sql;
+
+use std::sync::Once;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor, Transaction};
 
 use crate::clock::Millis;
 
@@ -15,20 +22,21 @@ pub struct UserRow {
     pub id: String,
     pub email: String,
     pub password_hash: String,
-    pub is_admin: bool,
+    /// 0 or 1 (one integer type on both backends).
+    pub is_admin: i64,
     pub created_at: Millis,
     pub disabled_at: Option<Millis>,
 }
 
 impl std::fmt::Debug for UserRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserRow").field("id", &self.id).field("is_admin", &self.is_admin).finish_non_exhaustive()
+        f.debug_struct("UserRow").field("id", &self.id).field("is_admin", &(self.is_admin != 0)).finish_non_exhaustive()
     }
 }
 
 impl UserRow {
     pub fn roles(&self) -> Vec<String> {
-        if self.is_admin {
+        if self.is_admin != 0 {
             vec!["admin".to_string()]
         } else {
             Vec::new()
@@ -41,7 +49,7 @@ impl UserRow {
 pub struct UserSummary {
     pub id: String,
     pub email: String,
-    pub is_admin: bool,
+    pub is_admin: i64,
     pub created_at: Millis,
     pub active_sessions: i64,
 }
@@ -102,6 +110,8 @@ pub enum Selector {
     User { user_id: String, except: Option<String> },
     /// Every live session of every user.
     Everyone,
+    /// Every session past its idle or absolute expiry (ended as `session_expired`).
+    Expired,
 }
 
 /// A session that a committed transaction has just ended.
@@ -178,70 +188,188 @@ impl From<StoreError> for crate::error::AppError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-#[derive(Clone)]
-enum Backend {
-    Sqlite(sqlite::SqliteStore),
+/// Which database a [`Store`] talks to, and its dialect differences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
 }
+
+impl Kind {
+    pub fn of_url(url: &str) -> Option<Kind> {
+        if url.starts_with("sqlite:") {
+            Some(Kind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Kind::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// The two-argument maximum.
+    pub fn greatest(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "MAX",
+            Kind::Postgres => "GREATEST",
+        }
+    }
+
+    /// Row lock suffix for a SELECT inside a write transaction.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "",
+            Kind::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static DRIVERS: Once = Once::new();
 
 /// The storage handle. Clones share the connection pools.
+///
+/// SQLite allows one writer at a time: every write transaction goes through a pool of exactly
+/// one connection (our own writers queue fairly in the pool instead of spinning in SQLite's
+/// busy handler) and starts with `BEGIN IMMEDIATE`, which takes the write lock up front (a
+/// deferred transaction that reads then writes fails with SQLITE_BUSY_SNAPSHOT when another
+/// process, e.g. `sessiond user add`, wrote in between). WAL lets readers run beside it.
+/// PostgreSQL uses one pool and row locks.
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
-}
-
-macro_rules! dispatch {
-    ($self:ident . $m:ident ( $($arg:expr),* )) => {
-        match &$self.backend {
-            Backend::Sqlite(s) => s.$m($($arg),*).await,
-        }
-    };
+    kind: Kind,
+    writer: AnyPool,
+    reader: AnyPool,
+    url: std::sync::Arc<str>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database named by `url`. Does not migrate.
+    /// Opens (creating an SQLite file if needed) the database named by `url`. Does not migrate.
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        if url.starts_with("sqlite:") {
-            Ok(Store { backend: Backend::Sqlite(sqlite::SqliteStore::connect(url).await?) })
-        } else {
-            Err(StoreError::UnsupportedUrl)
-        }
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let kind = Kind::of_url(url).ok_or(StoreError::UnsupportedUrl)?;
+        let (writer, reader) = match kind {
+            Kind::Sqlite => {
+                let url = if url.contains("mode=") {
+                    url.to_string()
+                } else if url.contains('?') {
+                    format!("{url}&mode=rwc")
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                let opts: AnyConnectOptions = url.parse()?;
+                let pool = |n| {
+                    AnyPoolOptions::new()
+                        .max_connections(n)
+                        .acquire_timeout(Duration::from_secs(10))
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                conn.execute(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                                )
+                                .await?;
+                                Ok(())
+                            })
+                        })
+                        .connect_with(opts.clone())
+                };
+                let writer = pool(1).await?;
+                (writer, pool(4).await?)
+            }
+            Kind::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await?;
+                (pool.clone(), pool)
+            }
+        };
+        Ok(Store { kind, writer, reader, url: url.into() })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The URL this store was opened with (the backplane opens its own listener connection).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Applies the embedded migrations of this backend.
     pub async fn migrate(&self) -> StoreResult<()> {
-        dispatch!(self.migrate())
+        match self.kind {
+            Kind::Sqlite => SQLITE_MIGRATOR.run(&self.writer).await?,
+            Kind::Postgres => POSTGRES_MIGRATOR.run(&self.writer).await?,
+        }
+        Ok(())
     }
 
     /// Cheap liveness probe of the database.
     pub async fn ping(&self) -> StoreResult<()> {
-        dispatch!(self.ping())
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
     }
 
     pub async fn close(&self) {
-        dispatch!(self.close())
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Any>> {
+        Ok(match self.kind {
+            Kind::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Kind::Postgres => self.writer.begin().await?,
+        })
     }
 
     // ---- users ----
 
     pub async fn create_user(&self, id: &str, email: &str, hash: &str, admin: bool, now: Millis) -> StoreResult<()> {
-        dispatch!(self.create_user(id, email, hash, admin, now))
+        let res = sqlx::query(
+            "INSERT INTO users (id, email, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(hash)
+        .bind(i64::from(admin))
+        .bind(now)
+        .execute(&self.writer)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn count_users(&self) -> StoreResult<i64> {
-        dispatch!(self.count_users())
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.reader).await?)
     }
 
     pub async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRow>> {
-        dispatch!(self.user_by_email(email))
+        Ok(sqlx::query_as("SELECT * FROM users WHERE email = $1").bind(email).fetch_optional(&self.reader).await?)
     }
 
     pub async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRow>> {
-        dispatch!(self.user_by_id(id))
+        Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(&self.reader).await?)
     }
 
     /// Users ordered by id (ids are time-ordered UUIDv7), after `after`, at most `limit`.
     pub async fn list_users(&self, limit: i64, after: Option<&str>, now: Millis) -> StoreResult<Vec<UserSummary>> {
-        dispatch!(self.list_users(limit, after, now))
+        Ok(sqlx::query_as(
+            "SELECT u.id, u.email, u.is_admin, u.created_at, \
+               (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id AND s.revoked_at IS NULL \
+                  AND s.idle_expires_at > $3 AND s.absolute_expires_at > $3) AS active_sessions \
+             FROM users u WHERE u.id > $1 ORDER BY u.id LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     /// Sets a new password hash and revokes every other live session of the user, atomically.
@@ -249,69 +377,313 @@ impl Store {
         &self,
         user_id: &str,
         hash: &str,
-        keep_session: &str,
+        keep: &str,
         now: Millis,
     ) -> StoreResult<Vec<Revoked>> {
-        dispatch!(self.change_password(user_id, hash, keep_session, now))
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let sel = Selector::User { user_id: user_id.to_string(), except: Some(keep.to_string()) };
+        let revoked = sql::revoke_in(&mut tx, self.kind, &sel, "password_changed", now, None).await?;
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     // ---- sessions ----
 
     /// Inserts a session and its first refresh token in one transaction; returns the row.
     pub async fn create_session(&self, s: NewSession) -> StoreResult<SessionRow> {
-        dispatch!(self.create_session(s))
+        let idle = s.now + s.idle_ttl;
+        let absolute = s.now + s.max_age;
+        let access_exp = (s.now + s.access_ttl).min(idle).min(absolute);
+        let mut tx = self.begin().await?;
+        let row: SessionRow = sqlx::query_as(&format!(
+            "INSERT INTO sessions (id, user_id, device_name, user_agent, ip, created_at, last_used_at, \
+               idle_expires_at, absolute_expires_at, access_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9) RETURNING {}",
+            sql::SESSION_COLS
+        ))
+        .bind(&s.id)
+        .bind(&s.user_id)
+        .bind(&s.device_name)
+        .bind(&s.user_agent)
+        .bind(&s.ip)
+        .bind(s.now)
+        .bind(idle)
+        .bind(absolute)
+        .bind(access_exp)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO refresh_tokens (id, session_id, token_hash, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&s.refresh.id)
+            .bind(&s.id)
+            .bind(&s.refresh.hash[..])
+            .bind(s.now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     /// Live sessions of a user, newest first.
     pub async fn live_sessions(&self, user_id: &str, now: Millis) -> StoreResult<Vec<SessionRow>> {
-        dispatch!(self.live_sessions(user_id, now))
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
+               AND idle_expires_at > $2 AND absolute_expires_at > $2 ORDER BY created_at DESC, id DESC",
+            sql::SESSION_COLS
+        ))
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     pub async fn session(&self, id: &str) -> StoreResult<Option<SessionRow>> {
-        dispatch!(self.session(id))
+        Ok(sqlx::query_as(&format!("SELECT {} FROM sessions WHERE id = $1", sql::SESSION_COLS))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?)
     }
 
     pub async fn count_live_sessions(&self, now: Millis) -> StoreResult<i64> {
-        dispatch!(self.count_live_sessions(now))
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND idle_expires_at > $1 AND absolute_expires_at > $1",
+        )
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?)
     }
 
     /// Ends the selected live sessions with `reason`; returns what it ended (committed).
-    pub async fn revoke(&self, sel: &Selector, reason: &str, now: Millis) -> StoreResult<Vec<Revoked>> {
-        dispatch!(self.revoke(sel, reason, now))
+    /// `request` tags the PostgreSQL notification so acknowledgements can be matched.
+    pub async fn revoke(
+        &self,
+        sel: &Selector,
+        reason: &str,
+        now: Millis,
+        request: Option<&str>,
+    ) -> StoreResult<Vec<Revoked>> {
+        let mut tx = self.begin().await?;
+        let revoked = sql::revoke_in(&mut tx, self.kind, sel, reason, now, request).await?;
+        tx.commit().await?;
+        Ok(revoked)
     }
 
-    /// Ends every session past its idle or absolute expiry (`session_expired`).
-    /// Also drops sealed successors older than the grace window.
+    /// Ends every session past its idle or absolute expiry (`session_expired`), and drops
+    /// sealed successors older than the grace window (they can never be used again).
     pub async fn sweep_expired(&self, now: Millis, grace: Millis) -> StoreResult<Vec<Revoked>> {
-        dispatch!(self.sweep_expired(now, grace))
+        let mut tx = self.begin().await?;
+        let revoked = sql::revoke_in(&mut tx, self.kind, &Selector::Expired, "session_expired", now, None).await?;
+        sqlx::query(
+            "UPDATE refresh_tokens SET sealed_successor = NULL WHERE sealed_successor IS NOT NULL AND rotated_at < $1",
+        )
+        .bind(now - grace)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     /// Revoked sessions some of whose access tokens may still be unexpired at `min_exp`.
     pub async fn revoked_since(&self, min_exp: Millis) -> StoreResult<Vec<Revoked>> {
-        dispatch!(self.revoked_since(min_exp))
+        let rows: Vec<(String, String, i64, String, i64)> = sqlx::query_as(
+            "SELECT id, user_id, access_expires_at, COALESCE(revoked_reason, ''), revoked_at FROM sessions \
+             WHERE revoked_at IS NOT NULL AND access_expires_at >= $1",
+        )
+        .bind(min_exp)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(revoked_from).collect())
+    }
+
+    /// Revocation log rows in an id range (PostgreSQL backplane).
+    pub async fn revocations_between(&self, from: i64, to: i64) -> StoreResult<Vec<Revoked>> {
+        let rows: Vec<(String, String, i64, String, i64)> = sqlx::query_as(
+            "SELECT session_id, user_id, access_expires_at, reason, at FROM revocations WHERE id BETWEEN $1 AND $2",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(revoked_from).collect())
+    }
+
+    /// Drops revocation log rows older than `before` (their tokens are long dead).
+    pub async fn prune_revocation_log(&self, before: Millis) -> StoreResult<u64> {
+        if self.kind != Kind::Postgres {
+            return Ok(0);
+        }
+        let r = sqlx::query("DELETE FROM revocations WHERE at < $1").bind(before).execute(&self.writer).await?;
+        Ok(r.rows_affected())
     }
 
     // ---- refresh tokens ----
 
     /// One refresh, in one write transaction (see [`RotateOutcome`]).
     pub async fn rotate_refresh(&self, r: Rotation) -> StoreResult<RotateOutcome> {
-        dispatch!(self.rotate_refresh(r))
+        let mut tx = self.begin().await?;
+        let outcome = sql::rotate_in(&mut tx, self.kind, &r).await?;
+        // Commit on every path: a reuse or expiry revocation must stick although the client
+        // gets an error (RFC 9700 §4.14.2; Supabase's commit-with-error).
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     /// The session a refresh token (live or rotated) belongs to.
     pub async fn session_of_refresh(&self, hash: &[u8; 32]) -> StoreResult<Option<String>> {
-        dispatch!(self.session_of_refresh(hash))
+        Ok(sqlx::query_scalar("SELECT session_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(&hash[..])
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    /// (live, rotated) refresh tokens of a session: for tests and diagnostics.
+    pub async fn refresh_token_counts(&self, session_id: &str) -> StoreResult<(i64, i64)> {
+        let live: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens WHERE session_id = $1 AND rotated_at IS NULL")
+                .bind(session_id)
+                .fetch_one(&self.reader)
+                .await?;
+        let rotated: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM refresh_tokens WHERE session_id = $1 AND rotated_at IS NOT NULL")
+                .bind(session_id)
+                .fetch_one(&self.reader)
+                .await?;
+        Ok((live, rotated))
     }
 
     // ---- signing keys ----
 
     pub async fn signing_keys(&self) -> StoreResult<Vec<KeyRow>> {
-        dispatch!(self.signing_keys())
+        Ok(sqlx::query_as("SELECT * FROM signing_keys ORDER BY activates_at, created_at, kid")
+            .fetch_all(&self.reader)
+            .await?)
     }
 
     /// Inserts `key`; with `only_if_empty`, only when no key exists yet (first start, raced by
     /// several instances). Returns whether it was inserted.
-    pub async fn insert_signing_key(&self, key: &KeyRow, only_if_empty: bool) -> StoreResult<bool> {
-        dispatch!(self.insert_signing_key(key, only_if_empty))
+    pub async fn insert_signing_key(&self, k: &KeyRow, only_if_empty: bool) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        if self.kind == Kind::Postgres {
+            // Serialise first-start key creation across instances.
+            sqlx::query("SELECT pg_advisory_xact_lock(7305813)").execute(&mut *tx).await?;
+        }
+        if only_if_empty {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM signing_keys").fetch_one(&mut *tx).await?;
+            if n > 0 {
+                return Ok(false);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, private_der, public_x, created_at, activates_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&k.kid)
+        .bind(&k.private_der)
+        .bind(&k.public_x)
+        .bind(k.created_at)
+        .bind(k.activates_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
     }
+
+    // ---- cluster presence (PostgreSQL) ----
+
+    /// Records this instance's heartbeat and replaces its presence rows with `sessions`.
+    pub async fn sync_presence(
+        &self,
+        instance: &str,
+        added: &[String],
+        removed: &[String],
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO instances (id, heartbeat_at) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(instance)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for s in added {
+            sqlx::query("INSERT INTO presence (instance_id, session_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(instance)
+                .bind(s)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for s in removed {
+            sqlx::query("DELETE FROM presence WHERE instance_id = $1 AND session_id = $2")
+                .bind(instance)
+                .bind(s)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes an instance and its presence (graceful shutdown, or a dead instance's leftovers).
+    pub async fn forget_instances(&self, stale_before: Millis, this: Option<&str>) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "DELETE FROM presence WHERE instance_id IN \
+               (SELECT id FROM instances WHERE heartbeat_at < $1 OR id = $2)",
+        )
+        .bind(stale_before)
+        .bind(this.unwrap_or(""))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1 OR id = $2")
+            .bind(stale_before)
+            .bind(this.unwrap_or(""))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Of `user_id`'s sessions, those with a socket on a live instance.
+    pub async fn connected_sessions(&self, user_id: &str, alive_after: Millis) -> StoreResult<Vec<String>> {
+        if self.kind != Kind::Postgres {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT p.session_id FROM presence p \
+               JOIN instances i ON i.id = p.instance_id \
+               JOIN sessions s ON s.id = p.session_id \
+             WHERE s.user_id = $1 AND i.heartbeat_at > $2",
+        )
+        .bind(user_id)
+        .bind(alive_after)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Ids of the instances with a heartbeat after `alive_after`, except `this`.
+    pub async fn other_instances(&self, this: &str, alive_after: Millis) -> StoreResult<Vec<String>> {
+        if self.kind != Kind::Postgres {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar("SELECT id FROM instances WHERE heartbeat_at > $1 AND id <> $2")
+            .bind(alive_after)
+            .bind(this)
+            .fetch_all(&self.reader)
+            .await?)
+    }
+
+    /// Sends a notification (outside any transaction).
+    pub async fn notify(&self, channel: &str, payload: &str) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&self.writer).await?;
+        Ok(())
+    }
+}
+
+fn revoked_from((session_id, user_id, access_expires_at, reason, at): (String, String, i64, String, i64)) -> Revoked {
+    Revoked { session_id, user_id, access_expires_at, reason, at }
 }

@@ -1,0 +1,220 @@
+//! The SQL of every query and transaction, written once for both backends through sqlx's `Any`
+//! driver. Placeholders are `$N` (SQLite accepts them too); times are integer milliseconds;
+//! booleans are integers. The few differences are explicit: [`Kind::greatest`], row locks
+//! (`FOR UPDATE`) on PostgreSQL where SQLite has `BEGIN IMMEDIATE`, and the revocation log +
+//! `NOTIFY` that PostgreSQL writes in the revoking transaction.
+
+use sqlx::{Any, Transaction};
+
+use super::*;
+
+pub(super) const SESSION_COLS: &str = "id, user_id, device_name, user_agent, ip, created_at, last_used_at, \
+    idle_expires_at, absolute_expires_at, access_expires_at, revoked_at, revoked_reason";
+
+/// The `NOTIFY` channel of revocations.
+pub const REVOCATIONS_CHANNEL: &str = "sessiond_revocations";
+
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    id: String,
+    session_id: String,
+    rotated_at: Option<i64>,
+    successor_id: Option<String>,
+    sealed_successor: Option<Vec<u8>>,
+}
+
+type Tx = Transaction<'static, Any>;
+
+/// The decision of one refresh, inside the caller's write transaction (API.md §3.3).
+pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation) -> StoreResult<RotateOutcome> {
+    // PostgreSQL: lock the token row, then the session row, so racing refreshes of one token
+    // serialise and see each other's rotation, and a racing revocation is seen (SQLite's
+    // BEGIN IMMEDIATE already serialises every writer).
+    let lock = kind.for_update();
+    let token: Option<TokenRow> = sqlx::query_as(&format!(
+        "SELECT id, session_id, rotated_at, successor_id, sealed_successor FROM refresh_tokens WHERE token_hash = $1{lock}"
+    ))
+    .bind(&r.presented_hash[..])
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(token) = token else { return Ok(RotateOutcome::Invalid) };
+    let session: SessionRow = sqlx::query_as(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1{lock}"))
+        .bind(&token.session_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    if session.revoked_at.is_some() {
+        return Ok(RotateOutcome::Invalid);
+    }
+    if session.expires_at() <= r.now {
+        let sel = Selector::Session(session.id.clone());
+        return Ok(RotateOutcome::Expired(revoke_in(tx, kind, &sel, "session_expired", r.now, None).await?));
+    }
+
+    let idle = r.now + r.idle_ttl;
+    let access_exp = (r.now + r.access_ttl).min(idle).min(session.absolute_expires_at);
+
+    let Some(rotated_at) = token.rotated_at else {
+        // The live token: rotate it.
+        let session = rotate_live(tx, kind, &session, &token, r, idle, access_exp).await?;
+        return Ok(RotateOutcome::Rotated { session, access_exp });
+    };
+    let successor_live = match &token.successor_id {
+        Some(sid) => sqlx::query_scalar::<_, Option<i64>>("SELECT rotated_at FROM refresh_tokens WHERE id = $1")
+            .bind(sid)
+            .fetch_optional(&mut **tx)
+            .await?
+            .is_some_and(|ra| ra.is_none()),
+        None => false,
+    };
+    let within = r.now - rotated_at <= r.grace;
+    match (&token.sealed_successor, successor_live && within) {
+        (Some(sealed), true) => {
+            sqlx::query(&format!(
+                "UPDATE sessions SET last_used_at = $1, access_expires_at = {}(access_expires_at, $2) WHERE id = $3",
+                kind.greatest()
+            ))
+            .bind(r.now)
+            .bind(access_exp)
+            .bind(&session.id)
+            .execute(&mut **tx)
+            .await?;
+            Ok(RotateOutcome::Grace { session, sealed_successor: sealed.clone(), access_exp })
+        }
+        _ => {
+            let sel = Selector::Session(session.id.clone());
+            Ok(RotateOutcome::Reused(revoke_in(tx, kind, &sel, "refresh_token_reused", r.now, None).await?))
+        }
+    }
+}
+
+/// Marks `token` rotated, stores the candidate as the live token, and extends the session's
+/// idle expiry. The old token is marked first: the partial unique index allows one live token.
+async fn rotate_live(
+    tx: &mut Tx,
+    kind: Kind,
+    session: &SessionRow,
+    token: &TokenRow,
+    r: &Rotation,
+    idle: Millis,
+    access_exp: Millis,
+) -> StoreResult<SessionRow> {
+    sqlx::query("UPDATE refresh_tokens SET rotated_at = $1, successor_id = $2, sealed_successor = $3 WHERE id = $4")
+        .bind(r.now)
+        .bind(&r.candidate.id)
+        .bind(&r.sealed_candidate)
+        .bind(&token.id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO refresh_tokens (id, session_id, token_hash, prev_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&r.candidate.id)
+    .bind(&session.id)
+    .bind(&r.candidate.hash[..])
+    .bind(&token.id)
+    .bind(r.now)
+    .execute(&mut **tx)
+    .await?;
+    // Only the immediately previous token may converge: forget older sealed successors.
+    sqlx::query(
+        "UPDATE refresh_tokens SET sealed_successor = NULL \
+         WHERE session_id = $1 AND id <> $2 AND sealed_successor IS NOT NULL",
+    )
+    .bind(&session.id)
+    .bind(&token.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(sqlx::query_as(&format!(
+        "UPDATE sessions SET last_used_at = $1, idle_expires_at = $2, access_expires_at = {}(access_expires_at, $3) \
+         WHERE id = $4 RETURNING {SESSION_COLS}",
+        kind.greatest()
+    ))
+    .bind(r.now)
+    .bind(idle)
+    .bind(access_exp)
+    .bind(&session.id)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Ends the selected sessions inside `tx` and, on PostgreSQL, logs and announces them in the
+/// same transaction (nothing is announced on rollback). `request` travels in the notification
+/// so the revoking instance can collect acknowledgements.
+pub(super) async fn revoke_in(
+    tx: &mut Tx,
+    kind: Kind,
+    sel: &Selector,
+    reason: &str,
+    now: Millis,
+    request: Option<&str>,
+) -> StoreResult<Vec<Revoked>> {
+    // Only live sessions, except when ending expired ones.
+    let live = if reason == "session_expired" { "" } else { " AND idle_expires_at > $1 AND absolute_expires_at > $1" };
+    let filter = match sel {
+        Selector::Session(_) => " AND id = $3",
+        Selector::OwnSession { .. } => " AND id = $3 AND user_id = $4",
+        Selector::User { .. } => " AND user_id = $3 AND ($4 IS NULL OR id <> $4)",
+        Selector::Everyone => "",
+        Selector::Expired => " AND (idle_expires_at <= $1 OR absolute_expires_at <= $1)",
+    };
+    let update = format!(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE revoked_at IS NULL{live}{filter} \
+         RETURNING id, user_id, access_expires_at"
+    );
+    let sql = match kind {
+        Kind::Sqlite => update,
+        // One statement: revoke, append to the log, and return the log's id range.
+        Kind::Postgres => format!(
+            "WITH r AS ({update}), \
+                  l AS (INSERT INTO revocations (session_id, user_id, reason, at, access_expires_at) \
+                        SELECT id, user_id, $2, $1, access_expires_at FROM r RETURNING id) \
+             SELECT r.id, r.user_id, r.access_expires_at, \
+                    (SELECT MIN(id) FROM l) AS log_from, (SELECT MAX(id) FROM l) AS log_to FROM r"
+        ),
+    };
+    let q = sqlx::query_as::<_, RevokedRow>(&sql).bind(now).bind(reason);
+    let q = match sel {
+        Selector::Session(id) => q.bind(id),
+        Selector::OwnSession { user_id, session_id } => q.bind(session_id).bind(user_id),
+        Selector::User { user_id, except } => q.bind(user_id).bind(except),
+        Selector::Everyone | Selector::Expired => q,
+    };
+    let rows: Vec<RevokedRow> = q.fetch_all(&mut **tx).await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Ended sessions need no convergence material.
+    sqlx::query(
+        "UPDATE refresh_tokens SET sealed_successor = NULL WHERE sealed_successor IS NOT NULL \
+           AND session_id IN (SELECT id FROM sessions WHERE revoked_at = $1)",
+    )
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if kind == Kind::Postgres {
+        let (from, to) = (rows[0].log_from.unwrap_or(0), rows[0].log_to.unwrap_or(0));
+        let payload = serde_json::json!({ "from": from, "to": to, "req": request }).to_string();
+        sqlx::query("SELECT pg_notify($1, $2)").bind(REVOCATIONS_CHANNEL).bind(payload).execute(&mut **tx).await?;
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| Revoked {
+            session_id: r.id,
+            user_id: r.user_id,
+            access_expires_at: r.access_expires_at,
+            reason: reason.to_string(),
+            at: now,
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct RevokedRow {
+    id: String,
+    user_id: String,
+    access_expires_at: i64,
+    #[sqlx(default)]
+    log_from: Option<i64>,
+    #[sqlx(default)]
+    log_to: Option<i64>,
+}
