@@ -47,7 +47,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
     let metrics = Arc::new(Metrics::new());
     let backplane = (store.kind() == Kind::Postgres).then(|| Arc::new(Backplane::new(clock.now_ms())));
     let state = AppState {
-        instance_id: uuid::Uuid::new_v4().simple().to_string().into(),
+        instance_id: store.instance_id().into(),
         backplane,
         store,
         keys,

@@ -50,6 +50,7 @@ pub struct Backplane {
 struct RevocationNote {
     from: i64,
     to: i64,
+    origin: String,
     req: Option<String>,
 }
 
@@ -156,6 +157,9 @@ async fn on_revocation(state: &AppState, payload: &str) {
         tracing::warn!("malformed revocation notification ignored");
         return;
     };
+    if note.origin == *state.instance_id {
+        return; // this instance made it and already published it
+    }
     let revoked = match state.store.revocations_between(note.from, note.to).await {
         Ok(r) => r,
         Err(e) => {

@@ -241,6 +241,9 @@ pub struct Store {
     writer: AnyPool,
     reader: AnyPool,
     url: std::sync::Arc<str>,
+    /// This process's id among instances: notifications carry it so an instance can skip its
+    /// own (already published) revocations.
+    instance_id: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -286,11 +289,17 @@ impl Store {
                 (pool.clone(), pool)
             }
         };
-        Ok(Store { kind, writer, reader, url: url.into() })
+        let instance_id = uuid::Uuid::new_v4().simple().to_string().into();
+        Ok(Store { kind, writer, reader, url: url.into(), instance_id })
     }
 
     pub fn kind(&self) -> Kind {
         self.kind
+    }
+
+    /// This process's instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
     }
 
     /// The URL this store was opened with (the backplane opens its own listener connection).
@@ -316,6 +325,10 @@ impl Store {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    fn tag<'a>(&'a self, request: Option<&'a str>) -> sql::NoteTag<'a> {
+        sql::NoteTag { origin: &self.instance_id, request }
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'static, Any>> {
@@ -387,7 +400,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let sel = Selector::User { user_id: user_id.to_string(), except: Some(keep.to_string()) };
-        let revoked = sql::revoke_in(&mut tx, self.kind, &sel, "password_changed", now, None).await?;
+        let revoked = sql::revoke_in(&mut tx, self.kind, &sel, "password_changed", now, &self.tag(None)).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -467,7 +480,7 @@ impl Store {
         request: Option<&str>,
     ) -> StoreResult<Vec<Revoked>> {
         let mut tx = self.begin().await?;
-        let revoked = sql::revoke_in(&mut tx, self.kind, sel, reason, now, request).await?;
+        let revoked = sql::revoke_in(&mut tx, self.kind, sel, reason, now, &self.tag(request)).await?;
         tx.commit().await?;
         Ok(revoked)
     }
@@ -476,7 +489,8 @@ impl Store {
     /// sealed successors older than the grace window (they can never be used again).
     pub async fn sweep_expired(&self, now: Millis, grace: Millis) -> StoreResult<Vec<Revoked>> {
         let mut tx = self.begin().await?;
-        let revoked = sql::revoke_in(&mut tx, self.kind, &Selector::Expired, "session_expired", now, None).await?;
+        let revoked =
+            sql::revoke_in(&mut tx, self.kind, &Selector::Expired, "session_expired", now, &self.tag(None)).await?;
         sqlx::query(
             "UPDATE refresh_tokens SET sealed_successor = NULL WHERE sealed_successor IS NOT NULL AND rotated_at < $1",
         )
@@ -525,7 +539,7 @@ impl Store {
     /// One refresh, in one write transaction (see [`RotateOutcome`]).
     pub async fn rotate_refresh(&self, r: Rotation) -> StoreResult<RotateOutcome> {
         let mut tx = self.begin().await?;
-        let outcome = sql::rotate_in(&mut tx, self.kind, &r).await?;
+        let outcome = sql::rotate_in(&mut tx, self.kind, &r, &self.tag(None)).await?;
         // Commit on every path: a reuse or expiry revocation must stick although the client
         // gets an error (RFC 9700 §4.14.2; Supabase's commit-with-error).
         tx.commit().await?;

@@ -25,8 +25,15 @@ struct TokenRow {
 
 type Tx = Transaction<'static, Any>;
 
+/// What a revocation notification says besides the log range: which instance made it (it has
+/// already applied it) and, optionally, a request id to acknowledge.
+pub struct NoteTag<'a> {
+    pub origin: &'a str,
+    pub request: Option<&'a str>,
+}
+
 /// The decision of one refresh, inside the caller's write transaction (API.md §3.3).
-pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation) -> StoreResult<RotateOutcome> {
+pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation, tag: &NoteTag<'_>) -> StoreResult<RotateOutcome> {
     // PostgreSQL: lock the token row, then the session row, so racing refreshes of one token
     // serialise and see each other's rotation, and a racing revocation is seen (SQLite's
     // BEGIN IMMEDIATE already serialises every writer).
@@ -47,7 +54,7 @@ pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation) -> StoreRes
     }
     if session.expires_at() <= r.now {
         let sel = Selector::Session(session.id.clone());
-        return Ok(RotateOutcome::Expired(revoke_in(tx, kind, &sel, "session_expired", r.now, None).await?));
+        return Ok(RotateOutcome::Expired(revoke_in(tx, kind, &sel, "session_expired", r.now, tag).await?));
     }
 
     let idle = r.now + r.idle_ttl;
@@ -82,7 +89,7 @@ pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation) -> StoreRes
         }
         _ => {
             let sel = Selector::Session(session.id.clone());
-            Ok(RotateOutcome::Reused(revoke_in(tx, kind, &sel, "refresh_token_reused", r.now, None).await?))
+            Ok(RotateOutcome::Reused(revoke_in(tx, kind, &sel, "refresh_token_reused", r.now, tag).await?))
         }
     }
 }
@@ -138,15 +145,14 @@ async fn rotate_live(
 }
 
 /// Ends the selected sessions inside `tx` and, on PostgreSQL, logs and announces them in the
-/// same transaction (nothing is announced on rollback). `request` travels in the notification
-/// so the revoking instance can collect acknowledgements.
+/// same transaction (nothing is announced on rollback). The tag travels in the notification.
 pub(super) async fn revoke_in(
     tx: &mut Tx,
     kind: Kind,
     sel: &Selector,
     reason: &str,
     now: Millis,
-    request: Option<&str>,
+    tag: &NoteTag<'_>,
 ) -> StoreResult<Vec<Revoked>> {
     // Only live sessions, except when ending expired ones.
     let live = if reason == "session_expired" { "" } else { " AND idle_expires_at > $1 AND absolute_expires_at > $1" };
@@ -193,7 +199,8 @@ pub(super) async fn revoke_in(
     .await?;
     if kind == Kind::Postgres {
         let (from, to) = (rows[0].log_from.unwrap_or(0), rows[0].log_to.unwrap_or(0));
-        let payload = serde_json::json!({ "from": from, "to": to, "req": request }).to_string();
+        let payload =
+            serde_json::json!({ "from": from, "to": to, "origin": tag.origin, "req": tag.request }).to_string();
         sqlx::query("SELECT pg_notify($1, $2)").bind(REVOCATIONS_CHANNEL).bind(payload).execute(&mut **tx).await?;
     }
     Ok(rows

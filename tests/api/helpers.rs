@@ -1,6 +1,8 @@
-//! Test harness: a real server on 127.0.0.1:0 over a temp SQLite file, driven over HTTP.
+//! Test harness: a real server on 127.0.0.1:0 over a real database, driven over HTTP.
 //!
-//! Tracing stays silent unless `TEST_LOG` is set.
+//! The same tests run on both backends: the `api` test binary uses a temp SQLite file per test,
+//! the `postgres` binary (which includes these modules) a fresh PostgreSQL database per test
+//! (see [`crate::pg`]). `crate::BACKEND` says which. Tracing stays silent unless `TEST_LOG` is set.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
@@ -35,11 +37,20 @@ pub struct TestApp {
     pub state: AppState,
     pub config: Config,
     pub dir: Arc<TempDir>,
+    /// Keeps a per-test PostgreSQL database alive while any instance uses it.
+    pub db: Option<Arc<crate::pg::TestDatabase>>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
 
-/// The configuration every test starts from: defaults, a temp database, a short sweep.
+/// Which database the tests of this binary run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The configuration every test starts from: defaults and a temp SQLite file.
 pub fn test_config(dir: &TempDir) -> Config {
     let mut c = Config::defaults();
     c.listen = "127.0.0.1:0".parse().unwrap();
@@ -59,17 +70,43 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = test_config(&dir);
+    let db = match crate::BACKEND {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let db = crate::pg::TestDatabase::create().await;
+            config.database_url = db.url.clone();
+            Some(Arc::new(db))
+        }
+    };
     tweak(&mut config);
-    start(config, dir, Clock::system()).await
+    start_on(config, dir, Clock::system(), db).await
 }
 
-/// Starts a server for `config` on the database in `dir`.
+/// Starts a server for `config` on the SQLite database in `dir`.
 pub async fn start(config: Config, dir: Arc<TempDir>, clock: Clock) -> TestApp {
+    start_on(config, dir, clock, None).await
+}
+
+/// Another instance on the same database as `app` (its own clock, port, hub and denylist).
+pub async fn another_instance(app: &TestApp) -> TestApp {
+    let mut config = app.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    start_on(config, app.dir.clone(), Clock::system(), app.db.clone()).await
+}
+
+/// Starts a server for `config`; `db` keeps a per-test PostgreSQL database alive.
+pub async fn start_on(
+    config: Config,
+    dir: Arc<TempDir>,
+    clock: Clock,
+    db: Option<Arc<crate::pg::TestDatabase>>,
+) -> TestApp {
     init_log();
     let listener = app::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = app::build_state(config.clone(), clock.clone()).await.expect("state builds");
     let (tx, rx) = oneshot::channel::<()>();
+    let on_postgres = db.is_some();
     let st = state.clone();
     let handle = tokio::spawn(async move {
         app::serve(listener, st, async {
@@ -78,16 +115,21 @@ pub async fn start(config: Config, dir: Arc<TempDir>, clock: Clock) -> TestApp {
         .await
         .unwrap();
     });
-    TestApp {
+    let app = TestApp {
         base: format!("http://{addr}"),
         client: reqwest::Client::builder().no_proxy().build().unwrap(),
         clock,
         state,
         config,
         dir,
+        db,
         shutdown: Some(tx),
         handle: Some(handle),
+    };
+    if on_postgres {
+        app.wait_ready().await;
     }
+    app
 }
 
 impl TestApp {
@@ -110,7 +152,20 @@ impl TestApp {
         self.stop().await;
         let mut config = self.config.clone();
         config.listen = "127.0.0.1:0".parse().unwrap();
-        start(config, self.dir.clone(), self.clock.clone()).await
+        start_on(config, self.dir.clone(), self.clock.clone(), self.db.clone()).await
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200: on PostgreSQL, the listener is up and synced.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let r = self.client.get(self.url("/readyz")).send().await.unwrap();
+            if r.status() == StatusCode::OK {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "instance never became ready");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

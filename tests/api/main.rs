@@ -1,6 +1,13 @@
-//! Integration tests: the real server over real sockets and a real SQLite file.
+//! Integration tests: the real server over real sockets and a real SQLite file. The same
+//! modules (all but `cli`) also run on PostgreSQL in the `postgres` test binary.
 
+/// The database of this test binary.
+pub const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
+
+#[allow(dead_code)]
 mod helpers;
+#[allow(dead_code)]
+mod pg;
 
 mod admin;
 mod auth;

@@ -1,0 +1,29 @@
+//! The integration suite on PostgreSQL: every backend-independent module of `tests/api`, each
+//! test on its own database, plus the multi-instance tests in `cluster`.
+
+/// The database of this test binary.
+pub const BACKEND: helpers::Backend = helpers::Backend::Postgres;
+
+#[allow(dead_code)]
+#[path = "../api/helpers.rs"]
+mod helpers;
+#[allow(dead_code)]
+#[path = "../api/pg.rs"]
+mod pg;
+
+#[path = "../api/admin.rs"]
+mod admin;
+#[path = "../api/auth.rs"]
+mod auth;
+#[path = "../api/errors.rs"]
+mod errors;
+#[path = "../api/jwt.rs"]
+mod jwt;
+#[path = "../api/keys.rs"]
+mod keys;
+#[path = "../api/refresh.rs"]
+mod refresh;
+#[path = "../api/ws.rs"]
+mod ws;
+
+mod cluster;
