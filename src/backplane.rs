@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use serde::Deserialize;
-use sqlx::postgres::PgListener;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -100,6 +102,11 @@ impl Backplane {
     }
 }
 
+/// The `application_name` of an instance's listener connection.
+pub fn listener_name(instance_id: &str) -> String {
+    format!("sessiond-listener-{instance_id}")
+}
+
 /// Runs the listener until `stop`, reconnecting with backoff.
 pub async fn run_listener(state: AppState, stop: CancellationToken) {
     let Some(bp) = state.backplane.clone() else { return };
@@ -123,7 +130,11 @@ pub async fn run_listener(state: AppState, stop: CancellationToken) {
 
 /// One connection's life: LISTEN, resync, then apply notifications until the connection drops.
 async fn listen_once(state: &AppState, bp: &Backplane, stop: &CancellationToken) -> anyhow::Result<()> {
-    let mut listener = PgListener::connect(state.store.url()).await?;
+    // A dedicated connection (not from the request pool), named so operators and tests can
+    // find it in pg_stat_activity.
+    let opts = PgConnectOptions::from_str(state.store.url())?.application_name(&listener_name(&state.instance_id));
+    let pool = PgPoolOptions::new().max_connections(1).connect_with(opts).await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen_all([REVOCATIONS_CHANNEL, ACKS_CHANNEL]).await?;
     let n = resync(state).await?;
     bp.listening.store(true, Ordering::Release);
@@ -244,3 +255,21 @@ pub async fn collect_acks(mut rx: mpsc::Receiver<(String, i64)>, expected: HashS
 
 /// Shared handle type in the state.
 pub type SharedBackplane = Arc<Backplane>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_follows_the_listener() {
+        let bp = Backplane::new(1_000);
+        assert!(!bp.is_ready(1_000), "not ready before the first LISTEN + resync");
+        bp.listening.store(true, Ordering::Release);
+        bp.synced_once.store(true, Ordering::Release);
+        assert!(bp.is_ready(50_000));
+        bp.set_down(60_000);
+        assert!(!bp.is_up(), "fails closed at once");
+        assert!(bp.is_ready(60_000 + READY_GRACE_MS - 1), "ready for 5 s while reconnecting");
+        assert!(!bp.is_ready(60_000 + READY_GRACE_MS), "503 after 5 s down");
+    }
+}

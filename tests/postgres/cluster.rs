@@ -1,1 +1,199 @@
-mod placeholder {}
+//! Several instances on one PostgreSQL database (API.md §6): tokens work everywhere, a
+//! revocation on one instance closes sockets and refuses tokens on every other, the listener
+//! survives `pg_terminate_backend`, restarts rebuild the denylist, presence is cluster-wide.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::*;
+use crate::ws::{connect, open};
+
+/// Upper bound for convergence by design (presence: 5 s per the contract).
+const CONVERGE: Duration = Duration::from_secs(10);
+
+async fn wait_until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} did not happen in time");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `app` sees `n` other live instances (their first heartbeat).
+async fn sees_instances(app: &TestApp, n: usize) {
+    wait_until("instance heartbeats", || async {
+        let alive_after = app.clock.now_ms() - 15_000;
+        app.state.store.other_instances(&app.state.instance_id, alive_after).await.unwrap().len() == n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_instance_reaches_every_instance() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    let c = another_instance(&a).await;
+    let t = a.new_session().await;
+    assert_eq!(b.me(&t.access).await.status(), StatusCode::OK, "tokens from A work on B");
+    assert_eq!(c.me(&t.access).await.status(), StatusCode::OK);
+    let (mut on_a, mut on_b, mut on_c) =
+        (open(&a, &t.access).await, open(&b, &t.access).await, open(&c, &t.access).await);
+    let bystander = b.new_session().await;
+    let mut other_b = open(&b, &bystander.access).await;
+
+    assert_eq!(a.post_auth("/v1/auth/logout", &t.access, None).await.status(), StatusCode::NO_CONTENT);
+    on_a.expect_logout("logout", &t.session_id).await;
+    on_b.expect_logout("logout", &t.session_id).await;
+    on_c.expect_logout("logout", &t.session_id).await;
+    other_b.expect_alive().await;
+    // B applied the revocation before it pushed the event: its middleware refuses the token now.
+    assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    assert_problem(c.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    assert_eq!(b.me(&bystander.access).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_logout_counts_sockets_on_every_instance() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    let c = another_instance(&a).await;
+    sees_instances(&a, 2).await;
+    let admin = a.new_admin().await;
+    let email = a.new_user().await;
+    let t = a.session_of(&email).await;
+    let (mut b1, mut b2, mut c1) = (open(&b, &t.access).await, open(&b, &t.access).await, open(&c, &t.access).await);
+
+    let r = a.post_auth(&format!("/v1/admin/users/{}/logout-all", t.user_id), &admin.access, None).await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["revoked_sessions"], 1);
+    assert_eq!(body["notified_connections"], 3, "two sockets on B and one on C");
+    for ws in [&mut b1, &mut b2, &mut c1] {
+        ws.expect_logout("admin_logout", &t.session_id).await;
+    }
+
+    let u = b.new_session().await;
+    let mut ub = open(&b, &u.access).await;
+    let mut admin_a = open(&a, &admin.access).await;
+    let mut admin_c = open(&c, &admin.access).await;
+    let r = a.post_auth("/v1/admin/logout-everyone", &admin.access, None).await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["notified_connections"], 3);
+    ub.expect_logout("admin_logout", &u.session_id).await;
+    admin_a.expect_logout("admin_logout", &admin.session_id).await;
+    admin_c.expect_logout("admin_logout", &admin.session_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listener_resyncs_and_still_delivers() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    let t = a.new_session().await;
+    let mut on_b = open(&b, &t.access).await;
+
+    // Kill B's LISTEN connection, and revoke on A while it is (or may be) down.
+    let mut admin = PgConnection::connect(&a.config.database_url).await.unwrap();
+    let name = sessiond::backplane::listener_name(&b.state.instance_id);
+    let killed: Vec<bool> =
+        sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&name)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(killed, vec![true], "B's listener connection was found and terminated");
+    assert_eq!(a.post_auth("/v1/auth/logout", &t.access, None).await.status(), StatusCode::NO_CONTENT);
+
+    // Whether the notification was lost or not, B learns it (resync on reconnect) and pushes it.
+    on_b.expect_logout("logout", &t.session_id).await;
+    assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    b.wait_ready().await;
+    let reconnected: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(reconnected, 1, "B listens again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_refuses_revoked_tokens_before_it_is_ready() {
+    let a = spawn_app().await;
+    let mut b = another_instance(&a).await;
+    let t = a.new_session().await;
+    b.stop().await;
+    assert_eq!(a.post_auth("/v1/auth/logout", &t.access, None).await.status(), StatusCode::NO_CONTENT);
+
+    // Before B serves anything, its rebuilt denylist already holds the revocation.
+    let state = sessiond::app::build_state(b.config.clone(), sessiond::clock::Clock::system()).await.unwrap();
+    assert!(state.denylist.contains(&t.session_id));
+    state.store.close().await;
+    let b = another_instance(&a).await;
+    assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    let mut ws = connect(&b, None).await.unwrap();
+    ws.send_json(serde_json::json!({"type": "auth", "access_token": t.access})).await;
+    ws.expect_logout("logout", &t.session_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_cluster_wide() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    let email = a.new_user().await;
+    let (s1, s2) = (a.session_of(&email).await, a.session_of(&email).await);
+    let connected_on_a = |id: String| {
+        let (a, token) = (&a, s1.access.clone());
+        async move {
+            let v: Value = a.get_auth("/v1/auth/sessions", &token).await.json().await.unwrap();
+            v["sessions"].as_array().unwrap().iter().any(|s| s["id"] == id.as_str() && s["connected"] == true)
+        }
+    };
+    let mut on_b = open(&b, &s2.access).await;
+    wait_until("presence of B's socket on A", || connected_on_a(s2.session_id.clone())).await;
+    assert!(!connected_on_a(s1.session_id.clone()).await);
+
+    on_b.stream.close(None).await.unwrap();
+    wait_until("presence gone", || async { !connected_on_a(s2.session_id.clone()).await }).await;
+
+    // A crashed instance (no heartbeat for 15 s) no longer counts.
+    let stale = a.clock.now_ms() - 20_000;
+    a.state.store.sync_presence("crashed-instance", std::slice::from_ref(&s2.session_id), &[], stale).await.unwrap();
+    assert!(!connected_on_a(s2.session_id.clone()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_refreshes_across_instances_converge() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    for _ in 0..5 {
+        let t = a.new_session().await;
+        let calls = (0..8).map(|i| if i % 2 == 0 { a.refresh(&t.refresh) } else { b.refresh(&t.refresh) });
+        let responses = futures::future::join_all(calls).await;
+        let mut successors = Vec::new();
+        for r in responses {
+            assert_eq!(r.status(), StatusCode::OK);
+            successors.push(r.json::<Value>().await.unwrap()["refresh_token"].as_str().unwrap().to_string());
+        }
+        successors.dedup();
+        assert_eq!(successors.len(), 1, "one successor across instances");
+        assert_eq!(a.state.store.refresh_token_counts(&t.session_id).await.unwrap(), (1, 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_sweep_pushes_once_across_instances() {
+    let a = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(60)).await;
+    let b = another_instance(&a).await;
+    let t = a.new_session().await;
+    let mut on_b = open(&b, &t.access).await;
+    a.clock.advance(Duration::from_secs(61));
+    b.clock.advance(Duration::from_secs(61));
+    let (na, nb) = tokio::join!(sessiond::sessions::sweep(&a.state), sessiond::sessions::sweep(&b.state));
+    assert_eq!(na.unwrap() + nb.unwrap(), 1, "exactly one instance ends the session");
+    on_b.expect_logout("session_expired", &t.session_id).await;
+}
