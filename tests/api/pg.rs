@@ -106,8 +106,8 @@ fn find_bin(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// Starts a private cluster on a free port; returns its URL. It lives until the machine cleans
-/// its temp directory (the server stops with the test process's session).
+/// Starts a private cluster on a free port; returns its URL. A watchdog stops and removes it
+/// when the test process exits.
 fn throwaway_cluster() -> Option<String> {
     let (initdb, pg_ctl) = (find_bin("initdb")?, find_bin("pg_ctl")?);
     let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
@@ -143,6 +143,24 @@ fn throwaway_cluster() -> Option<String> {
     if !run(&pg_ctl, vec!["-D".into(), data, "-o".into(), opts, "-l".into(), log, "-w".into(), "start".into()]) {
         return None;
     }
+    // Stop and remove it once this test process is gone.
+    let stop = format!(
+        "{} {} -D {} -m fast stop",
+        user.map(|u| format!("runuser -u {u} --")).unwrap_or_default(),
+        pg_ctl.display(),
+        dir.join("data").display()
+    );
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+        pid = std::process::id(),
+        dir = dir.display()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &watchdog])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
     eprintln!("started a throwaway PostgreSQL on port {port} in {}", dir.display());
     Some(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
 }
