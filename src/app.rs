@@ -98,7 +98,7 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
 /// The whole HTTP API with its layers.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .merge(http::auth::router())
+        .merge(http::auth::router(&state))
         .merge(http::me::router())
         .merge(http::admin::router())
         // API responses carry tokens or account data: never cache them (RFC 6749 §5.1).
@@ -107,6 +107,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(http::health::router())
         .merge(http::ws::router())
+        .merge(http::pages::router(&state))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

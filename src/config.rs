@@ -149,6 +149,11 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_SHUTDOWN_DRAIN", default_value = "10s", value_parser = parse_duration, global = true)]
     pub shutdown_drain: Duration,
 
+    /// Directory of the browser pages and `sessiond.js` (default: `./static`, else the
+    /// source checkout's `static/`).
+    #[arg(long, env = "SESSIOND_STATIC_DIR", global = true)]
+    pub static_dir: Option<std::path::PathBuf>,
+
     /// How often the signing keyset is re-read from the database (≤ 60 s per API.md §1).
     #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
     pub keys_reload_interval: Duration,
@@ -158,6 +163,18 @@ impl Config {
     /// Configuration with every default, as `sessiond serve` with no flags and no environment.
     pub fn defaults() -> Self {
         Cli::parse_from(["sessiond"]).config
+    }
+
+    /// Where the pages are served from.
+    pub fn static_dir(&self) -> std::path::PathBuf {
+        if let Some(d) = &self.static_dir {
+            return d.clone();
+        }
+        let local = std::path::PathBuf::from("static");
+        if local.join("index.html").is_file() {
+            return local;
+        }
+        std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
     }
 
     /// The exact origins allowed for sockets and cookie refresh.

@@ -19,7 +19,9 @@ pub struct TokenResponse {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: i64,
-    pub refresh_token: String,
+    /// Absent in cookie mode, where the token travels only in the `__Host-` cookie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     pub refresh_expires_in: i64,
     pub session_id: String,
     pub user_id: String,
@@ -172,7 +174,7 @@ fn token_response(
         access_token,
         token_type: "Bearer",
         expires_in: (exp - now.div_euclid(1000)).max(0),
-        refresh_token: refresh.as_str().to_string(),
+        refresh_token: Some(refresh.as_str().to_string()),
         refresh_expires_in: ((session.expires_at() - now) / 1000).max(0),
         session_id: session.id.clone(),
         user_id: user.id.clone(),

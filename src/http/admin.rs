@@ -32,6 +32,8 @@ pub fn router() -> Router<AppState> {
 struct Page {
     limit: Option<String>,
     after: Option<String>,
+    /// Case-insensitive substring of the email.
+    q: Option<String>,
 }
 
 async fn list_users(
@@ -48,7 +50,8 @@ async fn list_users(
             .ok_or(AppError::InvalidRequest("limit must be an integer from 1 to 500."))?,
     };
     let after = page.after.filter(|a| !a.is_empty());
-    let mut rows = state.store.list_users(limit + 1, after.as_deref(), state.clock.now_ms()).await?;
+    let q = page.q.filter(|q| !q.is_empty());
+    let mut rows = state.store.list_users(limit + 1, after.as_deref(), q.as_deref(), state.clock.now_ms()).await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|u| u.id.clone())

@@ -1,12 +1,13 @@
 //! `/v1/auth/*`: register, login, refresh, logout, logout-all, own sessions, password change.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::cookie::{check_csrf, clear_refresh_cookie, refresh_from_cookie, set_refresh_cookie};
 use super::extract::{authenticate, bearer, truncate, AuthUser, Client, JsonBody};
 use super::session_views;
 use crate::error::{AppError, Result};
@@ -17,12 +18,17 @@ use crate::store::Selector;
 /// Longest `device_name` kept.
 const MAX_DEVICE_NAME: usize = 128;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/login", post(login))
+pub fn router(state: &AppState) -> Router<AppState> {
+    // The two endpoints that accept the refresh cookie check CSRF before anything else, so a
+    // cross-site form post gets 403 whatever its body.
+    let cookie_routes = Router::new()
         .route("/v1/auth/refresh", post(refresh_session))
         .route("/v1/auth/logout", post(logout))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), csrf_guard));
+    Router::new()
+        .merge(cookie_routes)
+        .route("/v1/auth/register", post(register))
+        .route("/v1/auth/login", post(login))
         .route("/v1/auth/logout-all", post(logout_all))
         .route("/v1/auth/sessions", get(list_sessions))
         .route("/v1/auth/sessions/{id}", delete(revoke_session))
@@ -34,6 +40,9 @@ struct Credentials {
     email: String,
     password: String,
     device_name: Option<String>,
+    /// Browsers: put the refresh token in a `__Host-` cookie instead of the body.
+    #[serde(default)]
+    refresh_cookie: bool,
 }
 
 /// https://datatracker.ietf.org/doc/html/rfc9457 bodies on failure; 201 `{user_id}`.
@@ -49,25 +58,73 @@ async fn login(
     State(state): State<AppState>,
     client: Client,
     JsonBody(body): JsonBody<Credentials>,
-) -> Result<Json<TokenResponse>> {
+) -> Result<Response> {
     let info = ClientInfo {
         device_name: body.device_name.map(|d| truncate(d.trim(), MAX_DEVICE_NAME)).filter(|d| !d.is_empty()),
         user_agent: client.user_agent,
         ip: client.ip,
     };
-    Ok(Json(sessions::login(&state, &body.email, body.password, info).await?))
+    let tokens = sessions::login(&state, &body.email, body.password, info).await?;
+    Ok(token_reply(tokens, body.refresh_cookie))
+}
+
+/// 403 for a request that carries the refresh cookie without our Origin and CSRF header.
+async fn csrf_guard(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if refresh_from_cookie(req.headers()).is_some() {
+        if let Err(e) = check_csrf(&state, req.headers()) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// A token response; in cookie mode the refresh token moves from the body to `Set-Cookie`.
+fn token_reply(mut tokens: TokenResponse, cookie: bool) -> Response {
+    if !cookie {
+        return Json(tokens).into_response();
+    }
+    let refresh = tokens.refresh_token.take().unwrap_or_default();
+    let set = set_refresh_cookie(&refresh, tokens.refresh_expires_in);
+    let mut res = Json(tokens).into_response();
+    res.headers_mut().insert(header::SET_COOKIE, set);
+    res
+}
+
+/// An error that also deletes the refresh cookie (it is no longer any good).
+fn clearing_cookie(e: AppError) -> Response {
+    let mut res = e.into_response();
+    res.headers_mut().insert(header::SET_COOKIE, clear_refresh_cookie());
+    res
 }
 
 #[derive(Deserialize)]
 struct RefreshBody {
-    refresh_token: String,
+    /// Required unless the request uses the refresh cookie.
+    refresh_token: Option<String>,
 }
 
+/// Body token (any client), or the `__Host-` cookie (browsers; CSRF-checked).
 async fn refresh_session(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshBody>,
-) -> Result<Json<TokenResponse>> {
-    Ok(Json(sessions::refresh(&state, &body.refresh_token).await?))
+) -> Result<Response> {
+    if let Some(token) = body.refresh_token {
+        return Ok(token_reply(sessions::refresh(&state, &token).await?, false));
+    }
+    let Some(token) = refresh_from_cookie(&headers) else {
+        return Err(AppError::InvalidRequest("A required field is missing or has the wrong type."));
+    };
+    // (CSRF was checked by `csrf_guard`.)
+    match sessions::refresh(&state, &token).await {
+        Ok(tokens) => Ok(token_reply(tokens, true)),
+        Err(e @ (AppError::InvalidRefreshToken | AppError::RefreshTokenReused)) => Ok(clearing_cookie(e)),
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -75,26 +132,40 @@ struct LogoutBody {
     refresh_token: Option<String>,
 }
 
-/// Idempotent: 204 also for an already-ended session or an unknown refresh token.
+/// Idempotent: 204 also for an already-ended session or an unknown refresh token. Uses the body
+/// refresh token, else the Bearer token, else the refresh cookie (CSRF-checked); a browser's
+/// cookie is deleted whenever one was sent.
 async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<LogoutBody>,
-) -> Result<StatusCode> {
+) -> Result<Response> {
+    let done = || {
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        if refresh_from_cookie(&headers).is_some() {
+            res.headers_mut().insert(header::SET_COOKIE, clear_refresh_cookie());
+        }
+        res
+    };
     if let Some(rt) = body.refresh_token {
         sessions::logout_by_refresh(&state, &rt).await?;
-        return Ok(StatusCode::NO_CONTENT);
+        return Ok(done());
     }
-    let Some(token) = bearer(&headers)? else {
+    if let Some(token) = bearer(&headers)? {
+        match authenticate(&state, token).await {
+            Ok(user) => {
+                sessions::end_sessions(&state, Selector::Session(user.session_id), "logout", false).await?;
+            }
+            Err(AppError::SessionRevoked) => {}
+            Err(e) => return Err(e),
+        }
+        return Ok(done());
+    }
+    let Some(rt) = refresh_from_cookie(&headers) else {
         return Err(AppError::InvalidToken { presented: false });
     };
-    let user = match authenticate(&state, token).await {
-        Ok(u) => u,
-        Err(AppError::SessionRevoked) => return Ok(StatusCode::NO_CONTENT),
-        Err(e) => return Err(e),
-    };
-    sessions::end_sessions(&state, Selector::Session(user.session_id), "logout", false).await?;
-    Ok(StatusCode::NO_CONTENT)
+    sessions::logout_by_refresh(&state, &rt).await?;
+    Ok(done())
 }
 
 #[derive(Deserialize, Default)]

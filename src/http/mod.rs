@@ -2,9 +2,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cookie;
 pub mod extract;
 pub mod health;
 pub mod me;
+pub mod pages;
 pub mod ws;
 
 use std::collections::HashSet;

@@ -370,17 +370,27 @@ impl Store {
         Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(&self.reader).await?)
     }
 
-    /// Users ordered by id (ids are time-ordered UUIDv7), after `after`, at most `limit`.
-    pub async fn list_users(&self, limit: i64, after: Option<&str>, now: Millis) -> StoreResult<Vec<UserSummary>> {
+    /// Users ordered by id (ids are time-ordered UUIDv7), after `after`, at most `limit`, whose
+    /// email contains `q` (case-insensitive; emails are stored lower-case).
+    pub async fn list_users(
+        &self,
+        limit: i64,
+        after: Option<&str>,
+        q: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<Vec<UserSummary>> {
+        let q = q.unwrap_or("").to_lowercase();
+        let pattern = format!("%{}%", q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         Ok(sqlx::query_as(
             "SELECT u.id, u.email, u.is_admin, u.created_at, \
                (SELECT COUNT(*) FROM sessions s WHERE s.user_id = u.id AND s.revoked_at IS NULL \
                   AND s.idle_expires_at > $3 AND s.absolute_expires_at > $3) AS active_sessions \
-             FROM users u WHERE u.id > $1 ORDER BY u.id LIMIT $2",
+             FROM users u WHERE u.id > $1 AND u.email LIKE $4 ESCAPE '\\' ORDER BY u.id LIMIT $2",
         )
         .bind(after.unwrap_or(""))
         .bind(limit)
         .bind(now)
+        .bind(pattern)
         .fetch_all(&self.reader)
         .await?)
     }

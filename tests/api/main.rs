@@ -12,6 +12,7 @@ mod pg;
 mod admin;
 mod auth;
 mod cli;
+mod cookies;
 mod errors;
 mod jwt;
 mod keys;

@@ -15,6 +15,8 @@ mod pg;
 mod admin;
 #[path = "../api/auth.rs"]
 mod auth;
+#[path = "../api/cookies.rs"]
+mod cookies;
 #[path = "../api/errors.rs"]
 mod errors;
 #[path = "../api/jwt.rs"]
