@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::backplane::Backplane;
 use crate::clock::Clock;
@@ -120,7 +120,9 @@ pub fn router(state: AppState) -> Router {
                 "An internal error occurred.",
             )
         }))
-        .layer(TraceLayer::new_for_http())
+        // Failures are logged where they happen (AppError); a 503 from /readyz while starting
+        // is not an error worth an ERROR line.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
         .with_state(state)
 }
 

@@ -1,0 +1,283 @@
+//! Shared pieces of the bench tool: monotonic clock, the server child process, token minting,
+//! socket-holding worker processes, and result tables.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use sessiond::clock::{ms, Clock};
+use sessiond::store::{NewRefresh, NewSession, Store};
+use sessiond::tokens::jwt::Keys;
+use sessiond::tokens::refresh::RefreshToken;
+
+/// CLOCK_MONOTONIC in nanoseconds: system-wide, so comparable across this tool's processes.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A temp directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let d = std::env::temp_dir().join(format!("sessiond-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&d).unwrap();
+        TempDir(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One issuer for every instance of a run (tokens from one instance work on the others).
+pub const ISSUER: &str = "http://sessiond.bench";
+pub const ADMIN_EMAIL: &str = "bench-admin@example.com";
+pub const ADMIN_PASSWORD: &str = "bench admin password";
+
+/// A sessiond server in a child process (this binary's hidden `server` subcommand, which runs
+/// exactly `sessiond serve`), so its memory can be measured alone.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub async fn start(database_url: &str, port: u16, extra: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.arg("server")
+            .env("DATABASE_URL", database_url)
+            .env("SESSIOND_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SESSIOND_ISSUER", ISSUER)
+            .env("SESSIOND_ACCESS_TTL", "30m")
+            .env("SESSIOND_WS_MAX_SOCKETS_PER_USER", "1000000")
+            .env("SESSIOND_ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("SESSIOND_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("server child starts");
+        let s = Server { child, port };
+        s.wait_ready().await;
+        s
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.port)
+    }
+
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = client.get(format!("{}/readyz", self.base())).send().await.map(|r| r.status().as_u16() == 200);
+            if ok.unwrap_or(false) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resident set size of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait for the exit (bounded).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mints sessions straight in the database with the server's own keys (the bench measures
+/// sockets and revocation, not argon2).
+pub struct Minter {
+    pub store: Store,
+    keys: Keys,
+    clock: Clock,
+    user_id: String,
+    pub admin_access: String,
+}
+
+/// One minted session.
+#[derive(Clone)]
+pub struct Minted {
+    pub access: String,
+    pub refresh: String,
+}
+
+impl Minter {
+    pub async fn new(database_url: &str, base: &str) -> Minter {
+        let store = Store::connect(database_url).await.unwrap();
+        let keys = Keys::new(ISSUER, "sessiond", Duration::from_secs(1800));
+        let clock = Clock::system();
+        keys.reload(&store, clock.now_ms()).await.unwrap();
+        let user_id = uuid::Uuid::now_v7().to_string();
+        let email = format!("bench-{}@example.com", uuid::Uuid::new_v4().simple());
+        store.create_user(&user_id, &email, "$argon2id$unused", false, clock.now_ms()).await.unwrap();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r: serde_json::Value = client
+            .post(format!("{base}/v1/auth/login"))
+            .json(&serde_json::json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let admin_access = r["access_token"].as_str().expect("admin login").to_string();
+        Minter { store, keys, clock, user_id, admin_access }
+    }
+
+    pub async fn mint(&self, n: usize) -> Vec<Minted> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let token = RefreshToken::generate();
+            let now = self.clock.now_ms();
+            let s = self
+                .store
+                .create_session(NewSession {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    user_id: self.user_id.clone(),
+                    device_name: Some("bench".into()),
+                    user_agent: None,
+                    ip: None,
+                    now,
+                    idle_ttl: ms(Duration::from_secs(86400)),
+                    max_age: ms(Duration::from_secs(86400)),
+                    access_ttl: ms(Duration::from_secs(1800)),
+                    refresh: NewRefresh { id: uuid::Uuid::now_v7().to_string(), hash: token.digest() },
+                })
+                .await
+                .unwrap();
+            let (access, _) = self.keys.issue(&self.user_id, &s.id, vec![], now, s.access_expires_at).unwrap();
+            out.push(Minted { access, refresh: token.as_str().to_string() });
+        }
+        out
+    }
+}
+
+/// A worker process holding authenticated sockets (this binary's hidden `worker` subcommand).
+pub struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Worker {
+    /// Opens one socket per token at `url`; returns once all are authenticated.
+    pub fn spawn(url: &str, tokens: &[String], dir: &TempDir, reconnect: bool) -> Worker {
+        let file = dir.0.join(format!("tokens-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&file, tokens.join("\n")).unwrap();
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["worker", url, file.to_str().unwrap(), if reconnect { "reconnect" } else { "once" }]);
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Worker { child, stdin, stdout }
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+
+    /// Waits for `ready <ok> <failed>`.
+    pub fn wait_ready(&mut self) -> (usize, usize) {
+        let line = self.read_line();
+        let mut it = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    }
+
+    /// Asks for the recorded events (`logout` frames, or re-authentications): (index, ns).
+    pub fn report(&mut self, what: &str) -> Vec<(usize, u64)> {
+        writeln!(self.stdin, "{what}").unwrap();
+        let line = self.read_line();
+        line.split_whitespace()
+            .skip(1)
+            .filter_map(|p| {
+                let (i, t) = p.split_once(':')?;
+                Some((i.parse().ok()?, t.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Splits `tokens` over workers of at most `per_worker` sockets.
+pub fn spawn_workers(url: &str, tokens: &[String], per_worker: usize, dir: &TempDir, reconnect: bool) -> Vec<Worker> {
+    let mut workers: Vec<Worker> =
+        tokens.chunks(per_worker).map(|chunk| Worker::spawn(url, chunk, dir, reconnect)).collect();
+    for w in &mut workers {
+        let (ok, failed) = w.wait_ready();
+        assert_eq!(failed, 0, "worker: {ok} ok, {failed} failed");
+    }
+    workers
+}
+
+pub fn hist() -> Histogram<u64> {
+    Histogram::<u64>::new(3).unwrap()
+}
+
+/// A table row of a latency histogram recorded in microseconds, printed in milliseconds.
+pub fn row(name: &str, h: &Histogram<u64>) -> String {
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    format!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        h.len(),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        h.max() as f64 / 1000.0
+    )
+}
+
+pub const LATENCY_HEADER: &str = "| latency (ms) | n | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|";

@@ -1,0 +1,399 @@
+//! The scenarios of the benchmark issue that run the server as a separate process: `idle`,
+//! `everyone`, `revoke`, `churn`, `refresh`, `verify`, `login`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::common::*;
+use crate::Args;
+
+/// Sockets per worker process (each process may hold ~20k files).
+const PER_WORKER: usize = 9_500;
+
+/// A database for one run: a temp SQLite file, or a fresh PostgreSQL database.
+pub struct Db {
+    pub url: String,
+    pg: Option<(String, String)>,
+}
+
+impl Db {
+    pub async fn new(args: &Args, dir: &TempDir, postgres: bool) -> Db {
+        if !postgres {
+            return Db { url: format!("sqlite://{}/bench.db", dir.0.display()), pg: None };
+        }
+        let name = format!("sessiond_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&args.database_url).await.expect("PostgreSQL (--database-url)");
+        admin.execute(format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+        let url = format!("{}/{name}", args.database_url.rsplit_once('/').unwrap().0);
+        Db { url, pg: Some((args.database_url.clone(), name)) }
+    }
+
+    pub async fn drop_db(self) {
+        if let Some((admin, name)) = self.pg {
+            if let Ok(mut c) = PgConnection::connect(&admin).await {
+                let _ = c.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+            }
+        }
+    }
+}
+
+/// `idle`: server RSS per idle authenticated socket at growing counts.
+pub async fn idle(args: &Args) -> Vec<String> {
+    let dir = TempDir::new();
+    let db = Db::new(args, &dir, false).await;
+    let server = Server::start(&db.url, free_port(), &[]).await;
+    let minter = Minter::new(&db.url, &server.base()).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..50 {
+        let _ = client.get(format!("{}/healthz", server.base())).send().await;
+    }
+    let base = server.rss_kib();
+    let mut out = vec![
+        format!("server RSS before sockets: {:.1} MiB", base as f64 / 1024.0),
+        String::new(),
+        "| sockets | server RSS (MiB) | RSS delta per socket (KiB) |".into(),
+        "|---|---|---|".into(),
+    ];
+    let mut workers = Vec::new();
+    let mut held = 0;
+    for &n in &args.sizes {
+        let tokens: Vec<String> = minter.mint(n - held).await.into_iter().map(|m| m.access).collect();
+        workers.extend(spawn_workers(&server.ws(), &tokens, PER_WORKER, &dir, false));
+        held = n;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = server.rss_kib();
+        out.push(format!("| {n} | {:.1} | {:.2} |", rss as f64 / 1024.0, (rss - base) as f64 / n as f64));
+        eprintln!("{}", out.last().unwrap());
+    }
+    drop(workers);
+    drop(server);
+    db.drop_db().await;
+    out
+}
+
+/// `everyone`: an admin logs out every user; time from the call to each socket's frame.
+pub async fn everyone(args: &Args) -> Vec<String> {
+    let mut out = vec![
+        "| sockets | response (ms) | first frame | p50 | p99 | last frame (ms after the call) |".into(),
+        "|---|---|---|---|---|---|".into(),
+    ];
+    for &n in &args.sizes {
+        let dir = TempDir::new();
+        let db = Db::new(args, &dir, false).await;
+        let server = Server::start(&db.url, free_port(), &[]).await;
+        let minter = Minter::new(&db.url, &server.base()).await;
+        let tokens: Vec<String> = minter.mint(n).await.into_iter().map(|m| m.access).collect();
+        let mut workers = spawn_workers(&server.ws(), &tokens, PER_WORKER, &dir, false);
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let t0 = mono_ns();
+        let r = client
+            .post(format!("{}/v1/admin/logout-everyone", server.base()))
+            .bearer_auth(&minter.admin_access)
+            .send()
+            .await
+            .unwrap();
+        let t_resp = mono_ns();
+        assert_eq!(r.status().as_u16(), 200);
+        let mut arrivals = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while arrivals.len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            arrivals = workers.iter_mut().flat_map(|w| w.report("logouts")).map(|(_, t)| t).collect();
+        }
+        arrivals.sort_unstable();
+        let rel = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
+        let pct = |p: f64| rel(arrivals[((arrivals.len() as f64 * p) as usize).min(arrivals.len() - 1)]);
+        out.push(format!(
+            "| {n} ({} got it) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            arrivals.len(),
+            rel(t_resp),
+            rel(arrivals[0]),
+            pct(0.5),
+            pct(0.99),
+            rel(*arrivals.last().unwrap())
+        ));
+        eprintln!("{}", out.last().unwrap());
+        drop(workers);
+        drop(server);
+        db.drop_db().await;
+    }
+    out
+}
+
+/// Logs out `sessions` through `base` on an open-loop schedule of `rate`/s; returns for each
+/// session (request start, response) monotonic ns.
+pub async fn open_loop_logouts(base: &str, sessions: &[Minted], rate: f64) -> Vec<(u64, u64)> {
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut tasks = Vec::new();
+    for (i, s) in sessions.iter().enumerate() {
+        let (client, url, access) = (client.clone(), format!("{base}/v1/auth/logout"), s.access.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start + period * i as u32).await;
+            let sent = mono_ns();
+            let r = client.post(url).bearer_auth(access).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 204);
+            (sent, mono_ns())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Latency rows from (send, response) times and the worker's (index, arrival) events.
+pub fn latency_rows(times: &[(u64, u64)], arrivals: &[(usize, u64)]) -> Vec<String> {
+    let (mut from_resp, mut from_req) = (hist(), hist());
+    for &(i, at) in arrivals {
+        let (sent, resp) = times[i];
+        from_req.record(at.saturating_sub(sent) / 1000).unwrap();
+        from_resp.record(at.saturating_sub(resp) / 1000).unwrap();
+    }
+    vec![
+        LATENCY_HEADER.into(),
+        row("logout response → logout frame", &from_resp),
+        row("logout request → logout frame", &from_req),
+        format!("(events received: {} of {})", arrivals.len(), times.len()),
+    ]
+}
+
+/// `revoke`: one session's logout while `idle` other sockets are held, open-loop `rate`/s.
+pub async fn revoke(args: &Args, flood_logins: bool) -> Vec<String> {
+    let dir = TempDir::new();
+    let db = Db::new(args, &dir, false).await;
+    let server = Server::start(&db.url, free_port(), &[]).await;
+    let minter = Minter::new(&db.url, &server.base()).await;
+    let idle_tokens: Vec<String> = minter.mint(args.idle).await.into_iter().map(|m| m.access).collect();
+    let _idle = spawn_workers(&server.ws(), &idle_tokens, PER_WORKER, &dir, false);
+    let measured = minter.mint(args.revokes).await;
+    let tokens: Vec<String> = measured.iter().map(|m| m.access.clone()).collect();
+    let mut worker = Worker::spawn(&server.ws(), &tokens, &dir, false);
+    assert_eq!(worker.wait_ready().1, 0);
+    let flood = flood_logins.then(|| {
+        tokio::spawn(login_flood(server.base(), Duration::from_secs_f64(args.revokes as f64 / args.rate + 1.0)))
+    });
+    let times = open_loop_logouts(&server.base(), &measured, args.rate).await;
+    let mut arrivals = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while arrivals.len() < measured.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        arrivals = worker.report("logouts");
+    }
+    let mut out = latency_rows(&times, &arrivals);
+    if let Some(f) = flood {
+        let (logins, secs) = f.await.unwrap();
+        out.push(format!("(while a login flood ran: {logins} logins in {secs:.1} s = {:.0}/s)", logins as f64 / secs));
+    }
+    drop(worker);
+    drop(server);
+    db.drop_db().await;
+    out
+}
+
+/// Logs in as fast as 8 concurrent clients can for `dur`; returns (logins, seconds).
+async fn login_flood(base: String, dur: Duration) -> (u64, f64) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let email = format!("flood-{}@example.com", uuid::Uuid::new_v4().simple());
+    let body = serde_json::json!({"email": email, "password": "flood password 123"});
+    client.post(format!("{base}/v1/auth/register")).json(&body).send().await.unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, base, body, count) = (client.clone(), base.clone(), body.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < dur {
+                let r = client.post(format!("{base}/v1/auth/login")).json(&body).send().await.unwrap();
+                if r.status().as_u16() == 200 {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (count.load(std::sync::atomic::Ordering::Relaxed), start.elapsed().as_secs_f64())
+}
+
+/// `login`: argon2 logins per second.
+pub async fn login(args: &Args) -> Vec<String> {
+    let dir = TempDir::new();
+    let db = Db::new(args, &dir, false).await;
+    let server = Server::start(&db.url, free_port(), &[]).await;
+    let (n, secs) = login_flood(server.base(), Duration::from_secs(args.seconds)).await;
+    drop(server);
+    vec![format!("| logins | {n} in {secs:.1} s | {:.0} logins/s (8 concurrent clients) |", n as f64 / secs)]
+}
+
+/// `churn`: every socket reconnects (full-jitter backoff) after a server restart.
+pub async fn churn(args: &Args) -> Vec<String> {
+    let mut out = vec![
+        "| sockets | re-authenticated | all back after (s, from SIGTERM) | p50 | p99 |".into(),
+        "|---|---|---|---|---|".into(),
+    ];
+    for &n in &args.sizes {
+        let dir = TempDir::new();
+        let db = Db::new(args, &dir, false).await;
+        let port = free_port();
+        let mut server = Server::start(&db.url, port, &[]).await;
+        let minter = Minter::new(&db.url, &server.base()).await;
+        let tokens: Vec<String> = minter.mint(n).await.into_iter().map(|m| m.access).collect();
+        let mut workers = spawn_workers(&server.ws(), &tokens, PER_WORKER, &dir, true);
+        let t0 = mono_ns();
+        server.stop();
+        drop(server);
+        let _server = Server::start(&db.url, port, &[]).await;
+        let mut back: Vec<u64> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while back.len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            back = workers.iter_mut().flat_map(|w| w.report("rereadies")).map(|(_, t)| t).collect();
+        }
+        back.sort_unstable();
+        let rel = |t: u64| t.saturating_sub(t0) as f64 / 1e9;
+        let pct = |p: f64| {
+            back.get(((back.len() as f64 * p) as usize).min(back.len().saturating_sub(1))).map_or(f64::NAN, |&t| rel(t))
+        };
+        out.push(format!(
+            "| {n} | {} | {:.2} | {:.2} | {:.2} |",
+            back.len(),
+            back.last().map_or(f64::NAN, |&t| rel(t)),
+            pct(0.5),
+            pct(0.99)
+        ));
+        eprintln!("{}", out.last().unwrap());
+        drop(workers);
+        db.drop_db().await;
+    }
+    out
+}
+
+/// `refresh`: refreshes per second from a pool of pre-minted tokens, each used once.
+pub async fn refresh(args: &Args) -> Vec<String> {
+    let mut out = vec![
+        "| store | refreshes | concurrency | req/s | p50 (ms) | p99 (ms) | non-200 |".into(),
+        "|---|---|---|---|---|---|---|".into(),
+    ];
+    for postgres in [false, true] {
+        let dir = TempDir::new();
+        let db = Db::new(args, &dir, postgres).await;
+        let server = Server::start(&db.url, free_port(), &[]).await;
+        let minter = Minter::new(&db.url, &server.base()).await;
+        let pool: Vec<String> = minter.mint(args.count).await.into_iter().map(|m| m.refresh).collect();
+        let pool = Arc::new(std::sync::Mutex::new(pool));
+        let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
+        let lat = Arc::new(std::sync::Mutex::new(hist()));
+        let bad = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let (pool, client, lat, bad, url) =
+                (pool.clone(), client.clone(), lat.clone(), bad.clone(), format!("{}/v1/auth/refresh", server.base()));
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Some(token) = pool.lock().unwrap().pop() else { break };
+                    let t = Instant::now();
+                    let r = client.post(&url).json(&serde_json::json!({"refresh_token": token})).send().await;
+                    let ok = r.map(|r| r.status().as_u16() == 200).unwrap_or(false);
+                    lat.lock().unwrap().record(t.elapsed().as_micros() as u64).unwrap();
+                    if !ok {
+                        bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let h = lat.lock().unwrap().clone();
+        out.push(format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            if postgres { "PostgreSQL" } else { "SQLite" },
+            args.count,
+            args.concurrency,
+            args.count as f64 / secs,
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            bad.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+        eprintln!("{}", out.last().unwrap());
+        drop(server);
+        db.drop_db().await;
+    }
+    out
+}
+
+/// `verify`: `/v1/me` and `/healthz` requests per second, and the in-process cost of token
+/// verification + denylist lookup.
+pub async fn verify(args: &Args) -> Vec<String> {
+    let dir = TempDir::new();
+    let db = Db::new(args, &dir, false).await;
+    let server = Server::start(&db.url, free_port(), &[]).await;
+    let minter = Minter::new(&db.url, &server.base()).await;
+    let token = minter.mint(1).await.remove(0).access;
+    let mut out = vec!["| endpoint | requests | req/s | p50 (ms) | p99 (ms) |".into(), "|---|---|---|---|---|".into()];
+    for path in ["/healthz", "/v1/me"] {
+        let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
+        let lat = Arc::new(std::sync::Mutex::new(hist()));
+        let start = Instant::now();
+        let dur = Duration::from_secs(args.seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let (client, lat, url, token) =
+                (client.clone(), lat.clone(), format!("{}{path}", server.base()), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while start.elapsed() < dur {
+                    let t = Instant::now();
+                    let r = client.get(&url).bearer_auth(&token).send().await.unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                    lat.lock().unwrap().record(t.elapsed().as_micros() as u64).unwrap();
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let h = lat.lock().unwrap().clone();
+        out.push(format!(
+            "| GET {path} | {total} | {:.0} | {:.2} | {:.2} |",
+            total as f64 / secs,
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0
+        ));
+        eprintln!("{}", out.last().unwrap());
+    }
+    // In-process: the exact hot path of the auth middleware.
+    let keys = sessiond::tokens::jwt::Keys::new(ISSUER, "sessiond", Duration::from_secs(1800));
+    keys.reload(&minter.store, sessiond::clock::Clock::system().now_ms()).await.unwrap();
+    let denylist = sessiond::denylist::Denylist::default();
+    for i in 0..10_000 {
+        denylist.insert(&format!("revoked-{i}"), i64::MAX / 2, "logout", 0);
+    }
+    let now = sessiond::clock::Clock::system().now_secs();
+    let n = 20_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let c = keys.verify(&token, now).unwrap();
+        assert!(!denylist.contains(&c.sid));
+    }
+    let per = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    out.push(String::new());
+    out.push(format!(
+        "token verification + denylist lookup (10k entries), one core, in process: **{per:.1} µs** per request"
+    ));
+    drop(server);
+    db.drop_db().await;
+    out
+}
