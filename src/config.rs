@@ -177,12 +177,34 @@ impl Config {
         std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/static"))
     }
 
-    /// The exact origins allowed for sockets and cookie refresh.
+    /// The exact origins allowed for sockets and cookie refresh: `--allowed-origins`, else the
+    /// issuer's origin. A loopback issuer (`localhost`, `127.0.0.1`, `[::1]`) also allows the
+    /// other loopback spellings of the same scheme and port, so the local demo works at both
+    /// `http://localhost:8080` and `http://127.0.0.1:8080`.
     pub fn allowed_origins(&self) -> Vec<String> {
-        match &self.allowed_origins {
-            Some(o) => o.0.clone(),
-            None => origin_of(&self.issuer).into_iter().collect(),
+        if let Some(o) = &self.allowed_origins {
+            return o.0.clone();
         }
+        let Some(origin) = origin_of(&self.issuer) else { return Vec::new() };
+        let (scheme, hostport) = origin.split_once("://").unwrap_or(("http", ""));
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, Some(p)),
+            _ => (hostport, None),
+        };
+        if !["localhost", "127.0.0.1", "[::1]"].contains(&host) {
+            return vec![origin];
+        }
+        let mut all = vec![origin.clone()];
+        for alias in ["localhost", "127.0.0.1", "[::1]"] {
+            let o = match port {
+                Some(p) => format!("{scheme}://{alias}:{p}"),
+                None => format!("{scheme}://{alias}"),
+            };
+            if o != origin {
+                all.push(o);
+            }
+        }
+        all
     }
 }
 
@@ -228,8 +250,13 @@ mod tests {
 
     #[test]
     fn default_origin_is_the_issuers() {
-        let c = Config::defaults();
-        assert_eq!(c.allowed_origins(), vec!["http://localhost:8080".to_string()]);
+        let mut c = Config::defaults();
+        c.issuer = "http://localhost:8080".into();
+        assert_eq!(c.allowed_origins(), ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080"]);
+        c.issuer = "https://auth.example.com".into();
+        assert_eq!(c.allowed_origins(), ["https://auth.example.com"]);
+        c.allowed_origins = Some(Origins(vec!["https://app.example".into()]));
+        assert_eq!(c.allowed_origins(), ["https://app.example"]);
         assert_eq!(origin_of("https://Auth.Example.com/x/y"), Some("https://auth.example.com".into()));
     }
 }

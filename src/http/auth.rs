@@ -68,12 +68,21 @@ async fn login(
     Ok(token_reply(tokens, body.refresh_cookie))
 }
 
-/// 403 for a request that carries the refresh cookie without our Origin and CSRF header.
+/// 403 for a request from a foreign browser `Origin` (a cross-site form post, whether or not
+/// its browser attached the cookie), and for one that carries the refresh cookie without our
+/// Origin and CSRF header. Runs before the body is read.
 async fn csrf_guard(
     State(state): State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let foreign_origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .is_some_and(|o| !o.to_str().is_ok_and(|o| state.config.allowed_origins().iter().any(|a| a == o)));
+    if foreign_origin {
+        return AppError::Forbidden.into_response();
+    }
     if refresh_from_cookie(req.headers()).is_some() {
         if let Err(e) = check_csrf(&state, req.headers()) {
             return e.into_response();
@@ -117,6 +126,10 @@ async fn refresh_session(
         return Ok(token_reply(sessions::refresh(&state, &token).await?, false));
     }
     let Some(token) = refresh_from_cookie(&headers) else {
+        // A browser in cookie mode without (or with an expired) cookie: signed out.
+        if headers.contains_key(super::cookie::CSRF_HEADER) {
+            return Err(AppError::InvalidRefreshToken);
+        }
         return Err(AppError::InvalidRequest("A required field is missing or has the wrong type."));
     };
     // (CSRF was checked by `csrf_guard`.)

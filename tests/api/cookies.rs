@@ -153,3 +153,41 @@ async fn pages_are_served_with_a_strict_csp() {
     let r = app.client.get(app.url("/static/nope.js")).send().await.unwrap();
     assert_problem(r, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+#[tokio::test]
+async fn cross_site_posts_without_the_cookie_get_403_too() {
+    // With SameSite=Strict a real browser sends no cookie on a cross-site form post.
+    let app = spawn_app().await;
+    for path in ["/v1/auth/refresh", "/v1/auth/logout"] {
+        let r = app
+            .client
+            .post(app.url(path))
+            .header(ORIGIN, "http://evil.example")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("refresh_token=rt_x")
+            .send()
+            .await
+            .unwrap();
+        assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    // A signed-out page's cookie-mode refresh (CSRF header, no cookie) is 401, not 400.
+    let r = app
+        .client
+        .post(app.url("/v1/auth/refresh"))
+        .header(ORIGIN, ALLOWED)
+        .header("x-sessiond-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    // The loopback alias of a localhost issuer is allowed by default.
+    let r = app
+        .client
+        .post(app.url("/v1/auth/refresh"))
+        .header(ORIGIN, "http://127.0.0.1:8080")
+        .header("x-sessiond-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+}
