@@ -13,8 +13,12 @@ use crate::hub::connection::{self, MAX_MESSAGE_BYTES};
 use crate::state::AppState;
 
 /// Per-socket read buffer. tungstenite's default (128 KiB, eagerly zero-filled) costs ~137 KB
-/// of RSS per idle socket; 4 KiB brings it to ~9 KB (PERFORMANCE.md §0).
-const READ_BUFFER: usize = 4 * 1024;
+/// of RSS per idle socket (PERFORMANCE.md §0). Client messages are tiny (an `auth` message is
+/// well under 1 KiB); longer ones are read in several chunks.
+const READ_BUFFER: usize = 2 * 1024;
+/// Outbound frames smaller than this wait for a flush, so the logout event and its close frame
+/// go out in one write; every other message is flushed at once.
+const WRITE_BUFFER: usize = 1024;
 /// Hard cap on buffered outbound bytes per socket.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
 /// tungstenite's own message and frame limits: a little above the protocol limit, so that a
@@ -39,7 +43,7 @@ async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocke
     }
     let token = state.hub.track();
     ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(WIRE_LIMIT)
         .max_frame_size(WIRE_LIMIT)

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::SinkExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -108,7 +109,9 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64) {
                             if text.len() > MAX_MESSAGE_BYTES {
                                 Step::Close(close::TOO_BIG, "message too large")
                             } else {
-                                on_text(&mut ws, &state, conn_id, text.as_str(), &mut authed, &mut kill, deadline.as_mut()).await
+                                // Boxed: authentication may read the database (fail-closed mode), and that
+                                // future is large; inline it would sit in every idle socket's state.
+                                Box::pin(on_text(&mut ws, &state, conn_id, text.as_str(), &mut authed, &mut kill, deadline.as_mut())).await
                             }
                         }
                         Message::Binary(_) => Step::Close(close::UNSUPPORTED, "binary frames are not supported"),
@@ -128,13 +131,16 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64) {
             }
             Step::Logout { reason, session_id, at, published } => {
                 let msg = ServerMessage::Logout { reason: &reason, session_id: &session_id, at: rfc3339(at) }.to_json();
-                if send(&mut ws, Message::Text(msg.into()), &kill).await {
+                // The event and the close frame leave in one write: `feed` only buffers (the
+                // write buffer holds small frames until a flush), the close's `send` flushes.
+                let close = Message::Close(Some(CloseFrame { code: close::LOGGED_OUT, reason: "logged out".into() }));
+                let fed = tokio::time::timeout(WRITE_TIMEOUT, ws.feed(Message::Text(msg.into()))).await;
+                if matches!(fed, Ok(Ok(()))) && send(&mut ws, close, &kill).await {
                     let m = state.hub.metrics();
                     if let Some(p) = published {
                         m.ws_push_latency.observe(p.elapsed().as_secs_f64());
                     }
                     m.ws_logouts.get_or_create(&crate::metrics::ReasonLabels { reason: reason.clone() }).inc();
-                    close_with(&mut ws, close::LOGGED_OUT, "logged out", &kill).await;
                 }
                 tracing::debug!(%reason, "socket logged out");
                 break;
@@ -146,7 +152,7 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64) {
 
 async fn next_event(authed: &mut Option<Authed>) -> Option<HubEvent> {
     match authed {
-        Some(a) => a.registration.rx.recv().await,
+        Some(a) => Some(a.registration.mailbox.recv().await),
         None => std::future::pending().await,
     }
 }

@@ -19,7 +19,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, watch};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +34,40 @@ use crate::store::Revoked;
 /// so a full queue means the socket's task is stuck writing to a slow reader.
 pub const HUB_CHANNEL_CAPACITY: usize = 4;
 
+/// A socket's bounded outbound queue. Not a Tokio mpsc channel: that allocates a 32-slot block
+/// (~2 KiB) per socket up front for what is at most a few events; this allocates on first use.
+#[derive(Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<HubEvent>>,
+    ready: Notify,
+}
+
+impl Mailbox {
+    /// Queues `event`; gives it back when the queue is full.
+    fn push(&self, event: HubEvent) -> Result<(), HubEvent> {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= HUB_CHANNEL_CAPACITY {
+                return Err(event);
+            }
+            q.push_back(event);
+        }
+        // Stores a permit if the socket is not waiting right now, so no wake-up is lost.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next event, waiting for one.
+    pub async fn recv(&self) -> HubEvent {
+        loop {
+            if let Some(e) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+                return e;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// An event for one socket.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
@@ -41,7 +78,7 @@ pub enum HubEvent {
 struct Conn {
     user_id: Arc<str>,
     session_id: Arc<str>,
-    tx: mpsc::Sender<HubEvent>,
+    mailbox: Arc<Mailbox>,
     /// Cancelled to end the socket at once (queue full).
     kill: CancellationToken,
 }
@@ -77,7 +114,7 @@ pub enum RegisterError {
 pub struct Registration {
     hub: Hub,
     conn_id: u64,
-    pub rx: mpsc::Receiver<HubEvent>,
+    pub mailbox: Arc<Mailbox>,
     pub kill: CancellationToken,
 }
 
@@ -130,13 +167,16 @@ impl Hub {
             }
             set.insert(conn_id);
         }
-        let (tx, rx) = mpsc::channel(HUB_CHANNEL_CAPACITY);
+        let mailbox = Arc::new(Mailbox::default());
         let kill = CancellationToken::new();
-        self.inner.conns.insert(conn_id, Conn { user_id: user, session_id: session.clone(), tx, kill: kill.clone() });
+        self.inner.conns.insert(
+            conn_id,
+            Conn { user_id: user, session_id: session.clone(), mailbox: mailbox.clone(), kill: kill.clone() },
+        );
         self.inner.by_session.entry(session).or_default().insert(conn_id);
         self.inner.count.send_modify(|n| *n += 1);
         self.inner.metrics.ws_authenticated.inc();
-        Ok(Registration { hub: self.clone(), conn_id, rx, kill })
+        Ok(Registration { hub: self.clone(), conn_id, mailbox, kill })
     }
 
     fn unregister(&self, conn_id: u64) {
@@ -169,13 +209,12 @@ impl Hub {
                 let Some(conn) = self.inner.conns.get(&id) else { continue };
                 let event =
                     HubEvent::Logout { reason: reason.clone(), session_id: session_id.clone(), at: r.at, published };
-                match conn.tx.try_send(event) {
+                match conn.mailbox.push(event) {
                     Ok(()) => reached += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(_) => {
                         self.inner.metrics.ws_queue_full_closes.inc();
                         conn.kill.cancel();
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         }

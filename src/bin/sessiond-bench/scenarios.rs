@@ -53,18 +53,23 @@ pub async fn idle(args: &Args) -> Vec<String> {
     let mut out = vec![
         format!("server RSS before sockets: {:.1} MiB", base as f64 / 1024.0),
         String::new(),
-        "| sockets | server RSS (MiB) | RSS delta per socket (KiB) |".into(),
-        "|---|---|---|".into(),
+        "| sockets | server RSS (MiB) | RSS delta per socket since start (KiB) | marginal per socket since previous row (KiB) |".into(),
+        "|---|---|---|---|".into(),
     ];
     let mut workers = Vec::new();
     let mut held = 0;
+    let mut prev = base;
     for &n in &args.sizes {
         let tokens: Vec<String> = minter.mint(n - held).await.into_iter().map(|m| m.access).collect();
         workers.extend(spawn_workers(&server.ws(), &tokens, PER_WORKER, &dir, false));
-        held = n;
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let added = n - held;
         let rss = server.rss_kib();
-        out.push(format!("| {n} | {:.1} | {:.2} |", rss as f64 / 1024.0, (rss - base) as f64 / n as f64));
+        let since_start = (rss as f64 - base as f64) / n as f64;
+        let marginal = (rss as f64 - prev as f64) / added as f64;
+        prev = rss;
+        held = n;
+        out.push(format!("| {n} | {:.1} | {since_start:.2} | {marginal:.2} |", rss as f64 / 1024.0));
         eprintln!("{}", out.last().unwrap());
     }
     drop(workers);
