@@ -267,11 +267,16 @@ impl Store {
                         .acquire_timeout(Duration::from_secs(10))
                         .after_connect(|conn, _| {
                             Box::pin(async move {
-                                conn.execute(
-                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                                )
-                                .await?;
+                                // One statement per call: through the `Any` driver only the
+                                // first statement of a multi-statement string takes effect.
+                                for pragma in [
+                                    "PRAGMA journal_mode = WAL",
+                                    "PRAGMA synchronous = NORMAL",
+                                    "PRAGMA busy_timeout = 5000",
+                                    "PRAGMA foreign_keys = ON",
+                                ] {
+                                    conn.execute(pragma).await?;
+                                }
                                 Ok(())
                             })
                         })
@@ -495,19 +500,21 @@ impl Store {
         Ok(revoked)
     }
 
-    /// Ends every session past its idle or absolute expiry (`session_expired`), and drops
-    /// sealed successors older than the grace window (they can never be used again).
+    /// Ends every session past its idle or absolute expiry (`session_expired`), then drops
+    /// sealed successors that can never be used again: past the grace window, or of an ended
+    /// session (revocations leave them, so as not to lock token rows after session rows).
     pub async fn sweep_expired(&self, now: Millis, grace: Millis) -> StoreResult<Vec<Revoked>> {
         let mut tx = self.begin().await?;
         let revoked =
             sql::revoke_in(&mut tx, self.kind, &Selector::Expired, "session_expired", now, &self.tag(None)).await?;
+        tx.commit().await?;
         sqlx::query(
-            "UPDATE refresh_tokens SET sealed_successor = NULL WHERE sealed_successor IS NOT NULL AND rotated_at < $1",
+            "UPDATE refresh_tokens SET sealed_successor = NULL WHERE sealed_successor IS NOT NULL AND (rotated_at < $1 \
+               OR EXISTS (SELECT 1 FROM sessions s WHERE s.id = refresh_tokens.session_id AND s.revoked_at IS NOT NULL))",
         )
         .bind(now - grace)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?;
-        tx.commit().await?;
         Ok(revoked)
     }
 

@@ -17,7 +17,6 @@ pub const REVOCATIONS_CHANNEL: &str = "sessiond_revocations";
 #[derive(sqlx::FromRow)]
 struct TokenRow {
     id: String,
-    session_id: String,
     rotated_at: Option<i64>,
     successor_id: Option<String>,
     sealed_successor: Option<Vec<u8>>,
@@ -34,21 +33,25 @@ pub struct NoteTag<'a> {
 
 /// The decision of one refresh, inside the caller's write transaction (API.md §3.3).
 pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation, tag: &NoteTag<'_>) -> StoreResult<RotateOutcome> {
-    // PostgreSQL: lock the token row, then the session row, so racing refreshes of one token
-    // serialise and see each other's rotation, and a racing revocation is seen (SQLite's
-    // BEGIN IMMEDIATE already serialises every writer).
+    // PostgreSQL: lock the session row first, then the token row. Every writer that touches a
+    // session's tokens (refreshes of any of its tokens) or the session (revocations, which touch
+    // no token rows) takes the session lock first, so racing refreshes and revocations
+    // serialise without lock cycles and see each other's commits. (SQLite's BEGIN IMMEDIATE
+    // already serialises every writer.)
     let lock = kind.for_update();
-    let token: Option<TokenRow> = sqlx::query_as(&format!(
-        "SELECT id, session_id, rotated_at, successor_id, sealed_successor FROM refresh_tokens WHERE token_hash = $1{lock}"
+    let session: Option<SessionRow> = sqlx::query_as(&format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1){lock}"
     ))
     .bind(&r.presented_hash[..])
     .fetch_optional(&mut **tx)
     .await?;
-    let Some(token) = token else { return Ok(RotateOutcome::Invalid) };
-    let session: SessionRow = sqlx::query_as(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1{lock}"))
-        .bind(&token.session_id)
-        .fetch_one(&mut **tx)
-        .await?;
+    let Some(session) = session else { return Ok(RotateOutcome::Invalid) };
+    let token: TokenRow = sqlx::query_as(&format!(
+        "SELECT id, rotated_at, successor_id, sealed_successor FROM refresh_tokens WHERE token_hash = $1{lock}"
+    ))
+    .bind(&r.presented_hash[..])
+    .fetch_one(&mut **tx)
+    .await?;
     if session.revoked_at.is_some() {
         return Ok(RotateOutcome::Invalid);
     }
@@ -105,13 +108,22 @@ async fn rotate_live(
     idle: Millis,
     access_exp: Millis,
 ) -> StoreResult<SessionRow> {
-    sqlx::query("UPDATE refresh_tokens SET rotated_at = $1, successor_id = $2, sealed_successor = $3 WHERE id = $4")
-        .bind(r.now)
-        .bind(&r.candidate.id)
-        .bind(&r.sealed_candidate)
-        .bind(&token.id)
-        .execute(&mut **tx)
-        .await?;
+    // One statement: mark the presented token rotated (keeping its sealed successor), and forget
+    // every older sealed successor: only the immediately previous token may converge.
+    sqlx::query(
+        "UPDATE refresh_tokens SET \
+           rotated_at = CASE WHEN id = $4 THEN $1 ELSE rotated_at END, \
+           successor_id = CASE WHEN id = $4 THEN $2 ELSE successor_id END, \
+           sealed_successor = CASE WHEN id = $4 THEN $3 ELSE NULL END \
+         WHERE session_id = $5 AND (id = $4 OR sealed_successor IS NOT NULL)",
+    )
+    .bind(r.now)
+    .bind(&r.candidate.id)
+    .bind(&r.sealed_candidate)
+    .bind(&token.id)
+    .bind(&session.id)
+    .execute(&mut **tx)
+    .await?;
     sqlx::query(
         "INSERT INTO refresh_tokens (id, session_id, token_hash, prev_id, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -120,15 +132,6 @@ async fn rotate_live(
     .bind(&r.candidate.hash[..])
     .bind(&token.id)
     .bind(r.now)
-    .execute(&mut **tx)
-    .await?;
-    // Only the immediately previous token may converge: forget older sealed successors.
-    sqlx::query(
-        "UPDATE refresh_tokens SET sealed_successor = NULL \
-         WHERE session_id = $1 AND id <> $2 AND sealed_successor IS NOT NULL",
-    )
-    .bind(&session.id)
-    .bind(&token.id)
     .execute(&mut **tx)
     .await?;
     Ok(sqlx::query_as(&format!(
@@ -189,14 +192,9 @@ pub(super) async fn revoke_in(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    // Ended sessions need no convergence material.
-    sqlx::query(
-        "UPDATE refresh_tokens SET sealed_successor = NULL WHERE sealed_successor IS NOT NULL \
-           AND session_id IN (SELECT id FROM sessions WHERE revoked_at = $1)",
-    )
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    // The ended sessions' sealed successors are left for the sweep (they are useless: a refresh
+    // of an ended session is refused before anything is unsealed). Touching token rows here
+    // would take token locks after the session lock, against the refresh's order.
     if kind == Kind::Postgres {
         let (from, to) = (rows[0].log_from.unwrap_or(0), rows[0].log_to.unwrap_or(0));
         let payload =

@@ -207,3 +207,24 @@ async fn revoke_racing_refresh_leaves_no_live_token() {
         assert_eq!(next.status(), StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_and_current_tokens_racing_a_revocation_never_fail_with_5xx() {
+    // Two tabs (one holding the previous token, one the current) and an admin revoke, at once:
+    // every refresh ends in 200 or 401 (no deadlock 503), and the session ends revoked.
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    for _ in 0..20 {
+        let t0 = app.new_session().await;
+        let t1 = refresh_ok(&app, &t0.refresh).await;
+        let path = format!("/v1/admin/sessions/{}", t0.session_id);
+        let (a, b, c) =
+            tokio::join!(app.refresh(&t0.refresh), app.refresh(&t1.refresh), app.delete_auth(&path, &admin.access));
+        for r in [a, b] {
+            assert!(matches!(r.status().as_u16(), 200 | 401), "status {}", r.status());
+        }
+        assert!(matches!(c.status().as_u16(), 204 | 404), "revoke status {}", c.status());
+        assert!(app.state.store.session(&t0.session_id).await.unwrap().unwrap().revoked_at.is_some());
+        assert!(app.state.denylist.contains(&t0.session_id));
+    }
+}

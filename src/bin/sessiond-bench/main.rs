@@ -10,6 +10,7 @@
 //!   cluster   revoke across instances (PostgreSQL NOTIFY)       --revokes 1000 --rate 100 --idle 10000
 //!   churn     reconnect storm after a restart                   --sizes 19000
 //!   refresh   refreshes/s from pre-minted tokens, SQLite + PG   --count 20000 --concurrency 64
+//!   refresh-store  the rotation transaction alone, in process   --count 5000
 //!   verify    /v1/me and /healthz req/s + in-process verify µs  --seconds 10 --concurrency 64
 //!   login     argon2 logins/s                                   --seconds 10
 //!   --database-url postgres://postgres@127.0.0.1:5432/test  (admin URL; a throwaway DB is made)
@@ -102,6 +103,7 @@ fn main() {
             "cluster" => cluster::run(&args).await,
             "churn" => scenarios::churn(&args).await,
             "refresh" => scenarios::refresh(&args).await,
+            "refresh-store" => scenarios::refresh_store(&args).await,
             "verify" => scenarios::verify(&args).await,
             "login" => scenarios::login(&args).await,
             _ => {

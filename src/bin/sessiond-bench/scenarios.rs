@@ -402,3 +402,39 @@ pub async fn verify(args: &Args) -> Vec<String> {
     db.drop_db().await;
     out
 }
+
+/// `refresh-store`: the rotation transaction alone, in process, sequential (no HTTP).
+pub async fn refresh_store(args: &Args) -> Vec<String> {
+    let mut out = vec!["| store | rotations | per rotation (µs) |".into(), "|---|---|---|".into()];
+    for postgres in [false, true] {
+        let dir = TempDir::new();
+        let db = Db::new(args, &dir, postgres).await;
+        let server = Server::start(&db.url, free_port(), &[]).await;
+        let minter = Minter::new(&db.url, &server.base()).await;
+        let pool = minter.mint(args.count.min(5000)).await;
+        let clock = sessiond::clock::Clock::system();
+        let t = Instant::now();
+        for m in &pool {
+            let presented = sessiond::tokens::refresh::RefreshToken::parse(&m.refresh).unwrap();
+            let next = sessiond::tokens::refresh::RefreshToken::generate();
+            let r = sessiond::store::Rotation {
+                now: clock.now_ms(),
+                presented_hash: presented.digest(),
+                sealed_candidate: presented.seal(&next),
+                candidate: sessiond::store::NewRefresh { id: uuid::Uuid::now_v7().to_string(), hash: next.digest() },
+                grace: 10_000,
+                idle_ttl: 86_400_000,
+                access_ttl: 300_000,
+            };
+            assert!(matches!(
+                minter.store.rotate_refresh(r).await.unwrap(),
+                sessiond::store::RotateOutcome::Rotated { .. }
+            ));
+        }
+        let per = t.elapsed().as_secs_f64() * 1e6 / pool.len() as f64;
+        out.push(format!("| {} | {} | {per:.0} |", if postgres { "PostgreSQL" } else { "SQLite" }, pool.len()));
+        drop(server);
+        db.drop_db().await;
+    }
+    out
+}
