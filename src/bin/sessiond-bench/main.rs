@@ -13,6 +13,7 @@
 //!   refresh-store  the rotation transaction alone, in process   --count 5000
 //!   verify    /v1/me and /healthz req/s + in-process verify µs  --seconds 10 --concurrency 64
 //!   login     argon2 logins/s                                   --seconds 10
+//!   peers     idle + everyone vs Node ws and Python websockets  --sizes 5000 (bench/peers/setup.sh first)
 //!   --database-url postgres://postgres@127.0.0.1:5432/test  (admin URL; a throwaway DB is made)
 //! ```
 //!
@@ -106,6 +107,7 @@ fn main() {
             "refresh-store" => scenarios::refresh_store(&args).await,
             "verify" => scenarios::verify(&args).await,
             "login" => scenarios::login(&args).await,
+            "peers" => scenarios::peers(&args).await,
             _ => {
                 eprintln!("usage: sessiond-bench idle|everyone|revoke|revoke-under-login|cluster|churn|refresh|verify|login [flags] (see the source's header)");
                 std::process::exit(2);

@@ -438,3 +438,162 @@ pub async fn refresh_store(args: &Args) -> Vec<String> {
     }
     out
 }
+
+/// A peer server process (bench/peers/): same protocol, minimal, no verification.
+struct Peer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn peers_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers"))
+}
+
+/// Starts a peer, or says why it cannot.
+async fn start_peer(name: &str) -> Result<Peer, String> {
+    let dir = peers_dir();
+    let port = free_port();
+    let mut cmd = match name {
+        "node-ws" => {
+            if !dir.join("node_modules/ws").exists() {
+                return Err("not installed (run bench/peers/setup.sh: npm `ws`)".into());
+            }
+            let mut c = std::process::Command::new("node");
+            c.arg(dir.join("node-ws.mjs"));
+            c
+        }
+        "python-websockets" => {
+            let ok = std::process::Command::new("python3").args(["-c", "import websockets"]).status();
+            if !ok.is_ok_and(|s| s.success()) {
+                return Err("not installed (run bench/peers/setup.sh: pip `websockets`)".into());
+            }
+            let mut c = std::process::Command::new("python3");
+            c.arg(dir.join("py_websockets.py"));
+            c
+        }
+        other => return Err(format!("unknown peer {other}")),
+    };
+    let child = cmd
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("not installed ({e})"))?;
+    let peer = Peer { child, port };
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(peer);
+        }
+        if Instant::now() > deadline {
+            return Err("did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `peers`: `idle` and `everyone` against sessiond and the peer servers, side by side.
+pub async fn peers(args: &Args) -> Vec<String> {
+    let n = *args.sizes.first().unwrap_or(&5000);
+    let mut out = vec![
+        format!("{n} authenticated sockets per server; then one broadcast of `logout` to all of them."),
+        String::new(),
+        "| server | RSS per idle socket (KiB) | ratio | broadcast: last frame (ms) | ratio |".into(),
+        "|---|---|---|---|---|".into(),
+    ];
+    let mut base: Option<(f64, f64)> = None;
+    for name in ["sessiond", "node-ws", "python-websockets"] {
+        let dir = TempDir::new();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        // (pid, ws url, tokens, how to trigger the broadcast)
+        let mut _server = None;
+        let mut _peer = None;
+        let (pid, ws, tokens, trigger, bearer) = if name == "sessiond" {
+            let db = Db::new(args, &dir, false).await;
+            let server = Server::start(&db.url, free_port(), &[]).await;
+            let minter = Minter::new(&db.url, &server.base()).await;
+            let tokens: Vec<String> = minter.mint(n).await.into_iter().map(|m| m.access).collect();
+            let v = (
+                server.child.id(),
+                server.ws(),
+                tokens,
+                format!("{}/v1/admin/logout-everyone", server.base()),
+                Some(minter.admin_access.clone()),
+            );
+            _server = Some(server);
+            v
+        } else {
+            let peer = match start_peer(name).await {
+                Ok(p) => p,
+                Err(why) => {
+                    out.push(format!("| {name} | {why} | | | |"));
+                    continue;
+                }
+            };
+            let tokens = (0..n).map(|i| format!("peer-token-{i}")).collect();
+            let v = (
+                peer.child.id(),
+                format!("ws://127.0.0.1:{}/", peer.port),
+                tokens,
+                format!("http://127.0.0.1:{}/broadcast", peer.port),
+                None,
+            );
+            _peer = Some(peer);
+            v
+        };
+        for _ in 0..20 {
+            let _ = client
+                .get(trigger.replace("/v1/admin/logout-everyone", "/healthz").replace("/broadcast", "/readyz"))
+                .send()
+                .await;
+        }
+        let before = rss_of(pid);
+        let mut workers = spawn_workers(&ws, &tokens, PER_WORKER, &dir, false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let per = (rss_of(pid) as f64 - before as f64) / n as f64;
+        let t0 = mono_ns();
+        let req = match &bearer {
+            Some(b) => client.post(&trigger).bearer_auth(b),
+            None => client.get(&trigger),
+        };
+        assert!(req.send().await.unwrap().status().is_success());
+        let mut arrivals: Vec<u64> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while arrivals.len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            arrivals = workers.iter_mut().flat_map(|w| w.report("logouts")).map(|(_, t)| t).collect();
+        }
+        let last = arrivals.iter().max().map_or(f64::NAN, |&t| t.saturating_sub(t0) as f64 / 1e6);
+        let (r_mem, r_last) = match base {
+            None => {
+                base = Some((per, last));
+                ("1.00".to_string(), "1.00".to_string())
+            }
+            Some((m, l)) => (format!("{:.2}", per / m), format!("{:.2}", last / l)),
+        };
+        let got = if arrivals.len() < n { format!(" ({} of {n} got it)", arrivals.len()) } else { String::new() };
+        out.push(format!("| {name} | {per:.2} | {r_mem} | {last:.1}{got} | {r_last} |"));
+        eprintln!("{}", out.last().unwrap());
+        drop(workers);
+    }
+    out.push(String::new());
+    out.push("Not yet compared: Socket.IO (its Engine.IO framing needs a client mode in the worker) and a minimal fastwebsockets server.".into());
+    out
+}
