@@ -519,6 +519,7 @@ pub async fn peers(args: &Args) -> Vec<String> {
         "|---|---|---|---|---|".into(),
     ];
     let mut base: Option<(f64, f64)> = None;
+    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
     for name in ["sessiond", "node-ws", "python-websockets"] {
         let dir = TempDir::new();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -581,6 +582,7 @@ pub async fn peers(args: &Args) -> Vec<String> {
             arrivals = workers.iter_mut().flat_map(|w| w.report("logouts")).map(|(_, t)| t).collect();
         }
         let last = arrivals.iter().max().map_or(f64::NAN, |&t| t.saturating_sub(t0) as f64 / 1e6);
+        series.push((name.to_string(), arrivals.iter().map(|&t| t.saturating_sub(t0) as f64 / 1e6).collect()));
         let (r_mem, r_last) = match base {
             None => {
                 base = Some((per, last));
@@ -593,7 +595,65 @@ pub async fn peers(args: &Args) -> Vec<String> {
         eprintln!("{}", out.last().unwrap());
         drop(workers);
     }
+    let chart = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/charts"))
+        .join(format!("peers-broadcast-{n}.svg"));
+    let _ = std::fs::create_dir_all(chart.parent().unwrap());
+    match write_fanout_chart(&chart, n, &series) {
+        Ok(()) => out.push(format!("\nchart: {}", chart.display())),
+        Err(e) => out.push(format!("\nchart failed: {e}")),
+    }
     out.push(String::new());
     out.push("Not yet compared: Socket.IO (its Engine.IO framing needs a client mode in the worker) and a minimal fastwebsockets server.".into());
     out
+}
+
+/// Writes an SVG chart: for each server, the share of sockets that got the `logout` frame
+/// against milliseconds after the broadcast call.
+fn write_fanout_chart(path: &std::path::Path, n: usize, series: &[(String, Vec<f64>)]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let max_ms = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(1.0_f64, f64::max) * 1.05;
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let title = format!("logout broadcast to {n} sockets: share delivered over time");
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..max_ms, 0.0..100.0)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("ms after the call")
+        .y_desc("% of sockets with the frame")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let colors = [RED, BLUE, GREEN, MAGENTA];
+    for (i, (name, times)) in series.iter().enumerate() {
+        let mut sorted = times.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let len = sorted.len().max(1) as f64;
+        // At most ~400 points per line keeps the SVG small.
+        let step = (sorted.len() / 400).max(1);
+        let points: Vec<(f64, f64)> = sorted
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % step == 0 || *k + 1 == sorted.len())
+            .map(|(k, &t)| (t, (k + 1) as f64 * 100.0 / len))
+            .collect();
+        let color = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
 }
