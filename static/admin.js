@@ -2,7 +2,8 @@
 // with live connection state (re-read every 2 s), "Log out all devices" per user (with the
 // count of sockets notified) and "Revoke" per session. Token and socket handling is sessiond.js.
 
-import { createClient, describeReason, describeUserAgent, SessiondError } from "/static/sessiond.js";
+import { createClient, describeUserAgent, SessiondError } from "/static/sessiond.js";
+import { $, ago, busy, clearMessages, el, showBanner, showError, showNotice } from "/static/ui.js";
 
 /** How often the tables are re-read. */
 const POLL_MS = 2000;
@@ -10,8 +11,6 @@ const POLL_MS = 2000;
 const SEARCH_DEBOUNCE_MS = 250;
 /** Users shown per search. */
 const PAGE_SIZE = 50;
-
-const $ = (id) => document.getElementById(id);
 
 const client = createClient({
   onChange: render,
@@ -34,63 +33,7 @@ const view = {
   selected: null,
 };
 
-// ---- messages --------------------------------------------------------------------------
-
-function showError(err) {
-  if (err instanceof SessiondError) {
-    $("error").textContent = err.detail;
-  } else {
-    console.error(err);
-    $("error").textContent = "Something went wrong. Please try again.";
-  }
-}
-
-function showNotice(text) {
-  $("error").textContent = "";
-  $("notice").textContent = text;
-}
-
-function clearMessages() {
-  $("error").textContent = "";
-  $("notice").textContent = "";
-}
-
-function showBanner(reason) {
-  clearMessages();
-  $("banner-detail").textContent = describeReason(reason);
-  $("banner-reason").textContent = reason;
-  $("banner").hidden = false;
-}
-
-async function busy(button, action) {
-  button.disabled = true;
-  button.setAttribute("aria-busy", "true");
-  try {
-    await action();
-  } catch (e) {
-    showError(e);
-  } finally {
-    button.disabled = false;
-    button.removeAttribute("aria-busy");
-  }
-}
-
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-
-function ago(iso) {
-  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-  if (s < 60) return "just now";
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-  return `${Math.floor(s / 86400)} d ago`;
-}
-
-function el(tag, className, text) {
-  const e = document.createElement(tag);
-  if (className) e.className = className;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
 
 /** A table cell that carries its column name, shown as a label on narrow screens. */
 function cell(label, className) {

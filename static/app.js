@@ -2,12 +2,11 @@
 // connection dots, the three kinds of sign-out, and a banner when the session is ended from
 // elsewhere. Everything about tokens and sockets is in sessiond.js; this file only renders.
 
-import { createClient, describeReason, describeUserAgent, SessiondError } from "/static/sessiond.js";
+import { createClient, describeUserAgent, SessiondError } from "/static/sessiond.js";
+import { $, ago, busy, clearMessages, el, hideBanner, showBanner, showError, showNotice } from "/static/ui.js";
 
 /** How often the devices list is re-read while signed in. */
 const DEVICES_POLL_MS = 2000;
-
-const $ = (id) => document.getElementById(id);
 
 const client = createClient({ onChange: render, onLogout: showBanner });
 // For the browser console (and the browser tests): `await sessiond.me()`.
@@ -15,55 +14,6 @@ window.sessiond = client;
 
 /** What the page shows beyond the client's own state. */
 const view = { ready: false, wasSignedIn: false, devicesTimer: 0, devicesLoading: false, socketState: "closed" };
-
-// ---- messages --------------------------------------------------------------------------
-
-/** Shows an error's `detail` (never a stack) in the live region. */
-function showError(err) {
-  if (err instanceof SessiondError) {
-    $("error").textContent = err.detail;
-  } else {
-    console.error(err);
-    $("error").textContent = "Something went wrong. Please try again.";
-  }
-}
-
-function showNotice(text) {
-  $("error").textContent = "";
-  $("notice").textContent = text;
-}
-
-function clearMessages() {
-  $("error").textContent = "";
-  $("notice").textContent = "";
-}
-
-/** The session was ended from elsewhere (another device or tab, an admin, on load). */
-function showBanner(reason) {
-  clearMessages(); // whatever they said is about a session that is gone
-  $("banner-detail").textContent = describeReason(reason);
-  $("banner-reason").textContent = reason;
-  $("banner").dataset.reason = reason;
-  $("banner").hidden = false;
-}
-
-function hideBanner() {
-  $("banner").hidden = true;
-}
-
-/** Runs an action with its button disabled, showing its error if it fails. */
-async function busy(button, action) {
-  button.disabled = true;
-  button.setAttribute("aria-busy", "true");
-  try {
-    await action();
-  } catch (e) {
-    showError(e);
-  } finally {
-    button.disabled = false;
-    button.removeAttribute("aria-busy");
-  }
-}
 
 // ---- rendering -------------------------------------------------------------------------
 
@@ -120,15 +70,6 @@ async function loadDevices() {
   }
 }
 
-/** "just now", "5 min ago", … with the exact time as a tooltip. */
-function ago(iso) {
-  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-  if (s < 60) return "just now";
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-  return `${Math.floor(s / 86400)} d ago`;
-}
-
 /**
  * Updates the list in place, keyed by session id, so a focused button keeps its focus across
  * the periodic refresh.
@@ -146,13 +87,6 @@ function renderDevices(sessions) {
   for (const li of existing.values()) li.remove();
   const n = sessions.length;
   $("devices-count").textContent = `${n} signed-in device${n === 1 ? "" : "s"}`;
-}
-
-function el(tag, className, text) {
-  const e = document.createElement(tag);
-  if (className) e.className = className;
-  if (text !== undefined) e.textContent = text;
-  return e;
 }
 
 function createDevice(s) {
