@@ -56,6 +56,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         passwords: Passwords::new(config.password_hash_concurrency),
         metrics,
         clock,
+        allowed_origins: config.allowed_origins().into(),
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(false)),
     };

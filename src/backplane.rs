@@ -136,7 +136,7 @@ async fn listen_once(state: &AppState, bp: &Backplane, stop: &CancellationToken)
     let pool = PgPoolOptions::new().max_connections(1).connect_with(opts).await?;
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen_all([REVOCATIONS_CHANNEL, ACKS_CHANNEL]).await?;
-    let n = resync(state).await?;
+    let n = crate::sessions::rebuild_denylist(state).await?;
     bp.listening.store(true, Ordering::Release);
     bp.synced_once.store(true, Ordering::Release);
     tracing::info!(resynced = n, "revocation listener up");
@@ -153,14 +153,6 @@ async fn listen_once(state: &AppState, bp: &Backplane, stop: &CancellationToken)
             _ => {}
         }
     }
-}
-
-/// Re-applies every revocation whose tokens may still be alive: denylist and local sockets.
-async fn resync(state: &AppState) -> anyhow::Result<usize> {
-    let min_exp = state.clock.now_ms() - crate::tokens::jwt::LEEWAY_SECS * 1000 - 1000;
-    let revoked = state.store.revoked_since(min_exp).await?;
-    crate::sessions::publish(state, &revoked);
-    Ok(revoked.len())
 }
 
 async fn on_revocation(state: &AppState, payload: &str) {
@@ -182,7 +174,7 @@ async fn on_revocation(state: &AppState, payload: &str) {
             return;
         }
     };
-    let n = crate::sessions::publish(state, &revoked);
+    let n = crate::sessions::apply(state, &revoked);
     if let Some(req) = note.req {
         let ack = AckNote { req, instance: state.instance_id.to_string(), n: n as i64 };
         let payload = serde_json::to_string(&ack).unwrap_or_default();

@@ -270,11 +270,19 @@ pub async fn change_password(
 /// event. Every revocation path ends here. Returns how many sockets were notified.
 pub fn publish(state: &AppState, revoked: &[Revoked]) -> usize {
     for r in revoked {
-        state.denylist.insert(&r.session_id, r.access_expires_at, &r.reason, r.at);
         tracing::info!(session_id = %r.session_id, user_id = %r.user_id, reason = %r.reason, "session revoked");
     }
     if let Some(first) = revoked.first() {
         state.metrics.revoked(&first.reason, revoked.len());
+    }
+    apply(state, revoked)
+}
+
+/// The in-memory half of [`publish`], idempotent: what another instance's revocation (or a
+/// resync) does here. Logged and counted only where the revocation was made.
+pub fn apply(state: &AppState, revoked: &[Revoked]) -> usize {
+    for r in revoked {
+        state.denylist.insert(&r.session_id, r.access_expires_at, &r.reason, r.at);
     }
     state.metrics.denylist_entries.set(state.denylist.len() as i64);
     // After the denylist: a socket registering meanwhile re-checks it (see `hub`).
@@ -291,14 +299,12 @@ pub async fn sweep(state: &AppState) -> Result<usize> {
     Ok(revoked.len())
 }
 
-/// Rebuilds the denylist from the database: every revoked session whose tokens may live.
+/// Rebuilds the denylist from the database: every revoked session whose tokens may live (and
+/// closes any local socket of those sessions: the listener's resync after a reconnect).
 pub async fn rebuild_denylist(state: &AppState) -> Result<usize> {
     let now = state.clock.now_ms();
     let min_exp = now - crate::tokens::jwt::LEEWAY_SECS * 1000 - 1000;
     let revoked = state.store.revoked_since(min_exp).await?;
-    for r in &revoked {
-        state.denylist.insert(&r.session_id, r.access_expires_at, &r.reason, r.at);
-    }
-    state.metrics.denylist_entries.set(state.denylist.len() as i64);
+    apply(state, &revoked);
     Ok(revoked.len())
 }

@@ -29,6 +29,15 @@ pub struct AppState {
     pub instance_id: Arc<str>,
     /// The PostgreSQL backplane (listener health, acknowledgements); `None` on SQLite.
     pub backplane: Option<Arc<Backplane>>,
+    /// `--allowed-origins` resolved once (sockets, cookie refresh, CSRF checks).
+    pub allowed_origins: Arc<[String]>,
     /// True once the denylist is rebuilt and the keyset loaded: `/readyz` may answer 200.
     pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Whether a browser `Origin` header is exactly one of the allowed origins.
+    pub fn origin_allowed(&self, origin: &axum::http::HeaderValue) -> bool {
+        origin.to_str().is_ok_and(|o| self.allowed_origins.iter().any(|a| a == o))
+    }
 }

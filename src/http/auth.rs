@@ -76,10 +76,7 @@ async fn csrf_guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let foreign_origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .is_some_and(|o| !o.to_str().is_ok_and(|o| state.config.allowed_origins().iter().any(|a| a == o)));
+    let foreign_origin = req.headers().get(header::ORIGIN).is_some_and(|o| !state.origin_allowed(o));
     if foreign_origin {
         return AppError::Forbidden.into_response();
     }

@@ -31,10 +31,7 @@ pub fn refresh_from_cookie(headers: &HeaderMap) -> Option<String> {
 
 /// 403 unless the request comes from an allowed Origin and carries the CSRF header.
 pub fn check_csrf(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
-    let origin_ok = headers
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .is_some_and(|o| state.config.allowed_origins().iter().any(|a| a == o));
+    let origin_ok = headers.get(header::ORIGIN).is_some_and(|o| state.origin_allowed(o));
     let header_ok = headers.get(CSRF_HEADER).is_some_and(|v| !v.is_empty());
     if origin_ok && header_ok {
         Ok(())

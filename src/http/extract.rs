@@ -22,6 +22,8 @@ pub struct AuthUser {
     pub user_id: String,
     pub session_id: String,
     pub roles: Vec<String>,
+    /// The token's `exp` (seconds).
+    pub exp: i64,
 }
 
 impl AuthUser {
@@ -46,15 +48,37 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
     Ok(Some(token.trim()))
 }
 
-/// Verifies a token and checks the denylist: the whole hot path, memory only. While the
-/// PostgreSQL listener is down (the denylist may miss other instances' revocations) it fails
-/// closed: the session is checked in the database.
+/// Verifies a token and checks that its session is live: the whole hot path, memory only
+/// (see [`check_live`] for the fail-closed exception).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
-    let user = authenticate_in_memory(state, token)?;
+    let user = verify_token(state, token)?;
+    check_live(state, &user).await?;
+    Ok(user)
+}
+
+/// Signature and claims only (no revocation check).
+pub fn verify_token(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
+    let claims = state.keys.verify(token, state.clock.now_secs()).map_err(|e| {
+        tracing::debug!(reason = ?e, "access token refused");
+        match e {
+            VerifyError::Expired => AppError::TokenExpired,
+            VerifyError::Invalid(_) => AppError::InvalidToken { presented: true },
+        }
+    })?;
+    Ok(AuthUser { user_id: claims.sub, session_id: claims.sid, roles: claims.roles, exp: claims.exp })
+}
+
+/// 401 `session_revoked` when the session is in the denylist. While the PostgreSQL listener is
+/// down (the denylist may miss other instances' revocations) it fails closed: the session is
+/// checked in the database.
+pub async fn check_live(state: &AppState, user: &AuthUser) -> Result<(), AppError> {
+    if state.denylist.contains(&user.session_id) {
+        tracing::debug!(session_id = %user.session_id, "access token of a revoked session");
+        return Err(AppError::SessionRevoked);
+    }
     if let Some(bp) = &state.backplane {
         if !bp.is_up() {
-            let session = state.store.session(&user.session_id).await?;
-            match session {
+            match state.store.session(&user.session_id).await? {
                 Some(s) if s.revoked_at.is_none() && s.expires_at() > state.clock.now_ms() => {}
                 Some(s) => {
                     let at = s.revoked_at.unwrap_or(s.expires_at());
@@ -66,22 +90,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, App
             }
         }
     }
-    Ok(user)
-}
-
-fn authenticate_in_memory(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
-    let claims = state.keys.verify(token, state.clock.now_secs()).map_err(|e| {
-        tracing::debug!(reason = ?e, "access token refused");
-        match e {
-            VerifyError::Expired => AppError::TokenExpired,
-            VerifyError::Invalid(_) => AppError::InvalidToken { presented: true },
-        }
-    })?;
-    if state.denylist.contains(&claims.sid) {
-        tracing::debug!(session_id = %claims.sid, "access token of a revoked session");
-        return Err(AppError::SessionRevoked);
-    }
-    Ok(AuthUser { user_id: claims.sub, session_id: claims.sid, roles: claims.roles })
+    Ok(())
 }
 
 impl FromRequestParts<AppState> for AuthUser {

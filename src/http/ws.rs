@@ -31,9 +31,8 @@ pub fn router() -> Router<AppState> {
 
 async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = state.config.allowed_origins();
         // Exact match only: no prefix, suffix or case tricks.
-        if !origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a == o)) {
+        if !state.origin_allowed(origin) {
             tracing::debug!("websocket upgrade from a foreign origin refused");
             return AppError::Forbidden.into_response();
         }

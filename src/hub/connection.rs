@@ -15,7 +15,7 @@ use super::protocol::{close, parse, ClientMessage, ParseError, ServerMessage};
 use super::{HubEvent, RegisterError, Registration};
 use crate::clock::{rfc3339, Millis};
 use crate::error::AppError;
-use crate::http::extract::authenticate;
+use crate::http::extract::{check_live, verify_token};
 use crate::state::AppState;
 
 /// Largest inbound message the protocol accepts (API.md §5.7).
@@ -199,19 +199,16 @@ async fn on_text(
         ClientMessage::Auth { access_token } => access_token,
     };
 
-    let user = match authenticate(state, &token).await {
-        Ok(u) => u,
-        Err(AppError::SessionRevoked) => {
-            // Claims were valid: tell the client why its session ended (it may have been offline).
-            let sid = state.keys.verify(&token, state.clock.now_secs()).map(|c| c.sid).unwrap_or_default();
-            return logout_from_denylist(state, &sid);
-        }
-        Err(_) => return Step::Close(close::UNAUTHENTICATED, "invalid or expired token"),
+    // Verify once; the revocation check is separate so a revoked session's socket learns why.
+    let Ok(user) = verify_token(state, &token) else {
+        return Step::Close(close::UNAUTHENTICATED, "invalid or expired token");
     };
-    let exp = match state.keys.verify(&token, state.clock.now_secs()) {
-        Ok(c) => c.exp,
+    match check_live(state, &user).await {
+        Ok(()) => {}
+        Err(AppError::SessionRevoked) => return logout_from_denylist(state, &user.session_id),
         Err(_) => return Step::Close(close::UNAUTHENTICATED, "invalid or expired token"),
-    };
+    }
+    let exp = user.exp;
     match authed {
         Some(a) if a.user_id != user.user_id || a.session_id != user.session_id => {
             return Step::Close(close::UNAUTHENTICATED, "token of another session");
