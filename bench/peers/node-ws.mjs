@@ -2,6 +2,7 @@
 // Connect to ws://127.0.0.1:$PORT/, send {"type":"auth","access_token":…} → {"type":"ready"};
 // GET /broadcast sends {"type":"logout",…} to every authenticated socket and closes it (4001).
 // No token verification and no database: it is the floor for "a socket and a broadcast".
+// Siblings: socketio.mjs (Socket.IO framing), py_websockets.py, fastwebsockets/ (Rust).
 import http from "node:http";
 import { WebSocketServer } from "ws";
 

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Installs the peers' dependencies: Node `ws` (npm) and Python `websockets` (pip).
+# Installs and builds the peer servers of `sessiond-bench peers`:
+#   node-ws.mjs       Node `ws`            (npm, package.json)
+#   socketio.mjs      Node `socket.io`     (npm, package.json; WebSocket transport only)
+#   py_websockets.py  Python `websockets`  (pip)
+#   fastwebsockets/   Rust `fastwebsockets` on hyper 1 (its own cargo project, release build)
 set -euo pipefail
 cd "$(dirname "$0")"
 npm install --no-audit --no-fund --loglevel=error
 python3 -c 'import websockets' 2>/dev/null || pip install -q 'websockets>=13'
+cargo build --release --locked --manifest-path fastwebsockets/Cargo.toml

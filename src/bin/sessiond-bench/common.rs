@@ -196,6 +196,31 @@ impl Minter {
     }
 }
 
+/// How a worker's sockets carry the hub protocol: plain WebSocket text frames, or Socket.IO
+/// events (an Engine.IO v4 client over the WebSocket transport).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Plain,
+    EngineIo,
+}
+
+impl Framing {
+    /// The worker subcommand's argument.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Framing::Plain => "plain",
+            Framing::EngineIo => "engine-io",
+        }
+    }
+
+    pub fn parse(arg: &str) -> Framing {
+        match arg {
+            "engine-io" => Framing::EngineIo,
+            _ => Framing::Plain,
+        }
+    }
+}
+
 /// A worker process holding authenticated sockets (this binary's hidden `worker` subcommand).
 pub struct Worker {
     child: Child,
@@ -204,12 +229,18 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Opens one socket per token at `url`; returns once all are authenticated.
+    /// Opens one socket per token at `url`, plain framing; `wait_ready` says when all are
+    /// authenticated.
     pub fn spawn(url: &str, tokens: &[String], dir: &TempDir, reconnect: bool) -> Worker {
+        Worker::spawn_framed(url, tokens, dir, reconnect, Framing::Plain)
+    }
+
+    pub fn spawn_framed(url: &str, tokens: &[String], dir: &TempDir, reconnect: bool, framing: Framing) -> Worker {
         let file = dir.0.join(format!("tokens-{}", uuid::Uuid::new_v4().simple()));
         std::fs::write(&file, tokens.join("\n")).unwrap();
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["worker", url, file.to_str().unwrap(), if reconnect { "reconnect" } else { "once" }]);
+        let mode = if reconnect { "reconnect" } else { "once" };
+        cmd.args(["worker", url, file.to_str().unwrap(), mode, framing.arg()]);
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
@@ -251,10 +282,22 @@ impl Drop for Worker {
     }
 }
 
-/// Splits `tokens` over workers of at most `per_worker` sockets.
+/// Splits `tokens` over workers of at most `per_worker` sockets (plain framing).
 pub fn spawn_workers(url: &str, tokens: &[String], per_worker: usize, dir: &TempDir, reconnect: bool) -> Vec<Worker> {
+    spawn_workers_framed(url, tokens, per_worker, dir, reconnect, Framing::Plain)
+}
+
+/// [`spawn_workers`] with the given framing; returns once every socket is authenticated.
+pub fn spawn_workers_framed(
+    url: &str,
+    tokens: &[String],
+    per_worker: usize,
+    dir: &TempDir,
+    reconnect: bool,
+    framing: Framing,
+) -> Vec<Worker> {
     let mut workers: Vec<Worker> =
-        tokens.chunks(per_worker).map(|chunk| Worker::spawn(url, chunk, dir, reconnect)).collect();
+        tokens.chunks(per_worker).map(|chunk| Worker::spawn_framed(url, chunk, dir, reconnect, framing)).collect();
     for w in &mut workers {
         let (ok, failed) = w.wait_ready();
         assert_eq!(failed, 0, "worker: {ok} ok, {failed} failed");

@@ -13,7 +13,8 @@
 //!   refresh-store  the rotation transaction alone, in process   --count 5000
 //!   verify    /v1/me and /healthz req/s + in-process verify µs  --seconds 10 --concurrency 64
 //!   login     argon2 logins/s                                   --seconds 10
-//!   peers     idle + everyone vs Node ws and Python websockets  --sizes 5000 (bench/peers/setup.sh first)
+//!   peers     idle + everyone vs Node ws, Socket.IO, Python websockets, fastwebsockets
+//!                                                               --sizes 5000 (bench/peers/setup.sh first)
 //!   --database-url postgres://postgres@127.0.0.1:5432/test  (admin URL; a throwaway DB is made)
 //! ```
 //!
@@ -92,7 +93,8 @@ fn main() {
     }
     if args.scenario == "worker" {
         let (url, file, mode) = (args.rest[0].clone(), args.rest[1].clone(), args.rest[2].clone());
-        rt.block_on(worker::run(url, file, mode));
+        let framing = common::Framing::parse(args.rest.get(3).map_or("plain", String::as_str));
+        rt.block_on(worker::run(url, file, mode, framing));
         return;
     }
     let out = rt.block_on(async {

@@ -443,6 +443,9 @@ pub async fn refresh_store(args: &Args) -> Vec<String> {
 struct Peer {
     child: std::process::Child,
     port: u16,
+    /// Where the sockets connect, and how they frame the protocol.
+    ws: String,
+    framing: Framing,
 }
 
 impl Drop for Peer {
@@ -460,6 +463,8 @@ fn peers_dir() -> std::path::PathBuf {
 async fn start_peer(name: &str) -> Result<Peer, String> {
     let dir = peers_dir();
     let port = free_port();
+    let mut ws = format!("ws://127.0.0.1:{port}/");
+    let mut framing = Framing::Plain;
     let mut cmd = match name {
         "node-ws" => {
             if !dir.join("node_modules/ws").exists() {
@@ -468,6 +473,25 @@ async fn start_peer(name: &str) -> Result<Peer, String> {
             let mut c = std::process::Command::new("node");
             c.arg(dir.join("node-ws.mjs"));
             c
+        }
+        "socketio" => {
+            if !dir.join("node_modules/socket.io").exists() {
+                return Err("not installed (run bench/peers/setup.sh: npm `socket.io`)".into());
+            }
+            ws = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+            framing = Framing::EngineIo;
+            let mut c = std::process::Command::new("node");
+            c.arg(dir.join("socketio.mjs"));
+            c
+        }
+        "fastwebsockets" => {
+            let bin = dir.join("fastwebsockets/target/release/fastwebsockets-peer");
+            if !bin.exists() {
+                return Err(
+                    "not installed (run bench/peers/setup.sh: cargo build of bench/peers/fastwebsockets)".into()
+                );
+            }
+            std::process::Command::new(bin)
         }
         "python-websockets" => {
             let ok = std::process::Command::new("python3").args(["-c", "import websockets"]).status();
@@ -486,7 +510,7 @@ async fn start_peer(name: &str) -> Result<Peer, String> {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .map_err(|e| format!("not installed ({e})"))?;
-    let peer = Peer { child, port };
+    let peer = Peer { child, port, ws, framing };
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -520,13 +544,13 @@ pub async fn peers(args: &Args) -> Vec<String> {
     ];
     let mut base: Option<(f64, f64)> = None;
     let mut series: Vec<(String, Vec<f64>)> = Vec::new();
-    for name in ["sessiond", "node-ws", "python-websockets"] {
+    for name in ["sessiond", "node-ws", "socketio", "python-websockets", "fastwebsockets"] {
         let dir = TempDir::new();
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        // (pid, ws url, tokens, how to trigger the broadcast)
+        // (pid, ws url, framing, tokens, how to trigger the broadcast, admin bearer)
         let mut _server = None;
         let mut _peer = None;
-        let (pid, ws, tokens, trigger, bearer) = if name == "sessiond" {
+        let (pid, ws, framing, tokens, trigger, bearer) = if name == "sessiond" {
             let db = Db::new(args, &dir, false).await;
             let server = Server::start(&db.url, free_port(), &[]).await;
             let minter = Minter::new(&db.url, &server.base()).await;
@@ -534,6 +558,7 @@ pub async fn peers(args: &Args) -> Vec<String> {
             let v = (
                 server.child.id(),
                 server.ws(),
+                Framing::Plain,
                 tokens,
                 format!("{}/v1/admin/logout-everyone", server.base()),
                 Some(minter.admin_access.clone()),
@@ -551,7 +576,8 @@ pub async fn peers(args: &Args) -> Vec<String> {
             let tokens = (0..n).map(|i| format!("peer-token-{i}")).collect();
             let v = (
                 peer.child.id(),
-                format!("ws://127.0.0.1:{}/", peer.port),
+                peer.ws.clone(),
+                peer.framing,
                 tokens,
                 format!("http://127.0.0.1:{}/broadcast", peer.port),
                 None,
@@ -566,7 +592,7 @@ pub async fn peers(args: &Args) -> Vec<String> {
                 .await;
         }
         let before = rss_of(pid);
-        let mut workers = spawn_workers(&ws, &tokens, PER_WORKER, &dir, false);
+        let mut workers = spawn_workers_framed(&ws, &tokens, PER_WORKER, &dir, false, framing);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let per = (rss_of(pid) as f64 - before as f64) / n as f64;
         let t0 = mono_ns();
@@ -602,8 +628,6 @@ pub async fn peers(args: &Args) -> Vec<String> {
         Ok(()) => out.push(format!("\nchart: {}", chart.display())),
         Err(e) => out.push(format!("\nchart failed: {e}")),
     }
-    out.push(String::new());
-    out.push("Not yet compared: Socket.IO (its Engine.IO framing needs a client mode in the worker) and a minimal fastwebsockets server.".into());
     out
 }
 
@@ -628,7 +652,7 @@ fn write_fanout_chart(path: &std::path::Path, n: usize, series: &[(String, Vec<f
         .y_desc("% of sockets with the frame")
         .draw()
         .map_err(|e| e.to_string())?;
-    let colors = [RED, BLUE, GREEN, MAGENTA];
+    let colors = [RED, BLUE, RGBColor(230, 130, 0), GREEN, MAGENTA, CYAN];
     for (i, (name, times)) in series.iter().enumerate() {
         let mut sorted = times.clone();
         sorted.sort_by(|a, b| a.total_cmp(b));

@@ -1,6 +1,10 @@
 //! The socket-holding worker process: opens one authenticated socket per token, then records
 //! when `logout` frames arrive (and, in `reconnect` mode, when sockets closed by a restart are
 //! authenticated again). Talks to the coordinator over stdin/stdout lines.
+//!
+//! Two framings of the same protocol ([`Framing`]): plain WebSocket text frames (sessiond and
+//! most peers), or Socket.IO's, as an Engine.IO v4 client over the WebSocket transport (open
+//! packet `0{…}`, `40` to join namespace "/", events as `42["name",…]`, pings `2` answered `3`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::mono_ns;
+use crate::common::{mono_ns, Framing};
 
 type Events = Arc<Mutex<Vec<(usize, u64)>>>;
 
@@ -23,10 +27,13 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Connects and authenticates; Ok once `ready` arrives.
-async fn connect(url: &str, token: &str) -> Result<super::Ws, String> {
+async fn connect(url: &str, token: &str, framing: Framing) -> Result<super::Ws, String> {
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let (mut ws, _) =
         tokio_tungstenite::connect_async_with_config(url, Some(config), false).await.map_err(|e| e.to_string())?;
+    if framing == Framing::EngineIo {
+        return engine_io_handshake(ws, token).await;
+    }
     let auth = serde_json::json!({"type": "auth", "access_token": token}).to_string();
     ws.send(Message::Text(auth.into())).await.map_err(|e| e.to_string())?;
     loop {
@@ -40,14 +47,43 @@ async fn connect(url: &str, token: &str) -> Result<super::Ws, String> {
     }
 }
 
+/// Socket.IO over Engine.IO v4: open packet → join "/" → `auth` event → `ready` event.
+async fn engine_io_handshake(mut ws: super::Ws, token: &str) -> Result<super::Ws, String> {
+    loop {
+        let t = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("closed".into()),
+        };
+        let reply = match t.as_str() {
+            "2" => "3".to_string(),
+            s if s.starts_with('0') => "40".to_string(),
+            s if s.starts_with("40") => format!("42{}", serde_json::json!(["auth", {"access_token": token}])),
+            s if s.starts_with("42[\"ready\"") => return Ok(ws),
+            other => return Err(other.to_string()),
+        };
+        ws.send(Message::Text(reply.into())).await.map_err(|e| e.to_string())?;
+    }
+}
+
 /// What every socket task shares.
 #[derive(Clone)]
 struct Shared {
     url: String,
     reconnect: bool,
+    framing: Framing,
     logouts: Events,
     rereadies: Events,
     gate: Arc<Semaphore>,
+}
+
+/// A `logout` frame: the hub's message, or Socket.IO's `logout` event.
+fn is_logout(text: &str, framing: Framing) -> bool {
+    match framing {
+        Framing::Plain => text.contains("\"logout\""),
+        Framing::EngineIo => text.starts_with("42[\"logout\""),
+    }
 }
 
 async fn hold(i: usize, token: String, first: mpsc::Sender<bool>, sh: Shared) {
@@ -55,7 +91,7 @@ async fn hold(i: usize, token: String, first: mpsc::Sender<bool>, sh: Shared) {
     let mut first = Some(first);
     loop {
         let permit = sh.gate.acquire().await.unwrap();
-        let res = connect(&sh.url, &token).await;
+        let res = connect(&sh.url, &token, sh.framing).await;
         drop(permit);
         let mut ws = match res {
             Ok(ws) => ws,
@@ -80,9 +116,14 @@ async fn hold(i: usize, token: String, first: mpsc::Sender<bool>, sh: Shared) {
         attempt = 0;
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.contains("\"logout\"") => {
+                Some(Ok(Message::Text(t))) if is_logout(&t, sh.framing) => {
                     sh.logouts.lock().unwrap().push((i, mono_ns()));
                     return;
+                }
+                Some(Ok(Message::Text(t))) if sh.framing == Framing::EngineIo && t.as_str() == "2" => {
+                    if ws.send(Message::Text("3".into())).await.is_err() {
+                        break;
+                    }
                 }
                 Some(Ok(_)) => continue,
                 _ => break, // closed (1012 on restart) or failed
@@ -96,14 +137,14 @@ async fn hold(i: usize, token: String, first: mpsc::Sender<bool>, sh: Shared) {
     }
 }
 
-pub async fn run(url: String, file: String, mode: String) {
+pub async fn run(url: String, file: String, mode: String, framing: Framing) {
     let tokens: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(String::from).collect();
     let reconnect = mode == "reconnect";
     let (tx, mut rx) = mpsc::channel(1024);
     let logouts: Events = Arc::default();
     let rereadies: Events = Arc::default();
     let gate = Arc::new(Semaphore::new(256));
-    let shared = Shared { url, reconnect, logouts: logouts.clone(), rereadies: rereadies.clone(), gate };
+    let shared = Shared { url, reconnect, framing, logouts: logouts.clone(), rereadies: rereadies.clone(), gate };
     for (i, token) in tokens.iter().enumerate() {
         tokio::spawn(hold(i, token.clone(), tx.clone(), shared.clone()));
     }
