@@ -14,10 +14,10 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<serde_json::Value>> {
-    let row = state.store.user_by_id(&user.user_id).await?.ok_or(AppError::InvalidToken { presented: true })?;
+    let email = state.store.user_email(&user.user_id).await?.ok_or(AppError::InvalidToken { presented: true })?;
     Ok(Json(serde_json::json!({
         "user_id": user.user_id,
-        "email": row.email,
+        "email": &*email,
         "roles": user.roles,
         "session_id": user.session_id,
     })))

@@ -227,6 +227,29 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/s
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static DRIVERS: Once = Once::new();
 
+/// SQLite: copies the WAL back into the database every 250 ms with a passive checkpoint on a
+/// reader connection, so that writers never pay for the checkpoint's page writes and fsync (in
+/// WAL mode with `synchronous = NORMAL`, commits do not sync; checkpoints do). Passive
+/// checkpoints never wait for or block writers. Stops when the pool is closed.
+fn spawn_checkpointer(reader: AnyPool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if reader.is_closed() {
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&reader).await {
+                if reader.is_closed() {
+                    return;
+                }
+                tracing::debug!(error = %e, "background WAL checkpoint failed");
+            }
+        }
+    });
+}
+
 /// The storage handle. Clones share the connection pools.
 ///
 /// SQLite allows one writer at a time: every write transaction goes through a pool of exactly
@@ -244,7 +267,13 @@ pub struct Store {
     /// This process's id among instances: notifications carry it so an instance can skip its
     /// own (already published) revocations.
     instance_id: std::sync::Arc<str>,
+    /// user id → email. Emails never change, so entries never go stale; bounded, emptied when
+    /// full. Saves `/v1/me` a database read per request.
+    emails: std::sync::Arc<dashmap::DashMap<String, std::sync::Arc<str>>>,
 }
+
+/// Most emails remembered by [`Store::user_email`].
+const EMAIL_CACHE_MAX: usize = 65_536;
 
 impl Store {
     /// Opens (creating an SQLite file if needed) the database named by `url`. Does not migrate.
@@ -274,6 +303,9 @@ impl Store {
                                     "PRAGMA synchronous = NORMAL",
                                     "PRAGMA busy_timeout = 5000",
                                     "PRAGMA foreign_keys = ON",
+                                    // Checkpoints (and their fsyncs) run in the background
+                                    // task below, off the write path; this is the backstop.
+                                    "PRAGMA wal_autocheckpoint = 10000",
                                 ] {
                                     conn.execute(pragma).await?;
                                 }
@@ -283,7 +315,9 @@ impl Store {
                         .connect_with(opts.clone())
                 };
                 let writer = pool(1).await?;
-                (writer, pool(4).await?)
+                let reader = pool(4).await?;
+                spawn_checkpointer(reader.clone());
+                (writer, reader)
             }
             Kind::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -295,7 +329,7 @@ impl Store {
             }
         };
         let instance_id = uuid::Uuid::new_v4().simple().to_string().into();
-        Ok(Store { kind, writer, reader, url: url.into(), instance_id })
+        Ok(Store { kind, writer, reader, url: url.into(), instance_id, emails: Default::default() })
     }
 
     pub fn kind(&self) -> Kind {
@@ -373,6 +407,22 @@ impl Store {
 
     pub async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRow>> {
         Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(&self.reader).await?)
+    }
+
+    /// A user's email, from memory after the first read (emails are immutable).
+    pub async fn user_email(&self, id: &str) -> StoreResult<Option<std::sync::Arc<str>>> {
+        if let Some(e) = self.emails.get(id) {
+            return Ok(Some(e.clone()));
+        }
+        let email: Option<String> =
+            sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(id).fetch_optional(&self.reader).await?;
+        let Some(email) = email else { return Ok(None) };
+        let email: std::sync::Arc<str> = email.into();
+        if self.emails.len() >= EMAIL_CACHE_MAX {
+            self.emails.clear();
+        }
+        self.emails.insert(id.to_string(), email.clone());
+        Ok(Some(email))
     }
 
     /// Users ordered by id (ids are time-ordered UUIDv7), after `after`, at most `limit`, whose

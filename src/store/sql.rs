@@ -4,6 +4,8 @@
 //! (`FOR UPDATE`) on PostgreSQL where SQLite has `BEGIN IMMEDIATE`, and the revocation log +
 //! `NOTIFY` that PostgreSQL writes in the revoking transaction.
 
+use std::sync::LazyLock;
+
 use sqlx::{Any, Transaction};
 
 use super::*;
@@ -33,25 +35,64 @@ pub struct NoteTag<'a> {
 
 /// The decision of one refresh, inside the caller's write transaction (API.md §3.3).
 pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation, tag: &NoteTag<'_>) -> StoreResult<RotateOutcome> {
-    // PostgreSQL: lock the session row first, then the token row. Every writer that touches a
-    // session's tokens (refreshes of any of its tokens) or the session (revocations, which touch
-    // no token rows) takes the session lock first, so racing refreshes and revocations
-    // serialise without lock cycles and see each other's commits. (SQLite's BEGIN IMMEDIATE
-    // already serialises every writer.)
-    let lock = kind.for_update();
-    let session: Option<SessionRow> = sqlx::query_as(&format!(
-        "SELECT {SESSION_COLS} FROM sessions WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1){lock}"
-    ))
-    .bind(&r.presented_hash[..])
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(session) = session else { return Ok(RotateOutcome::Invalid) };
-    let token: TokenRow = sqlx::query_as(&format!(
-        "SELECT id, rotated_at, successor_id, sealed_successor FROM refresh_tokens WHERE token_hash = $1{lock}"
-    ))
-    .bind(&r.presented_hash[..])
-    .fetch_one(&mut **tx)
-    .await?;
+    let (session, token) = match kind {
+        // SQLite: `BEGIN IMMEDIATE` holds the write lock already; one round trip reads both.
+        Kind::Sqlite => {
+            static SQL: LazyLock<String> = LazyLock::new(|| {
+                format!(
+                    "SELECT s.{}, t.id AS t_id, t.rotated_at AS t_rotated_at, t.successor_id AS t_successor_id, \
+                     t.sealed_successor AS t_sealed_successor \
+                     FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.token_hash = $1",
+                    SESSION_COLS.replace(", ", ", s.")
+                )
+            });
+            let row: Option<(SessionRow, TokenRow)> = sqlx::query(SQL.as_str())
+                .bind(&r.presented_hash[..])
+                .try_map(|row: sqlx::any::AnyRow| {
+                    use sqlx::{FromRow, Row};
+                    Ok((
+                        SessionRow::from_row(&row)?,
+                        TokenRow {
+                            id: row.try_get("t_id")?,
+                            rotated_at: row.try_get("t_rotated_at")?,
+                            successor_id: row.try_get("t_successor_id")?,
+                            sealed_successor: row.try_get("t_sealed_successor")?,
+                        },
+                    ))
+                })
+                .fetch_optional(&mut **tx)
+                .await?;
+            match row {
+                Some(pair) => pair,
+                None => return Ok(RotateOutcome::Invalid),
+            }
+        }
+        // PostgreSQL: lock the session row first, then the token row, in two statements. Every
+        // writer that touches a session's tokens (refreshes of any of its tokens) or the
+        // session (revocations, which touch no token rows) takes the session lock first, so
+        // racing refreshes and revocations serialise without lock cycles. The token is read by
+        // a second statement, after the session lock is held, so that (READ COMMITTED) it sees
+        // the commit of a refresh that held the lock before us; a join would re-check only the
+        // locked session row and could return the token as it was before that commit.
+        Kind::Postgres => {
+            let lock = kind.for_update();
+            let session: Option<SessionRow> = sqlx::query_as(&format!(
+                "SELECT {SESSION_COLS} FROM sessions \
+                 WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1){lock}"
+            ))
+            .bind(&r.presented_hash[..])
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some(session) = session else { return Ok(RotateOutcome::Invalid) };
+            let token: TokenRow = sqlx::query_as(&format!(
+                "SELECT id, rotated_at, successor_id, sealed_successor FROM refresh_tokens WHERE token_hash = $1{lock}"
+            ))
+            .bind(&r.presented_hash[..])
+            .fetch_one(&mut **tx)
+            .await?;
+            (session, token)
+        }
+    };
     if session.revoked_at.is_some() {
         return Ok(RotateOutcome::Invalid);
     }
