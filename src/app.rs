@@ -54,6 +54,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         denylist: Denylist::default(),
         hub: Hub::new(metrics.clone()),
         passwords: Passwords::new(config.password_hash_concurrency),
+        limits: crate::limits::Limits::new(&config),
         metrics,
         clock,
         allowed_origins: config.allowed_origins().into(),
@@ -88,7 +89,7 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
     if state.store.count_users().await? > 0 {
         return Ok(());
     }
-    match sessions::register(state, email, password.0.clone(), true).await {
+    match sessions::register(state, email, password.0.clone(), true, &crate::audit::Who::system()).await {
         Ok(id) => tracing::info!(user_id = %id, "bootstrap admin created"),
         Err(AppError::EmailTaken) => {}
         Err(e) => anyhow::bail!("creating the bootstrap admin failed: {e}"),

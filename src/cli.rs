@@ -8,7 +8,7 @@ use crate::clock::{rfc3339, Clock};
 use crate::config::{Cli, Command, Config, KeysCommand, UserCommand};
 use crate::password::Passwords;
 use crate::store::Store;
-use crate::{app, password, sessions, tokens};
+use crate::{app, audit, password, sessions, tokens};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
@@ -25,7 +25,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(KeysCommand::Rotate { now }) => {
             let store = Store::connect(&config.database_url).await?;
             store.migrate().await?;
-            let (kid, at) = tokens::jwt::rotate(&store, &Clock::system(), now).await?;
+            let clock = Clock::system();
+            let (kid, at) = tokens::jwt::rotate(&store, &clock, now).await?;
+            let detail = serde_json::json!({ "kid": kid, "activates_at": rfc3339(at), "via": "cli" });
+            let ev = audit::Event::new("signing_key_rotated").detail(detail);
+            audit::record(&store, clock.now_ms(), &audit::Who::system(), ev).await;
             store.close().await;
             println!("published key {kid}; it signs from {}", rfc3339(at));
             Ok(())
@@ -52,7 +56,13 @@ async fn add_user(config: Config, email: &str, admin: bool) -> anyhow::Result<()
     store.migrate().await?;
     let hash = Passwords::new(1).hash(password).await?;
     let id = uuid::Uuid::now_v7().to_string();
-    let res = store.create_user(&id, &email, &hash, admin, Clock::system().now_ms()).await;
+    let now = Clock::system().now_ms();
+    let res = store.create_user(&id, &email, &hash, admin, now).await;
+    if res.is_ok() {
+        let ev =
+            audit::Event::new("user_registered").user(&id).detail(serde_json::json!({ "admin": admin, "via": "cli" }));
+        audit::record(&store, now, &audit::Who::system(), ev).await;
+    }
     store.close().await;
     match res {
         Ok(()) => {

@@ -154,6 +154,29 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_STATIC_DIR", global = true)]
     pub static_dir: Option<std::path::PathBuf>,
 
+    /// Reverse proxies (comma list of IPs or CIDR networks) whose `X-Forwarded-For` is believed;
+    /// from anyone else the header is ignored.
+    #[arg(long, env = "SESSIOND_TRUSTED_PROXIES", default_value = "", global = true)]
+    pub trusted_proxies: crate::limits::TrustedProxies,
+
+    /// Failed logins per account and IP before exponential backoff (1 s doubling to 60 s, with
+    /// `429` + `Retry-After`). One IP over all accounts gets 4× as many, one account over all IPs 2×.
+    #[arg(long, env = "SESSIOND_LOGIN_FREE_FAILURES", default_value_t = 10, global = true)]
+    pub login_free_failures: u32,
+
+    /// Registrations per IP per hour (bursts of up to half of it; 0 = unlimited).
+    #[arg(long, env = "SESSIOND_REGISTER_PER_IP_PER_HOUR", default_value_t = 60, global = true)]
+    pub register_per_ip_per_hour: u32,
+
+    /// Sockets one IP may hold open before they authenticate; the next upgrade gets 429.
+    #[arg(long, env = "SESSIOND_WS_MAX_UNAUTHENTICATED_PER_IP", default_value_t = 64, global = true)]
+    pub ws_max_unauthenticated_per_ip: usize,
+
+    /// Sockets this instance holds at most (keep it under the open-files limit); past it an
+    /// upgrade gets 503 `unavailable` with `Retry-After`.
+    #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS", default_value_t = 50_000, global = true)]
+    pub ws_max_sockets: usize,
+
     /// How often the signing keyset is re-read from the database (≤ 60 s per API.md §1).
     #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
     pub keys_reload_interval: Duration,

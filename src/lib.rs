@@ -11,11 +11,14 @@
 //! - [`backplane`]: PostgreSQL LISTEN/NOTIFY fan-out between instances, resync, presence.
 //! - [`hub`]: the WebSocket registry and logout push ([`hub::connection`] is one socket's task).
 //! - [`denylist`]: revoked session ids held in memory until their tokens expire.
-//! - [`password`]: argon2id hashing behind a semaphore.
+//! - [`password`]: argon2id hashing behind a semaphore with a bounded queue.
+//! - [`limits`]: login backoff, registration and socket caps, `--trusted-proxies`.
+//! - [`audit`]: the append-only audit trail of security events.
 //! - [`metrics`], [`telemetry`], [`clock`], [`error`], [`state`], [`cli`].
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod backplane;
 pub mod cli;
 pub mod clock;
@@ -24,6 +27,7 @@ pub mod denylist;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod password;
 pub mod sessions;

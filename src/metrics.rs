@@ -44,6 +44,8 @@ pub struct Metrics {
     pub ws_push_latency: Histogram,
     /// Sockets closed because their outbound queue was full.
     pub ws_queue_full_closes: Counter,
+    /// Upgrades refused by a cap, by which cap.
+    pub ws_refused: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -68,6 +70,8 @@ impl Metrics {
         let ws_push_latency =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16));
         let ws_queue_full_closes = Counter::default();
+        let ws_refused = Family::<OutcomeLabels, Counter>::default();
+        registry.register("ws_refused", "WebSocket upgrades refused by a cap, by cap", ws_refused.clone());
         registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
         registry.register("logins", "Login attempts by outcome", logins.clone());
         registry.register("refreshes", "Refresh requests by outcome", refreshes.clone());
@@ -108,6 +112,7 @@ impl Metrics {
             ws_logouts,
             ws_push_latency,
             ws_queue_full_closes,
+            ws_refused,
         }
     }
 
@@ -117,6 +122,10 @@ impl Metrics {
 
     pub fn refresh(&self, outcome: &'static str) {
         self.refreshes.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn ws_refused(&self, cap: &'static str) {
+        self.ws_refused.get_or_create(&OutcomeLabels { outcome: cap }).inc();
     }
 
     pub fn revoked(&self, reason: &str, n: usize) {

@@ -5,6 +5,7 @@
 //! growing memory without bound. An unknown email is verified against a dummy hash so that its
 //! status, body and timing match a wrong password (OWASP Authentication Cheat Sheet).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -26,10 +27,17 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// Hashes that may wait for a permit, per permit; past it a request is refused at once with
+/// `429` + `Retry-After: 1` (SECURITY.md P4: excess load is shed, not queued without bound).
+const QUEUE_PER_PERMIT: usize = 16;
+
 /// Shared hasher. Clones share the semaphore and the dummy hash.
 #[derive(Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// Hashes running or waiting, and the most allowed.
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
     /// A hash of a random password, verified against when the email is unknown.
     dummy: Arc<str>,
 }
@@ -48,26 +56,45 @@ impl Passwords {
         let random = uuid::Uuid::new_v4().to_string();
         let salt = SaltString::generate(&mut OsRng);
         let dummy = argon2().hash_password(random.as_bytes(), &salt).map(|h| h.to_string()).unwrap_or_default();
-        Passwords { permits: Arc::new(Semaphore::new(concurrency.max(1))), dummy: dummy.into() }
+        let concurrency = concurrency.max(1);
+        Passwords {
+            permits: Arc::new(Semaphore::new(concurrency)),
+            in_flight: Arc::default(),
+            max_in_flight: concurrency * (1 + QUEUE_PER_PERMIT),
+            dummy: dummy.into(),
+        }
+    }
+
+    /// A place in the bounded queue, or 429 when it is full.
+    fn enter(&self) -> Result<InFlight, AppError> {
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let slot = InFlight(self.in_flight.clone());
+        if n >= self.max_in_flight {
+            return Err(AppError::RateLimited { retry_after_secs: 1 });
+        }
+        Ok(slot)
     }
 
     /// Hashes a password (PHC string).
-    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await?;
+    pub async fn hash(&self, password: String) -> Result<String, AppError> {
+        let _slot = self.enter()?;
+        let _permit = self.permits.acquire().await.map_err(|e| AppError::Internal(e.into()))?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             argon2()
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("hashing failed: {e}")))
         })
-        .await?
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?
     }
 
     /// Verifies against `hash`, or against the dummy hash when there is none (unknown user),
     /// which always answers false after the same work.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> anyhow::Result<bool> {
-        let _permit = self.permits.acquire().await?;
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, AppError> {
+        let _slot = self.enter()?;
+        let _permit = self.permits.acquire().await.map_err(|e| AppError::Internal(e.into()))?;
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy.to_string());
         let ok = tokio::task::spawn_blocking(move || {
@@ -75,7 +102,17 @@ impl Passwords {
                 .map(|parsed| argon2().verify_password(password.as_bytes(), &parsed).is_ok())
                 .unwrap_or(false)
         })
-        .await?;
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
         Ok(ok && known)
+    }
+}
+
+/// One hash running or waiting; leaves the count on drop.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

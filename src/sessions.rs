@@ -6,7 +6,9 @@
 //! hooks in here). Revoking before announcing means a client cannot refresh in between.
 
 use serde::Serialize;
+use serde_json::json;
 
+use crate::audit::{self, Event, Who};
 use crate::clock::{ms, Millis};
 use crate::error::{AppError, Result};
 use crate::state::AppState;
@@ -33,6 +35,15 @@ pub struct ClientInfo {
     pub device_name: Option<String>,
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// The client address rate limits are keyed on (after `--trusted-proxies`).
+    pub addr: Option<std::net::IpAddr>,
+}
+
+impl ClientInfo {
+    /// The audit context of this client acting as `actor`.
+    pub fn who(&self, actor: Option<&str>) -> Who {
+        Who { actor: actor.map(str::to_string), ip: self.ip.clone(), user_agent: self.user_agent.clone() }
+    }
 }
 
 fn new_refresh() -> (RefreshToken, NewRefresh) {
@@ -55,31 +66,51 @@ pub fn normalize_email(email: &str) -> Result<String> {
 }
 
 /// Creates a user. Fails with `email_taken` for a known email.
-pub async fn register(state: &AppState, email: &str, password: String, admin: bool) -> Result<String> {
+pub async fn register(state: &AppState, email: &str, password: String, admin: bool, who: &Who) -> Result<String> {
     let email = normalize_email(email)?;
     crate::password::validate(&password)?;
     let hash = state.passwords.hash(password).await?;
     let id = uuid::Uuid::now_v7().to_string();
-    state.store.create_user(&id, &email, &hash, admin, state.clock.now_ms()).await?;
-    tracing::info!(user_id = %id, admin, "user registered");
+    let now = state.clock.now_ms();
+    state.store.create_user(&id, &email, &hash, admin, now).await?;
+    audit::record(&state.store, now, who, Event::new("user_registered").user(&id).detail(json!({ "admin": admin })))
+        .await;
     Ok(id)
 }
 
 /// Verifies the password and starts a new session (never reuses one: no fixation).
+///
+/// Throttled before any password work (see [`crate::limits`]): `429` while the account, the IP
+/// or the pair is in backoff. Unknown, disabled and wrong-password logins all fail the same way,
+/// after the same work, and count the same way.
 pub async fn login(state: &AppState, email: &str, password: String, client: ClientInfo) -> Result<TokenResponse> {
     // Malformed email or password length: same answer as a wrong password, after the same work.
     let email = normalize_email(email).ok();
+    let now = state.clock.now_ms();
+    if let Err(wait) = state.limits.login_allowed(email.as_deref(), client.addr, now) {
+        state.metrics.login("rate_limited");
+        tracing::info!(ip = client.ip.as_deref(), "login throttled");
+        return Err(AppError::RateLimited { retry_after_secs: wait.0 });
+    }
     let user = match &email {
         Some(e) => state.store.user_by_email(e).await?,
         None => None,
     };
     let hash = user.as_ref().filter(|u| u.disabled_at.is_none()).map(|u| u.password_hash.clone());
     let ok = state.passwords.verify(password, hash).await?;
-    let Some(user) = user.filter(|_| ok) else {
+    let Some(user) = user.as_ref().filter(|_| ok) else {
+        state.limits.login_failed(email.as_deref(), client.addr, state.clock.now_ms());
         state.metrics.login("invalid_credentials");
-        tracing::info!("login failed");
+        let mut ev = Event::new("login_failed");
+        if let Some(u) = &user {
+            ev = ev.user(&u.id).detail(json!({ "disabled": u.disabled_at.is_some() }));
+        }
+        audit::record(&state.store, now, &client.who(None), ev).await;
         return Err(AppError::InvalidCredentials);
     };
+    if let Some(e) = &email {
+        state.limits.login_succeeded(e, client.addr);
+    }
     let cfg = &state.config;
     let (token, stored) = new_refresh();
     let now = state.clock.now_ms();
@@ -88,9 +119,9 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
         .create_session(NewSession {
             id: uuid::Uuid::now_v7().to_string(),
             user_id: user.id.clone(),
-            device_name: client.device_name,
-            user_agent: client.user_agent,
-            ip: client.ip,
+            device_name: client.device_name.clone(),
+            user_agent: client.user_agent.clone(),
+            ip: client.ip.clone(),
             now,
             idle_ttl: ms(cfg.refresh_idle_ttl),
             max_age: ms(cfg.session_max_age),
@@ -99,12 +130,13 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
         })
         .await?;
     state.metrics.login("success");
-    tracing::info!(user_id = %user.id, session_id = %session.id, "login");
-    token_response(state, now, &user, &session, session.access_expires_at, token)
+    let who = client.who(Some(&user.id));
+    audit::record(&state.store, now, &who, Event::new("login_succeeded").user(&user.id).session(&session.id)).await;
+    token_response(state, now, user, &session, session.access_expires_at, token)
 }
 
 /// One refresh (API.md §3.3).
-pub async fn refresh(state: &AppState, presented: &str) -> Result<TokenResponse> {
+pub async fn refresh(state: &AppState, presented: &str, who: &Who) -> Result<TokenResponse> {
     let Some(presented) = RefreshToken::parse(presented) else {
         state.metrics.refresh("invalid");
         return Err(AppError::InvalidRefreshToken);
@@ -143,6 +175,10 @@ pub async fn refresh(state: &AppState, presented: &str) -> Result<TokenResponse>
             state.metrics.refresh("reused");
             tracing::warn!(session_id = ?revoked.first().map(|r| &r.session_id), "refresh token reused: session revoked");
             publish(state, &revoked);
+            if let Some(r) = revoked.first() {
+                let ev = Event::new("refresh_token_reused").user(&r.user_id).session(&r.session_id);
+                audit::record(&state.store, now, who, ev.detail(json!({ "reason": "refresh_token_reused" }))).await;
+            }
             return Err(AppError::RefreshTokenReused);
         }
         RotateOutcome::Expired(revoked) => {
@@ -189,8 +225,38 @@ pub async fn end_sessions(
     sel: Selector,
     reason: &'static str,
     count_cluster: bool,
+    who: &Who,
 ) -> Result<(Vec<Revoked>, usize)> {
     let now = state.clock.now_ms();
+    let (revoked, notified) = end_sessions_inner(state, sel.clone(), reason, count_cluster, now).await?;
+    audit_revocation(state, now, who, &sel, reason, &revoked).await;
+    Ok((revoked, notified))
+}
+
+/// One `sessions_revoked` audit event per revocation (not per session: "log out everyone" is one
+/// row), naming the user or session it was aimed at.
+async fn audit_revocation(state: &AppState, now: Millis, who: &Who, sel: &Selector, reason: &str, revoked: &[Revoked]) {
+    if revoked.is_empty() {
+        return;
+    }
+    let mut ev = Event::new("sessions_revoked").detail(json!({ "reason": reason, "sessions": revoked.len() }));
+    match sel {
+        Selector::Session(id) | Selector::OwnSession { session_id: id, .. } => {
+            ev = ev.session(id).user(&revoked[0].user_id);
+        }
+        Selector::User { user_id, .. } => ev = ev.user(user_id),
+        Selector::Everyone | Selector::Expired => {}
+    }
+    audit::record(&state.store, now, who, ev).await;
+}
+
+async fn end_sessions_inner(
+    state: &AppState,
+    sel: Selector,
+    reason: &'static str,
+    count_cluster: bool,
+    now: Millis,
+) -> Result<(Vec<Revoked>, usize)> {
     let st = state.clone();
     // Own task: a dropped request must not leave a revocation committed but unpublished.
     tokio::spawn(async move {
@@ -230,10 +296,10 @@ pub async fn end_sessions(
 }
 
 /// Logout with a refresh token: ends its session (idempotent: unknown tokens are ignored).
-pub async fn logout_by_refresh(state: &AppState, presented: &str) -> Result<()> {
+pub async fn logout_by_refresh(state: &AppState, presented: &str, who: &Who) -> Result<()> {
     let Some(token) = RefreshToken::parse(presented) else { return Ok(()) };
     if let Some(session_id) = state.store.session_of_refresh(&token.digest()).await? {
-        end_sessions(state, Selector::Session(session_id), "logout", false).await?;
+        end_sessions(state, Selector::Session(session_id), "logout", false, who).await?;
     }
     Ok(())
 }
@@ -245,6 +311,7 @@ pub async fn change_password(
     session_id: &str,
     current: String,
     new: String,
+    who: &Who,
 ) -> Result<()> {
     let user = state.store.user_by_id(user_id).await?.ok_or(AppError::InvalidCredentials)?;
     if !state.passwords.verify(current, Some(user.password_hash)).await? {
@@ -261,7 +328,44 @@ pub async fn change_password(
     })
     .await
     .map_err(|e| AppError::Internal(e.into()))??;
-    tracing::info!(user_id, "password changed");
+    let ev = Event::new("password_changed").user(user_id).session(session_id);
+    audit::record(&state.store, state.clock.now_ms(), who, ev).await;
+    Ok(())
+}
+
+/// Disables a user and ends every session (`account_disabled`, pushed like every revocation);
+/// logins then fail like a wrong password. Re-enabling lets the user log in again (ended
+/// sessions stay ended). `NotFound` for an unknown user.
+pub async fn set_disabled(state: &AppState, user_id: &str, disabled: bool, who: &Who) -> Result<usize> {
+    let now = state.clock.now_ms();
+    if !state.store.set_user_disabled(user_id, disabled.then_some(now)).await? {
+        return Err(AppError::NotFound);
+    }
+    let revoked = if disabled {
+        let sel = Selector::User { user_id: user_id.to_string(), except: None };
+        end_sessions_inner(state, sel, "account_disabled", false, now).await?.0.len()
+    } else {
+        0
+    };
+    let kind = if disabled { "user_disabled" } else { "user_enabled" };
+    audit::record(
+        &state.store,
+        now,
+        who,
+        Event::new(kind).user(user_id).detail(json!({ "sessions_revoked": revoked })),
+    )
+    .await;
+    Ok(revoked)
+}
+
+/// Grants or revokes the admin role. Admin endpoints check the role in the database on every
+/// call, so a revocation takes effect at once even for unexpired tokens that still say "admin".
+pub async fn set_admin(state: &AppState, user_id: &str, admin: bool, who: &Who) -> Result<()> {
+    if !state.store.set_user_admin(user_id, admin).await? {
+        return Err(AppError::NotFound);
+    }
+    let kind = if admin { "admin_granted" } else { "admin_revoked" };
+    audit::record(&state.store, state.clock.now_ms(), who, Event::new(kind).user(user_id)).await;
     Ok(())
 }
 
@@ -294,6 +398,8 @@ pub async fn sweep(state: &AppState) -> Result<usize> {
     let now = state.clock.now_ms();
     let revoked = state.store.sweep_expired(now, ms(state.config.refresh_reuse_grace)).await?;
     publish(state, &revoked);
+    audit_revocation(state, now, &Who::system(), &Selector::Expired, "session_expired", &revoked).await;
+    state.limits.prune(now);
     state.denylist.prune(now);
     state.metrics.denylist_entries.set(state.denylist.len() as i64);
     Ok(revoked.len())

@@ -10,6 +10,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::denylist::Denylist;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::password::Passwords;
 use crate::store::Store;
@@ -22,6 +23,7 @@ pub struct AppState {
     pub denylist: Denylist,
     pub hub: Hub,
     pub passwords: Passwords,
+    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub config: Arc<Config>,

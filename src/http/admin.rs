@@ -7,7 +7,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::extract::AdminUser;
+use super::extract::{AdminUser, Client};
 use super::session_views;
 use crate::clock::rfc3339;
 use crate::error::{AppError, Result};
@@ -26,6 +26,22 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/users/{id}/logout-all", post(force_logout_user))
         .route("/v1/admin/sessions/{id}", delete(revoke_any_session))
         .route("/v1/admin/logout-everyone", post(logout_everyone))
+        .route("/v1/admin/users/{id}/disable", post(disable_user))
+        .route("/v1/admin/users/{id}/enable", post(enable_user))
+        .route("/v1/admin/users/{id}/admin", post(grant_admin).delete(revoke_admin))
+        .route("/v1/admin/audit", get(audit_log))
+}
+
+/// `limit` of a page: absent → the default, else an integer in 1..=MAX_PAGE.
+fn page_limit(limit: Option<&str>) -> Result<i64> {
+    match limit {
+        None | Some("") => Ok(DEFAULT_PAGE),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or(AppError::InvalidRequest("limit must be an integer from 1 to 500.")),
+    }
 }
 
 #[derive(Deserialize)]
@@ -41,14 +57,7 @@ async fn list_users(
     _admin: AdminUser,
     Query(page): Query<Page>,
 ) -> Result<Json<serde_json::Value>> {
-    let limit = match page.limit.as_deref() {
-        None | Some("") => DEFAULT_PAGE,
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or(AppError::InvalidRequest("limit must be an integer from 1 to 500."))?,
-    };
+    let limit = page_limit(page.limit.as_deref())?;
     let after = page.after.filter(|a| !a.is_empty());
     let q = page.q.filter(|q| !q.is_empty());
     let mut rows = state.store.list_users(limit + 1, after.as_deref(), q.as_deref(), state.clock.now_ms()).await?;
@@ -85,12 +94,14 @@ async fn user_sessions(
 
 async fn force_logout_user(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    client: Client,
+    AdminUser(admin): AdminUser,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
     state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
-    let (revoked, notified) =
-        sessions::end_sessions(&state, Selector::User { user_id: id, except: None }, "admin_logout", true).await?;
+    let who = client.who(Some(&admin.user_id));
+    let sel = Selector::User { user_id: id, except: None };
+    let (revoked, notified) = sessions::end_sessions(&state, sel, "admin_logout", true, &who).await?;
     Ok(Json(serde_json::json!({
         "revoked_sessions": revoked.len(),
         "notified_connections": notified,
@@ -99,10 +110,12 @@ async fn force_logout_user(
 
 async fn revoke_any_session(
     State(state): State<AppState>,
-    _admin: AdminUser,
+    client: Client,
+    AdminUser(admin): AdminUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    let (revoked, _) = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked", false).await?;
+    let who = client.who(Some(&admin.user_id));
+    let (revoked, _) = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked", false, &who).await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);
     }
@@ -110,10 +123,117 @@ async fn revoke_any_session(
 }
 
 /// The "signing key leaked" button: every live session of every user ends, the caller's too.
-async fn logout_everyone(State(state): State<AppState>, _admin: AdminUser) -> Result<Json<serde_json::Value>> {
-    let (revoked, notified) = sessions::end_sessions(&state, Selector::Everyone, "admin_logout", true).await?;
+async fn logout_everyone(
+    State(state): State<AppState>,
+    client: Client,
+    AdminUser(admin): AdminUser,
+) -> Result<Json<serde_json::Value>> {
+    let who = client.who(Some(&admin.user_id));
+    let (revoked, notified) = sessions::end_sessions(&state, Selector::Everyone, "admin_logout", true, &who).await?;
     Ok(Json(serde_json::json!({
         "revoked_sessions": revoked.len(),
         "notified_connections": notified,
     })))
+}
+
+/// An admin may not disable or demote themself (the last admin could lock everyone out).
+fn not_self(admin: &crate::http::extract::AuthUser, id: &str) -> Result<()> {
+    if admin.user_id == id {
+        return Err(AppError::InvalidRequest("Admins cannot disable or demote themselves."));
+    }
+    Ok(())
+}
+
+/// Disables the user and ends every session (`account_disabled`, pushed to their sockets).
+async fn disable_user(
+    State(state): State<AppState>,
+    client: Client,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    not_self(&admin, &id)?;
+    let revoked = sessions::set_disabled(&state, &id, true, &client.who(Some(&admin.user_id))).await?;
+    Ok(Json(serde_json::json!({ "user_id": id, "disabled": true, "revoked_sessions": revoked })))
+}
+
+async fn enable_user(
+    State(state): State<AppState>,
+    client: Client,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    sessions::set_disabled(&state, &id, false, &client.who(Some(&admin.user_id))).await?;
+    Ok(Json(serde_json::json!({ "user_id": id, "disabled": false })))
+}
+
+async fn grant_admin(
+    State(state): State<AppState>,
+    client: Client,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    sessions::set_admin(&state, &id, true, &client.who(Some(&admin.user_id))).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_admin(
+    State(state): State<AppState>,
+    client: Client,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    not_self(&admin, &id)?;
+    sessions::set_admin(&state, &id, false, &client.who(Some(&admin.user_id))).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    user_id: Option<String>,
+    /// The `id` of the last event already seen.
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// The audit log in order, `limit` events after `after`, optionally about one user (as actor
+/// or target). `next` is the `after` of the following page, `null` at the end.
+async fn audit_log(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>> {
+    let limit = page_limit(q.limit.as_deref())?;
+    let after = match q.after.as_deref() {
+        None | Some("") => 0,
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or(AppError::InvalidRequest("after must be the id of an audit event."))?,
+    };
+    let user = q.user_id.filter(|u| !u.is_empty());
+    let mut rows = state.store.audit_events(user.as_deref(), after, limit + 1).await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
+    let events: Vec<_> = rows
+        .into_iter()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.id.to_string(),
+                "at": rfc3339(e.at),
+                "event": e.event,
+                "actor_user_id": e.actor_user_id,
+                "target_user_id": e.target_user_id,
+                "target_session_id": e.target_session_id,
+                "ip": e.ip,
+                "user_agent": e.user_agent,
+                "detail": e.detail.and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok()),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "events": events, "next": next })))
 }

@@ -46,11 +46,18 @@ struct Credentials {
 }
 
 /// https://datatracker.ietf.org/doc/html/rfc9457 bodies on failure; 201 `{user_id}`.
-async fn register(State(state): State<AppState>, JsonBody(body): JsonBody<Credentials>) -> Result<impl IntoResponse> {
+async fn register(
+    State(state): State<AppState>,
+    client: Client,
+    JsonBody(body): JsonBody<Credentials>,
+) -> Result<impl IntoResponse> {
     if !state.config.allow_registration {
         return Err(AppError::RegistrationDisabled);
     }
-    let user_id = sessions::register(&state, &body.email, body.password, false).await?;
+    if let Err(wait) = state.limits.register_allowed(client.addr) {
+        return Err(AppError::RateLimited { retry_after_secs: wait.0 });
+    }
+    let user_id = sessions::register(&state, &body.email, body.password, false, &client.who(None)).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "user_id": user_id }))))
 }
 
@@ -63,6 +70,7 @@ async fn login(
         device_name: body.device_name.map(|d| truncate(d.trim(), MAX_DEVICE_NAME)).filter(|d| !d.is_empty()),
         user_agent: client.user_agent,
         ip: client.ip,
+        addr: client.addr,
     };
     let tokens = sessions::login(&state, &body.email, body.password, info).await?;
     Ok(token_reply(tokens, body.refresh_cookie))
@@ -116,11 +124,12 @@ struct RefreshBody {
 /// Body token (any client), or the `__Host-` cookie (browsers; CSRF-checked).
 async fn refresh_session(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshBody>,
 ) -> Result<Response> {
     if let Some(token) = body.refresh_token {
-        return Ok(token_reply(sessions::refresh(&state, &token).await?, false));
+        return Ok(token_reply(sessions::refresh(&state, &token, &client.who(None)).await?, false));
     }
     let Some(token) = refresh_from_cookie(&headers) else {
         // A browser in cookie mode without (or with an expired) cookie: signed out.
@@ -130,7 +139,7 @@ async fn refresh_session(
         return Err(AppError::InvalidRequest("A required field is missing or has the wrong type."));
     };
     // (CSRF was checked by `csrf_guard`.)
-    match sessions::refresh(&state, &token).await {
+    match sessions::refresh(&state, &token, &client.who(None)).await {
         Ok(tokens) => Ok(token_reply(tokens, true)),
         Err(e @ (AppError::InvalidRefreshToken | AppError::RefreshTokenReused)) => Ok(clearing_cookie(e)),
         Err(e) => Err(e),
@@ -147,6 +156,7 @@ struct LogoutBody {
 /// cookie is deleted whenever one was sent.
 async fn logout(
     State(state): State<AppState>,
+    client: Client,
     headers: HeaderMap,
     JsonBody(body): JsonBody<LogoutBody>,
 ) -> Result<Response> {
@@ -158,13 +168,14 @@ async fn logout(
         res
     };
     if let Some(rt) = body.refresh_token {
-        sessions::logout_by_refresh(&state, &rt).await?;
+        sessions::logout_by_refresh(&state, &rt, &client.who(None)).await?;
         return Ok(done());
     }
     if let Some(token) = bearer(&headers)? {
         match authenticate(&state, token).await {
             Ok(user) => {
-                sessions::end_sessions(&state, Selector::Session(user.session_id), "logout", false).await?;
+                let who = client.who(Some(&user.user_id));
+                sessions::end_sessions(&state, Selector::Session(user.session_id), "logout", false, &who).await?;
             }
             Err(AppError::SessionRevoked) => {}
             Err(e) => return Err(e),
@@ -174,7 +185,7 @@ async fn logout(
     let Some(rt) = refresh_from_cookie(&headers) else {
         return Err(AppError::InvalidToken { presented: false });
     };
-    sessions::logout_by_refresh(&state, &rt).await?;
+    sessions::logout_by_refresh(&state, &rt, &client.who(None)).await?;
     Ok(done())
 }
 
@@ -186,13 +197,15 @@ struct LogoutAllBody {
 
 async fn logout_all(
     State(state): State<AppState>,
+    client: Client,
     user: AuthUser,
     JsonBody(body): JsonBody<LogoutAllBody>,
 ) -> Result<Json<serde_json::Value>> {
     let (except, reason) =
         if body.keep_current { (Some(user.session_id.clone()), "logout_others") } else { (None, "logout_all") };
+    let who = client.who(Some(&user.user_id));
     let (revoked, _) =
-        sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason, false).await?;
+        sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason, false, &who).await?;
     Ok(Json(serde_json::json!({ "revoked_sessions": revoked.len() })))
 }
 
@@ -202,9 +215,15 @@ async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<
 }
 
 /// 404 for a session that is not the caller's or no longer live.
-async fn revoke_session(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode> {
+async fn revoke_session(
+    State(state): State<AppState>,
+    client: Client,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let who = client.who(Some(&user.user_id));
     let sel = Selector::OwnSession { user_id: user.user_id, session_id: id };
-    let (revoked, _) = sessions::end_sessions(&state, sel, "session_revoked", false).await?;
+    let (revoked, _) = sessions::end_sessions(&state, sel, "session_revoked", false, &who).await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);
     }
@@ -219,10 +238,12 @@ struct PasswordChange {
 
 async fn change_password(
     State(state): State<AppState>,
+    client: Client,
     user: AuthUser,
     JsonBody(body): JsonBody<PasswordChange>,
 ) -> Result<StatusCode> {
-    sessions::change_password(&state, &user.user_id, &user.session_id, body.current_password, body.new_password)
-        .await?;
+    let who = client.who(Some(&user.user_id));
+    let (uid, sid) = (&user.user_id, &user.session_id);
+    sessions::change_password(&state, uid, sid, body.current_password, body.new_password, &who).await?;
     Ok(StatusCode::NO_CONTENT)
 }

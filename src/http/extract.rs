@@ -1,7 +1,7 @@
 //! Extractors: the authenticated caller (`AuthUser`, `AdminUser`), JSON bodies that fail with
 //! problem+json instead of axum's defaults, and where a request comes from (`Client`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
+use crate::audit::Who;
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::tokens::jwt::{VerifyError, MAX_TOKEN_LEN};
@@ -51,14 +52,16 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
 /// Verifies a token and checks that its session is live: the whole hot path, memory only
 /// (see [`check_live`] for the fail-closed exception).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
-    let user = verify_token(state, token)?;
+    let user = verify_token(state, token, true)?;
     check_live(state, &user).await?;
     Ok(user)
 }
 
-/// Signature and claims only (no revocation check).
-pub fn verify_token(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
-    let claims = state.keys.verify(token, state.clock.now_secs()).map_err(|e| {
+/// Signature and claims only (no revocation check); `remember` as in [`Keys::verify_with`].
+///
+/// [`Keys::verify_with`]: crate::tokens::jwt::Keys::verify_with
+pub fn verify_token(state: &AppState, token: &str, remember: bool) -> Result<AuthUser, AppError> {
+    let claims = state.keys.verify_with(token, state.clock.now_secs(), remember).map_err(|e| {
         tracing::debug!(reason = ?e, "access token refused");
         match e {
             VerifyError::Expired => AppError::TokenExpired,
@@ -105,7 +108,8 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// An authenticated caller with the `admin` role (403 otherwise).
+/// An authenticated caller with the `admin` role, in the token and in the database now (403
+/// otherwise).
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
@@ -118,25 +122,61 @@ impl FromRequestParts<AppState> for AdminUser {
         if !user.is_admin() {
             return Err(AppError::Forbidden);
         }
-        Ok(AdminUser(user))
+        // The token's role is a claim of when it was issued; the database decides now, so a
+        // revoked admin role (or a disabled admin) stops working at once (SECURITY.md S2).
+        match state.store.user_by_id(&user.user_id).await? {
+            Some(u) if u.is_admin != 0 && u.disabled_at.is_none() => Ok(AdminUser(user)),
+            _ => Err(AppError::Forbidden),
+        }
     }
 }
 
-/// Where a request comes from: peer address and `User-Agent`.
+/// Where a request comes from: the client address (the peer, or with `--trusted-proxies` the
+/// `X-Forwarded-For` hop the proxies vouch for) and the `User-Agent`.
 #[derive(Debug, Clone, Default)]
 pub struct Client {
+    pub addr: Option<IpAddr>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Client {
+/// The client address alone (see [`Client`]): what the socket upgrade needs, without the
+/// allocations of `Client`.
+pub fn client_addr(state: &AppState, parts: &Parts) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    peer.map(|p| state.config.trusted_proxies.client_ip(p, &parts.headers))
+}
+
+/// [`client_addr`] as an extractor.
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(client_addr(state, parts)))
+    }
+}
+
+impl Client {
+    pub fn of(state: &AppState, parts: &Parts) -> Client {
+        let addr = client_addr(state, parts);
         let user_agent =
             parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| truncate(s, MAX_USER_AGENT));
-        Ok(Client { ip, user_agent })
+        Client { addr, ip: addr.map(|a| a.to_string()), user_agent }
+    }
+
+    /// The audit context of this client acting as `actor`.
+    pub fn who(&self, actor: Option<&str>) -> Who {
+        Who { actor: actor.map(str::to_string), ip: self.ip.clone(), user_agent: self.user_agent.clone() }
+    }
+}
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(Client::of(state, parts))
     }
 }
 

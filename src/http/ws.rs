@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use super::extract::ClientAddr;
 use crate::error::AppError;
 use crate::hub::connection::{self, MAX_MESSAGE_BYTES};
 use crate::state::AppState;
@@ -29,7 +30,12 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/ws", get(upgrade))
 }
 
-async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(state): State<AppState>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN) {
         // Exact match only: no prefix, suffix or case tricks.
         if !state.origin_allowed(origin) {
@@ -40,6 +46,16 @@ async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocke
     if state.hub.is_shutting_down() {
         return AppError::Unavailable(anyhow::anyhow!("shutting down")).into_response();
     }
+    // Caps (SECURITY.md W3, W7), before the upgrade: sockets on this instance, then sockets of
+    // this IP that have not authenticated yet (a squatter's; authenticated ones count per user).
+    if state.hub.open_sockets() >= state.config.ws_max_sockets {
+        state.metrics.ws_refused("instance_full");
+        return AppError::Unavailable(anyhow::anyhow!("socket cap reached")).into_response();
+    }
+    let Some(unauthenticated) = state.limits.unauthenticated_socket(addr) else {
+        state.metrics.ws_refused("unauthenticated_per_ip");
+        return AppError::RateLimited { retry_after_secs: 1 }.into_response();
+    };
     let token = state.hub.track();
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -47,7 +63,7 @@ async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocke
         .max_message_size(WIRE_LIMIT)
         .max_frame_size(WIRE_LIMIT)
         .on_upgrade(move |socket| async move {
-            connection::run(socket, state).await;
+            connection::run(socket, state, unauthenticated).await;
             drop(token);
         })
 }

@@ -16,6 +16,7 @@ use super::{HubEvent, RegisterError, Registration};
 use crate::clock::{rfc3339, Millis};
 use crate::error::AppError;
 use crate::http::extract::{check_live, verify_token};
+use crate::limits::UnauthenticatedGuard;
 use crate::state::AppState;
 
 /// Largest inbound message the protocol accepts (API.md §5.7).
@@ -57,13 +58,15 @@ impl Drop for OpenGuard<'_> {
 }
 
 /// Serves one upgraded socket until it ends.
-pub async fn run(ws: WebSocket, state: AppState) {
+/// `unauthenticated` holds the socket's place under the per-IP cap of unauthenticated sockets
+/// until it authenticates.
+pub async fn run(ws: WebSocket, state: AppState, unauthenticated: UnauthenticatedGuard) {
     use tracing::Instrument;
     let conn_id = state.hub.next_conn_id();
-    serve(ws, &state, conn_id).instrument(tracing::debug_span!("ws", conn_id)).await
+    serve(ws, &state, conn_id, Some(unauthenticated)).instrument(tracing::debug_span!("ws", conn_id)).await
 }
 
-async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64) {
+async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64, mut unauthenticated: Option<UnauthenticatedGuard>) {
     let state = state.clone();
     state.hub.metrics().ws_open.inc();
     let _open = OpenGuard(&state);
@@ -121,6 +124,9 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64) {
                 }
             },
         };
+        if authed.is_some() {
+            unauthenticated.take();
+        }
         match step {
             Step::Continue => continue,
             Step::Drop => break,
@@ -200,7 +206,7 @@ async fn on_text(
     };
 
     // Verify once; the revocation check is separate so a revoked session's socket learns why.
-    let Ok(user) = verify_token(state, &token) else {
+    let Ok(user) = verify_token(state, &token, false) else {
         return Step::Close(close::UNAUTHENTICATED, "invalid or expired token");
     };
     match check_live(state, &user).await {

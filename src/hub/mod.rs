@@ -259,6 +259,11 @@ impl Hub {
         self.inner.shutdown.is_cancelled()
     }
 
+    /// Sockets open on this instance (upgraded, authenticated or not).
+    pub fn open_sockets(&self) -> usize {
+        self.inner.tracker.len()
+    }
+
     /// A token that keeps shutdown waiting until the socket it stands for has ended.
     pub fn track(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
         self.inner.tracker.token()

@@ -154,6 +154,33 @@ pub enum RotateOutcome {
     Invalid,
 }
 
+/// An audit event to append.
+pub struct NewAuditEvent<'a> {
+    pub at: Millis,
+    pub event: &'a str,
+    pub actor_user_id: Option<&'a str>,
+    pub target_user_id: Option<&'a str>,
+    pub target_session_id: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    /// JSON text.
+    pub detail: Option<String>,
+}
+
+/// An audit event as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: Millis,
+    pub event: String,
+    pub actor_user_id: Option<String>,
+    pub target_user_id: Option<String>,
+    pub target_session_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub detail: Option<String>,
+}
+
 /// A signing key as stored.
 #[derive(Clone, sqlx::FromRow)]
 pub struct KeyRow {
@@ -423,6 +450,62 @@ impl Store {
         }
         self.emails.insert(id.to_string(), email.clone());
         Ok(Some(email))
+    }
+
+    /// Disables (`Some(at)`) or re-enables (`None`) a user; false when there is no such user.
+    pub async fn set_user_disabled(&self, id: &str, at: Option<Millis>) -> StoreResult<bool> {
+        let r = sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Grants or revokes the admin role; false when there is no such user.
+    pub async fn set_user_admin(&self, id: &str, admin: bool) -> StoreResult<bool> {
+        let r = sqlx::query("UPDATE users SET is_admin = $1 WHERE id = $2")
+            .bind(i64::from(admin))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- audit log ----
+
+    /// Appends one audit event (the table refuses updates and deletes).
+    pub async fn append_audit(&self, e: &NewAuditEvent<'_>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, event, actor_user_id, target_user_id, target_session_id, ip, user_agent, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(e.at)
+        .bind(e.event)
+        .bind(e.actor_user_id)
+        .bind(e.target_user_id)
+        .bind(e.target_session_id)
+        .bind(e.ip)
+        .bind(e.user_agent)
+        .bind(e.detail.as_deref())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit events in id order after `after`, at most `limit`; with `user_id`, only those the
+    /// user did or that were done to the user.
+    pub async fn audit_events(&self, user_id: Option<&str>, after: i64, limit: i64) -> StoreResult<Vec<AuditRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, at, event, actor_user_id, target_user_id, target_session_id, ip, user_agent, detail \
+             FROM audit_log WHERE id > $1 AND ($2 IS NULL OR target_user_id = $2 OR actor_user_id = $2) \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(after)
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     /// Users ordered by id (ids are time-ordered UUIDv7), after `after`, at most `limit`, whose

@@ -143,8 +143,9 @@ impl Keys {
         Ok(())
     }
 
-    /// Swaps in the keyset made of `rows` (ordered by `activates_at`) as of `now`.
-    fn load(&self, rows: &[KeyRow], now: Millis) {
+    /// Swaps in the keyset made of `rows` (ordered by `activates_at`) as of `now`. What
+    /// [`Keys::reload`] does after reading the rows; public for property tests and fuzzing.
+    pub fn load(&self, rows: &[KeyRow], now: Millis) {
         let retire_after = ms(self.access_ttl) + LEEWAY_SECS * 1000;
         let mut verify = HashMap::new();
         let mut jwks = Vec::new();
@@ -212,8 +213,15 @@ impl Keys {
         Ok((jsonwebtoken::encode(&header, &claims, key)?, exp))
     }
 
-    /// Verifies an access token against the in-memory keyset. Does not consult the denylist.
+    /// Verifies an access token against the in-memory keyset and remembers it (a request
+    /// token is typically presented many times). Does not consult the denylist.
     pub fn verify(&self, token: &str, now_secs: i64) -> Result<Claims, VerifyError> {
+        self.verify_with(token, now_secs, true)
+    }
+
+    /// As [`Keys::verify`], remembering the token only with `remember` (a socket presents its
+    /// token once: caching it would only add ~0.5 KiB to every idle socket).
+    pub fn verify_with(&self, token: &str, now_secs: i64, remember: bool) -> Result<Claims, VerifyError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(VerifyError::Invalid("too long"));
         }
@@ -226,6 +234,9 @@ impl Keys {
             }
         }
         let (kid, claims) = self.verify_uncached(token, now_secs)?;
+        if !remember {
+            return Ok(claims);
+        }
         if self.verified.len() >= VERIFIED_CACHE_MAX {
             self.verified.clear();
         }

@@ -62,6 +62,10 @@ impl Server {
             .env("SESSIOND_ISSUER", ISSUER)
             .env("SESSIOND_ACCESS_TTL", "30m")
             .env("SESSIOND_WS_MAX_SOCKETS_PER_USER", "1000000")
+            // Every bench client comes from 127.0.0.1: the per-IP caps would throttle the
+            // load generator itself (a reconnect storm is thousands of unauthenticated sockets).
+            .env("SESSIOND_WS_MAX_UNAUTHENTICATED_PER_IP", "1000000")
+            .env("SESSIOND_REGISTER_PER_IP_PER_HOUR", "0")
             .env("SESSIOND_ADMIN_EMAIL", ADMIN_EMAIL)
             .env("SESSIOND_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("RUST_LOG", "warn")
