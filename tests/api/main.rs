@@ -14,6 +14,8 @@ mod auth;
 mod cli;
 mod cookies;
 mod errors;
+mod faults;
+mod hardening;
 mod jwt;
 mod keys;
 mod refresh;

@@ -19,6 +19,10 @@ mod auth;
 mod cookies;
 #[path = "../api/errors.rs"]
 mod errors;
+#[path = "../api/faults.rs"]
+mod faults;
+#[path = "../api/hardening.rs"]
+mod hardening;
 #[path = "../api/jwt.rs"]
 mod jwt;
 #[path = "../api/keys.rs"]
