@@ -164,7 +164,7 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_LOGIN_FREE_FAILURES", default_value_t = 10, global = true)]
     pub login_free_failures: u32,
 
-    /// Registrations per IP per hour (bursts of up to half of it; 0 = unlimited).
+    /// Registrations per IP per hour, all of which may come at once (0 = unlimited).
     #[arg(long, env = "SESSIOND_REGISTER_PER_IP_PER_HOUR", default_value_t = 60, global = true)]
     pub register_per_ip_per_hour: u32,
 

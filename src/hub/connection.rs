@@ -114,7 +114,7 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64, mut unauthenti
                             } else {
                                 // Boxed: authentication may read the database (fail-closed mode), and that
                                 // future is large; inline it would sit in every idle socket's state.
-                                Box::pin(on_text(&mut ws, &state, conn_id, text.as_str(), &mut authed, &mut kill, deadline.as_mut())).await
+                                Box::pin(on_text(&mut ws, &state, conn_id, text.as_str(), &mut authed, &mut unauthenticated, &mut kill, deadline.as_mut())).await
                             }
                         }
                         Message::Binary(_) => Step::Close(close::UNSUPPORTED, "binary frames are not supported"),
@@ -124,9 +124,6 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64, mut unauthenti
                 }
             },
         };
-        if authed.is_some() {
-            unauthenticated.take();
-        }
         match step {
             Step::Continue => continue,
             Step::Drop => break,
@@ -176,13 +173,16 @@ fn receive_error(e: axum::Error) -> Step {
     }
 }
 
-/// Handles one text message.
+/// Handles one text message. `unauthenticated` (the per-IP slot) is released the moment the
+/// socket registers, before `ready` is sent.
+#[allow(clippy::too_many_arguments)]
 async fn on_text(
     ws: &mut WebSocket,
     state: &AppState,
     conn_id: u64,
     text: &str,
     authed: &mut Option<Authed>,
+    unauthenticated: &mut Option<UnauthenticatedGuard>,
     kill: &mut CancellationToken,
     deadline: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Step {
@@ -228,6 +228,7 @@ async fn on_text(
             };
             *kill = registration.kill.clone();
             *authed = Some(Authed { user_id: user.user_id.clone(), session_id: user.session_id.clone(), registration });
+            unauthenticated.take();
             // A revocation published between `authenticate` and `register` did not see this
             // socket; the denylist did record it.
             if state.denylist.contains(&user.session_id) {

@@ -1,1 +1,356 @@
-//! placeholder
+//! Hardening (issue 7): login throttling, per-IP caps, trusted proxies, account state, admin
+//! roles and the audit log, named after their SECURITY.md rows (P3, W3, W7, R9, S2).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::ws::{connect, open};
+
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address works on loopback).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().local_address(ip.parse::<IpAddr>().unwrap()).build().unwrap()
+}
+
+async fn login_from(app: &TestApp, client: &reqwest::Client, email: &str, password: &str) -> reqwest::Response {
+    client.post(app.url("/v1/auth/login")).json(&json!({ "email": email, "password": password })).send().await.unwrap()
+}
+
+/// `Retry-After` of a 429, checked to be 1..=60 seconds.
+fn retry_after(r: &reqwest::Response) -> u64 {
+    let s: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&s), "Retry-After {s}");
+    s
+}
+
+#[tokio::test]
+async fn p3_guessing_one_account_is_throttled_without_locking_the_user_out() {
+    let app = spawn_app().await;
+    let email = app.new_user().await;
+    let attacker = client_from("127.0.0.2");
+    let free = app.config.login_free_failures;
+    // The free failures answer 401; the next failure starts the backoff.
+    for _ in 0..=free {
+        assert_eq!(login_from(&app, &attacker, &email, "wrong password!").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Now 429 + Retry-After before any password work, for wrong and right passwords alike.
+    let r = login_from(&app, &attacker, &email, "wrong password!").await;
+    assert_eq!(retry_after(&r), 1);
+    assert_problem(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let r = login_from(&app, &attacker, &email, PASSWORD).await;
+    assert_problem(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    // The real user, from another address, logs in at once.
+    let user = client_from("127.0.0.3");
+    assert_eq!(login_from(&app, &user, &email, PASSWORD).await.status(), StatusCode::OK);
+
+    // Each further failure doubles the block (1 s, 2 s, 4 s …), at most 60 s.
+    let mut expected = 1;
+    for _ in 0..8 {
+        app.clock.advance(Duration::from_secs(expected));
+        assert_eq!(login_from(&app, &attacker, &email, "wrong password!").await.status(), StatusCode::UNAUTHORIZED);
+        expected = (expected * 2).min(60);
+        let r = login_from(&app, &attacker, &email, "wrong password!").await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry_after(&r), expected);
+    }
+    assert_eq!(expected, 60, "capped at 60 s");
+    // After the block, the right password works from the attacker's address too.
+    app.clock.advance(Duration::from_secs(60));
+    assert_eq!(login_from(&app, &attacker, &email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn p3_one_address_trying_many_accounts_is_throttled() {
+    let app = spawn_app().await;
+    let sprayer = client_from("127.0.0.4");
+    let per_ip = app.config.login_free_failures * 4;
+    for i in 0..per_ip {
+        let r = login_from(&app, &sprayer, &format!("victim-{i}@example.com"), "Summer2026!").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let r = login_from(&app, &sprayer, "one-more@example.com", "Summer2026!").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the failure past the allowance starts the backoff");
+    let r = login_from(&app, &sprayer, "and-another@example.com", "Summer2026!").await;
+    assert_problem(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Other addresses are not affected.
+    let email = app.new_user().await;
+    assert_eq!(login_from(&app, &client_from("127.0.0.5"), &email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn p2_throttling_treats_unknown_and_known_accounts_alike() {
+    let app = spawn_app().await;
+    let email = app.new_user().await;
+    let mut seqs = Vec::new();
+    for (ip, account) in [("127.0.0.6", email.as_str()), ("127.0.0.7", "nobody-here@example.com")] {
+        let c = client_from(ip);
+        let mut seq = Vec::new();
+        for _ in 0..app.config.login_free_failures + 3 {
+            let r = login_from(&app, &c, account, "wrong password!").await;
+            seq.push((r.status(), r.headers().get("retry-after").cloned(), r.bytes().await.unwrap()));
+        }
+        seqs.push(seq);
+    }
+    assert_eq!(seqs[0], seqs[1], "same statuses, Retry-After and bodies for a known and an unknown email");
+}
+
+#[tokio::test]
+async fn p4_registrations_per_address_are_capped() {
+    let app = spawn_app_with(|c| c.register_per_ip_per_hour = 3).await;
+    let c = client_from("127.0.0.8");
+    for i in 0..3 {
+        let r = c
+            .post(app.url("/v1/auth/register"))
+            .json(&json!({ "email": format!("r{i}-{}@example.com", uuid::Uuid::new_v4()), "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let r = c
+        .post(app.url("/v1/auth/register"))
+        .json(&json!({ "email": "one-too-many@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    retry_after(&r);
+    assert_problem(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // The refused attempt created nothing.
+    assert!(app.state.store.user_by_email("one-too-many@example.com").await.unwrap().is_none());
+    // Another address still registers.
+    assert_eq!(app.register("other-address@example.com", PASSWORD).await.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn w7_forwarded_for_is_believed_only_from_trusted_proxies() {
+    for trusted in [false, true] {
+        let app = spawn_app_with(|c| {
+            if trusted {
+                c.trusted_proxies = "127.0.0.1/32".parse().unwrap();
+            }
+        })
+        .await;
+        let email = app.new_user().await;
+        let r = app
+            .client
+            .post(app.url("/v1/auth/login"))
+            .header("x-forwarded-for", "198.51.100.9, 203.0.113.7")
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        let t = Tokens::from(r.json::<Value>().await.unwrap());
+        let v: Value = app.get_auth("/v1/auth/sessions", &t.access).await.json().await.unwrap();
+        let ip = v["sessions"][0]["ip"].as_str().unwrap().to_string();
+        let expected = if trusted { "203.0.113.7" } else { "127.0.0.1" };
+        assert_eq!(ip, expected, "trusted proxies: {trusted}");
+    }
+}
+
+#[tokio::test]
+async fn w3_unauthenticated_sockets_are_capped_per_address() {
+    let app = spawn_app_with(|c| c.ws_max_unauthenticated_per_ip = 2).await;
+    let t = app.new_session().await;
+    let mut a = connect(&app, None).await.unwrap();
+    let _b = connect(&app, None).await.unwrap();
+    assert_eq!(connect(&app, None).await.err(), Some(429), "a third unauthenticated socket is refused");
+    // Authenticating frees the slot.
+    assert_eq!(a.auth(&t.access).await["type"], "ready");
+    let _c = connect(&app, None).await.unwrap();
+    assert_eq!(connect(&app, None).await.err(), Some(429));
+    let m = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("sessiond_ws_refused_total{outcome=\"unauthenticated_per_ip\"}"), "{m}");
+}
+
+#[tokio::test]
+async fn w7_the_instance_socket_cap_answers_503() {
+    let app = spawn_app_with(|c| c.ws_max_sockets = 2).await;
+    let t = app.new_session().await;
+    let _a = open(&app, &t.access).await;
+    let _b = connect(&app, None).await.unwrap();
+    assert_eq!(connect(&app, None).await.err(), Some(503));
+}
+
+#[tokio::test]
+async fn r9_disabling_an_account_ends_every_session_and_blocks_login() {
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    let email = app.new_user().await;
+    let s1 = app.session_of(&email).await;
+    let s2 = app.session_of(&email).await;
+    let mut ws = open(&app, &s1.access).await;
+
+    let r = app.post_auth(&format!("/v1/admin/users/{}/disable", s1.user_id), &admin.access, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["revoked_sessions"], 2);
+    ws.expect_logout("account_disabled", &s1.session_id).await;
+    assert_problem(app.me(&s2.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    assert_eq!(app.refresh(&s2.refresh).await.status(), StatusCode::UNAUTHORIZED);
+
+    // Login fails exactly like a wrong password.
+    let disabled = app.login(&email, PASSWORD).await;
+    let wrong = app.login(&email, "wrong password!").await;
+    assert_eq!(disabled.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(disabled.bytes().await.unwrap(), wrong.bytes().await.unwrap());
+
+    let r = app.post_auth(&format!("/v1/admin/users/{}/enable", s1.user_id), &admin.access, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+    // Ended sessions stay ended.
+    assert_eq!(app.refresh(&s2.refresh).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn s2_account_admin_endpoints_need_a_current_admin() {
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    let user = app.new_session().await;
+    for (method, path) in [
+        ("POST", format!("/v1/admin/users/{}/disable", admin.user_id)),
+        ("POST", format!("/v1/admin/users/{}/enable", admin.user_id)),
+        ("POST", format!("/v1/admin/users/{}/admin", user.user_id)),
+        ("DELETE", format!("/v1/admin/users/{}/admin", admin.user_id)),
+        ("GET", "/v1/admin/audit".to_string()),
+    ] {
+        let req = app.client.request(method.parse().unwrap(), app.url(&path)).bearer_auth(&user.access);
+        assert_problem(req.send().await.unwrap(), StatusCode::FORBIDDEN, "forbidden").await;
+    }
+    // Unknown users are 404; an admin cannot lock themself out.
+    let r = app.post_auth("/v1/admin/users/no-such-user/disable", &admin.access, None).await;
+    assert_problem(r, StatusCode::NOT_FOUND, "not_found").await;
+    let r = app.post_auth(&format!("/v1/admin/users/{}/disable", admin.user_id), &admin.access, None).await;
+    assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let r = app.delete_auth(&format!("/v1/admin/users/{}/admin", admin.user_id), &admin.access).await;
+    assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn s2_a_revoked_admin_role_stops_working_at_once() {
+    let app = spawn_app().await;
+    let root = app.new_admin().await;
+    let email = app.new_user().await;
+    let before = app.session_of(&email).await;
+    let r = app.post_auth(&format!("/v1/admin/users/{}/admin", before.user_id), &root.access, None).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // A token issued before the grant has no admin role: still refused.
+    assert_eq!(app.get_auth("/v1/admin/users", &before.access).await.status(), StatusCode::FORBIDDEN);
+    let promoted = app.session_of(&email).await;
+    assert_eq!(promoted.raw["access_token"].as_str().map(|_| ()), Some(()));
+    assert_eq!(app.get_auth("/v1/admin/users", &promoted.access).await.status(), StatusCode::OK);
+
+    // Revoke the role: the still-valid token that says "admin" is refused on the next call.
+    let r = app.delete_auth(&format!("/v1/admin/users/{}/admin", promoted.user_id), &root.access).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get_auth("/v1/admin/users", &promoted.access).await, StatusCode::FORBIDDEN, "forbidden").await;
+    // A disabled admin is no admin either.
+    let other = app.new_admin().await;
+    let r = app.post_auth(&format!("/v1/admin/users/{}/disable", other.user_id), &root.access, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(app.get_auth("/v1/admin/users", &other.access).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn audit(app: &TestApp, admin: &str, query: &str) -> Value {
+    let r = app.get_auth(&format!("/v1/admin/audit{query}"), admin).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn s2_security_events_are_audited_with_actor_target_and_origin() {
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    let email = app.new_user().await;
+    let c = client_from("127.0.0.9");
+    let r = c
+        .post(app.url("/v1/auth/login"))
+        .header("user-agent", "audit-test/1.0")
+        .json(&json!({ "email": email, "password": "wrong password!" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let t = app.session_of(&email).await;
+    // Refresh reuse outside grace revokes the session.
+    let next: Value = app.refresh(&t.refresh).await.json().await.unwrap();
+    assert!(next["refresh_token"].is_string());
+    app.clock.advance(Duration::from_secs(11));
+    assert_eq!(app.refresh(&t.refresh).await.status(), StatusCode::UNAUTHORIZED);
+    let r = app.post_auth(&format!("/v1/admin/users/{}/disable", t.user_id), &admin.access, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let v = audit(&app, &admin.access, &format!("?user_id={}", t.user_id)).await;
+    let events: Vec<&Value> = v["events"].as_array().unwrap().iter().collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["user_registered", "login_failed", "login_succeeded", "refresh_token_reused", "user_disabled"]);
+    let failed = events[1];
+    assert_eq!(failed["ip"], "127.0.0.9");
+    assert_eq!(failed["user_agent"], "audit-test/1.0");
+    assert_eq!(failed["target_user_id"], t.user_id.as_str());
+    assert!(failed["actor_user_id"].is_null());
+    assert_eq!(events[2]["actor_user_id"], t.user_id.as_str());
+    assert_eq!(events[2]["target_session_id"], t.session_id.as_str());
+    assert_eq!(events[3]["target_session_id"], t.session_id.as_str());
+    assert_eq!(events[4]["actor_user_id"], admin.user_id.as_str());
+    assert_eq!(events[4]["detail"]["sessions_revoked"], 0, "reuse had already ended the only session");
+    assert!(events[0]["at"].as_str().unwrap().ends_with('Z'));
+    // No secrets in the trail.
+    let text = v.to_string();
+    assert!(!text.contains(PASSWORD) && !text.contains("wrong password!") && !text.contains(&t.refresh));
+
+    // Revocations name their reason and actor; logout-everyone is one event.
+    let r = app.post_auth("/v1/admin/logout-everyone", &admin.access, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let reader = app.new_admin().await; // logout-everyone ended the first admin's session too
+    let v = audit(&app, &reader.access, &format!("?user_id={}", admin.user_id)).await;
+    let last = v["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["event"], "sessions_revoked");
+    assert_eq!(last["detail"]["reason"], "admin_logout");
+    assert_eq!(last["actor_user_id"], admin.user_id.as_str());
+}
+
+#[tokio::test]
+async fn s2_the_audit_log_pages_and_is_append_only() {
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    for _ in 0..3 {
+        app.new_session().await;
+    }
+    // Pages of 2 in order, with `next` until the end.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let v = audit(&app, &admin.access, &format!("?limit=2&after={after}")).await;
+        let page = v["events"].as_array().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|e| e["id"].as_str().unwrap().parse::<i64>().unwrap()));
+        match v["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    assert!(seen.len() >= 8, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    let r = app.get_auth("/v1/admin/audit?limit=0", &admin.access).await;
+    assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let r = app.get_auth("/v1/admin/audit?after=x", &admin.access).await;
+    assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+
+    // The database refuses to change or delete audit rows.
+    sqlx::any::install_default_drivers();
+    let url = match crate::BACKEND {
+        Backend::Sqlite => format!("sqlite://{}", app.db_path().display()),
+        Backend::Postgres => app.config.database_url.clone(),
+    };
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    for sql in ["UPDATE audit_log SET event = 'nothing'", "DELETE FROM audit_log"] {
+        let r = sqlx::query(sql).execute(&mut conn).await;
+        assert!(r.is_err(), "{sql} must fail");
+    }
+    let v = audit(&app, &admin.access, "?limit=500").await;
+    assert_eq!(v["events"].as_array().unwrap().len(), seen.len());
+}
