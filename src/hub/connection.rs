@@ -23,8 +23,14 @@ use crate::state::AppState;
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// A write that takes longer than this means a dead or hostile reader.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing socket waits for the client's close frame.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 /// Pongs a socket may miss before it is closed.
 const MAX_MISSED_PONGS: u8 = 2;
+/// Frames a client may send per ping period (25 s by default) before it is closed with 1008
+/// (SECURITY.md W11: a message flood). The protocol needs a handful: `auth`, a re-`auth` after
+/// each refresh, an occasional `ping`.
+pub const MAX_FRAMES_PER_PERIOD: u16 = 64;
 
 /// Who the socket is authenticated as.
 struct Authed {
@@ -79,6 +85,7 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64, mut unauthenti
     let period = state.config.ws_ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     let mut missed: u8 = 0;
+    let mut received: u16 = 0;
 
     loop {
         let step = tokio::select! {
@@ -95,6 +102,7 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64, mut unauthenti
                 Some(_) => Step::Close(close::UNAUTHENTICATED, "access token expired"),
             },
             _ = ping.tick() => {
+                received = 0;
                 if missed >= MAX_MISSED_PONGS {
                     Step::Close(close::GOING_AWAY, "no pong")
                 } else {
@@ -105,8 +113,10 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64, mut unauthenti
             msg = ws.recv() => match msg {
                 None => Step::Drop,
                 Some(Err(e)) => receive_error(e),
+                Some(Ok(_)) if received >= MAX_FRAMES_PER_PERIOD => Step::Close(close::POLICY, "too many messages"),
                 Some(Ok(msg)) => {
                     missed = 0;
+                    received += 1;
                     match msg {
                         Message::Text(text) => {
                             if text.len() > MAX_MESSAGE_BYTES {
@@ -269,6 +279,19 @@ async fn send(ws: &mut WebSocket, msg: Message, kill: &CancellationToken) -> boo
     }
 }
 
+/// Sends a close frame, then reads (and discards) what the client still sends until its own
+/// close frame, for at most [`CLOSE_DRAIN`]: closing the TCP connection with unread input makes
+/// the kernel send a reset, and the client would lose our close frame (and its code).
 async fn close_with(ws: &mut WebSocket, code: u16, why: &'static str, kill: &CancellationToken) {
-    let _ = send(ws, Message::Close(Some(CloseFrame { code, reason: why.into() })), kill).await;
+    if !send(ws, Message::Close(Some(CloseFrame { code, reason: why.into() })), kill).await {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+        while let Some(Ok(msg)) = ws.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }

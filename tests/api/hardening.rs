@@ -354,3 +354,30 @@ async fn s2_the_audit_log_pages_and_is_append_only() {
     let v = audit(&app, &admin.access, "?limit=500").await;
     assert_eq!(v["events"].as_array().unwrap().len(), seen.len());
 }
+
+#[tokio::test]
+async fn w11_a_message_flood_is_closed_1008() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app().await;
+    let t = app.new_session().await;
+    let mut ws = open(&app, &t.access).await;
+    let limit = sessiond::hub::connection::MAX_FRAMES_PER_PERIOD as usize;
+    // `auth` was frame 1; send far more pings than allowed without reading.
+    for _ in 0..limit * 2 {
+        if ws.stream.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.is_err() {
+            break;
+        }
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.stream.next()).await.expect("bounded") {
+            Some(Ok(Message::Text(_))) => pongs += 1,
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break None,
+        }
+    };
+    assert_eq!(code, Some(1008));
+    assert_eq!(pongs, limit - 1, "every frame up to the limit was served, none after");
+}
