@@ -7,7 +7,7 @@ use sessiond::config::Secret;
 use crate::helpers::*;
 
 #[tokio::test]
-async fn non_admins_get_403_and_anonymous_get_401() {
+async fn s2_non_admins_get_403_and_anonymous_get_401() {
     let app = spawn_app().await;
     let user = app.new_session().await;
     let paths_get = ["/v1/admin/users", &format!("/v1/admin/users/{}/sessions", user.user_id)];

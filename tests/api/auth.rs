@@ -53,7 +53,7 @@ async fn register_rejects_duplicates_bad_input_and_closed_registration() {
 }
 
 #[tokio::test]
-async fn wrong_password_and_unknown_email_look_the_same() {
+async fn p2_wrong_password_and_unknown_email_look_the_same() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let a = app.login(&email, "wrong password!").await;
@@ -69,7 +69,7 @@ async fn wrong_password_and_unknown_email_look_the_same() {
 }
 
 #[tokio::test]
-async fn unknown_email_costs_a_password_hash() {
+async fn p2_unknown_email_costs_a_password_hash() {
     // Timing: an unknown email is verified against a dummy argon2 hash, so it takes about as
     // long as a wrong password (medians within a generous factor on a shared 2-core box; without
     // the dummy hash an unknown email answers ~20x faster).
@@ -92,7 +92,7 @@ async fn unknown_email_costs_a_password_hash() {
 }
 
 #[tokio::test]
-async fn logout_with_bearer_refuses_the_access_token_at_once() {
+async fn s3_logout_with_bearer_refuses_the_access_token_at_once() {
     let app = spawn_app().await;
     let t = app.new_session().await;
     assert_eq!(app.me(&t.access).await.status(), StatusCode::OK);
@@ -127,7 +127,7 @@ async fn logout_with_refresh_token_is_idempotent() {
 }
 
 #[tokio::test]
-async fn logout_all_and_logout_others() {
+async fn s1_logout_all_and_logout_others() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let a = app.session_of(&email).await;
@@ -155,7 +155,7 @@ async fn logout_all_and_logout_others() {
 }
 
 #[tokio::test]
-async fn sessions_list_and_revoke_one() {
+async fn s1_sessions_list_and_revoke_one() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let a = app.session_of(&email).await;
@@ -204,7 +204,7 @@ async fn sessions_list_and_revoke_one() {
 }
 
 #[tokio::test]
-async fn password_change_revokes_every_other_session() {
+async fn r9_password_change_revokes_every_other_session() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let a = app.session_of(&email).await;
@@ -230,7 +230,7 @@ async fn password_change_revokes_every_other_session() {
 }
 
 #[tokio::test]
-async fn every_login_starts_a_new_session() {
+async fn s4_every_login_starts_a_new_session() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let a = app.session_of(&email).await;

@@ -129,7 +129,7 @@ impl Drop for Server {
 }
 
 #[tokio::test]
-async fn secrets_stay_out_of_logs_and_the_database() {
+async fn r8_secrets_stay_out_of_logs_and_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("secrets.db");
     let admin_password = "admin bootstrap secret";

@@ -43,7 +43,7 @@ async fn with_cookie(app: &TestApp, path: &str, cookie: &str, origin: Option<&st
 }
 
 #[tokio::test]
-async fn login_in_cookie_mode_keeps_the_refresh_token_out_of_the_body() {
+async fn s5_login_in_cookie_mode_keeps_the_refresh_token_out_of_the_body() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let (body, cookie) = cookie_login(&app, &email).await;
@@ -70,7 +70,7 @@ async fn cookie_refresh_rotates_the_cookie() {
 }
 
 #[tokio::test]
-async fn cookie_requests_without_csrf_proof_get_403_and_change_nothing() {
+async fn s6_cookie_requests_without_csrf_proof_get_403_and_change_nothing() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let (body, cookie) = cookie_login(&app, &email).await;
@@ -155,7 +155,7 @@ async fn pages_are_served_with_a_strict_csp() {
 }
 
 #[tokio::test]
-async fn cross_site_posts_without_the_cookie_get_403_too() {
+async fn s6_cross_site_posts_without_the_cookie_get_403_too() {
     // With SameSite=Strict a real browser sends no cookie on a cross-site form post.
     let app = spawn_app().await;
     for path in ["/v1/auth/refresh", "/v1/auth/logout"] {

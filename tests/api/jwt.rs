@@ -276,7 +276,7 @@ impl Report {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn access_token_verifies_independently_against_jwks() {
+async fn j12_access_token_verifies_independently_against_jwks() {
     let app = helpers::spawn_app().await;
     let t = app.new_session().await;
 

@@ -22,7 +22,7 @@ pub async fn jwks_kids(app: &TestApp) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn rotation_publishes_first_then_signs_and_old_tokens_keep_working() {
+async fn j12_rotation_publishes_first_then_signs_and_old_tokens_keep_working() {
     let app = spawn_app().await;
     let t_old = app.new_session().await;
     let k1 = kid_of(&t_old.access);
@@ -53,7 +53,7 @@ async fn rotation_publishes_first_then_signs_and_old_tokens_keep_working() {
 }
 
 #[tokio::test]
-async fn rotate_now_signs_at_once_and_old_tokens_stay_valid() {
+async fn j12_rotate_now_signs_at_once_and_old_tokens_stay_valid() {
     let app = spawn_app().await;
     let t_old = app.new_session().await;
     let (k2, _) = sessiond::tokens::jwt::rotate(&app.state.store, &app.clock, true).await.unwrap();
@@ -65,7 +65,7 @@ async fn rotate_now_signs_at_once_and_old_tokens_stay_valid() {
 }
 
 #[tokio::test]
-async fn running_server_picks_up_rotated_keys() {
+async fn j12_running_server_picks_up_rotated_keys() {
     let app = spawn_app_with(|c| c.keys_reload_interval = Duration::from_millis(100)).await;
     let (k2, _) = sessiond::tokens::jwt::rotate(&app.state.store, &app.clock, false).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -76,7 +76,7 @@ async fn running_server_picks_up_rotated_keys() {
 }
 
 #[tokio::test]
-async fn restart_keeps_keys_sessions_and_revocations() {
+async fn f4_restart_keeps_keys_sessions_and_revocations() {
     let app = spawn_app().await;
     let live = app.new_session().await;
     let dead = app.new_session().await;
@@ -92,7 +92,7 @@ async fn restart_keeps_keys_sessions_and_revocations() {
 }
 
 #[tokio::test]
-async fn denylist_entries_outlive_the_tokens_then_are_pruned() {
+async fn f5_denylist_entries_outlive_the_tokens_then_are_pruned() {
     let app = spawn_app().await;
     let t = app.new_session().await;
     app.post_auth("/v1/auth/logout", &t.access, None).await;

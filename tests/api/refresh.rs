@@ -35,7 +35,7 @@ async fn refresh_rotates_the_token() {
 }
 
 #[tokio::test]
-async fn retry_inside_grace_converges_on_the_same_successor() {
+async fn r5_retry_inside_grace_converges_on_the_same_successor() {
     let app = spawn_app().await;
     let t0 = app.new_session().await;
     let a = refresh_ok(&app, &t0.refresh).await;
@@ -51,7 +51,7 @@ async fn retry_inside_grace_converges_on_the_same_successor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_parallel_refreshes_converge() {
+async fn r4_eight_parallel_refreshes_converge() {
     let app = spawn_app().await;
     for _ in 0..5 {
         let t0 = app.new_session().await;
@@ -70,7 +70,7 @@ async fn eight_parallel_refreshes_converge() {
 }
 
 #[tokio::test]
-async fn reuse_after_grace_revokes_the_session() {
+async fn r1_r2_reuse_after_grace_revokes_the_session_and_the_revocation_sticks() {
     let app = spawn_app().await;
     let t0 = app.new_session().await;
     let t1 = refresh_ok(&app, &t0.refresh).await;
@@ -84,7 +84,7 @@ async fn reuse_after_grace_revokes_the_session() {
 }
 
 #[tokio::test]
-async fn grace_covers_only_the_immediately_previous_token() {
+async fn r3_grace_covers_only_the_immediately_previous_token() {
     let app = spawn_app().await;
     let t0 = app.new_session().await;
     let t1 = refresh_ok(&app, &t0.refresh).await;
@@ -116,7 +116,7 @@ async fn zero_grace_makes_any_second_use_a_reuse() {
 }
 
 #[tokio::test]
-async fn idle_expiry_ends_the_session() {
+async fn r7_idle_expiry_ends_the_session() {
     let app = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(3600)).await;
     let t0 = app.new_session().await;
     app.clock.advance(Duration::from_secs(3000));
@@ -129,7 +129,7 @@ async fn idle_expiry_ends_the_session() {
 }
 
 #[tokio::test]
-async fn absolute_expiry_cannot_be_extended() {
+async fn r7_absolute_expiry_cannot_be_extended() {
     let app = spawn_app_with(|c| c.session_max_age = Duration::from_secs(600)).await;
     let t0 = app.new_session().await;
     assert!(t0.raw["refresh_expires_in"].as_i64().unwrap() <= 600);
@@ -156,7 +156,7 @@ async fn the_sweep_ends_expired_sessions() {
 }
 
 #[tokio::test]
-async fn bad_refresh_tokens() {
+async fn r10_unknown_and_malformed_refresh_tokens_are_refused() {
     let app = spawn_app().await;
     assert_problem(
         app.refresh("rt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await,
@@ -173,7 +173,7 @@ async fn bad_refresh_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_refreshes_never_hit_a_locked_database() {
+async fn r4_concurrent_refreshes_never_hit_a_locked_database() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let mut tokens = Vec::new();
@@ -193,7 +193,7 @@ async fn concurrent_refreshes_never_hit_a_locked_database() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoke_racing_refresh_leaves_no_live_token() {
+async fn f9_revoke_racing_refresh_leaves_no_live_token() {
     // SECURITY.md F9: whatever the interleaving, the session ends revoked and denylisted.
     let app = spawn_app().await;
     let admin = app.new_admin().await;
@@ -209,7 +209,7 @@ async fn revoke_racing_refresh_leaves_no_live_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn previous_and_current_tokens_racing_a_revocation_never_fail_with_5xx() {
+async fn f9_previous_and_current_tokens_racing_a_revocation_never_fail_with_5xx() {
     // Two tabs (one holding the previous token, one the current) and an admin revoke, at once:
     // every refresh ends in 200 or 401 (no deadlock 503), and the session ends revoked.
     let app = spawn_app().await;

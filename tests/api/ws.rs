@@ -118,7 +118,7 @@ async fn auth_gets_ready_then_ping_pong() {
 }
 
 #[tokio::test]
-async fn logout_reaches_exactly_the_sockets_of_the_session() {
+async fn w9_logout_reaches_exactly_the_sockets_of_the_session() {
     let app = spawn_app().await;
     let email = app.new_user().await;
     let s1 = app.session_of(&email).await;
@@ -137,7 +137,7 @@ async fn logout_reaches_exactly_the_sockets_of_the_session() {
 }
 
 #[tokio::test]
-async fn every_revocation_reason_is_pushed() {
+async fn r9_every_revocation_reason_is_pushed() {
     let app = spawn_app().await;
     let admin = app.new_admin().await;
     let mut admin_ws = open(&app, &admin.access).await;
@@ -217,7 +217,7 @@ async fn expiry_sweep_pushes_session_expired() {
 }
 
 #[tokio::test]
-async fn reconnecting_after_revocation_gets_the_logout_event() {
+async fn w9_reconnecting_after_revocation_gets_the_logout_event() {
     let app = spawn_app().await;
     let t = app.new_session().await;
     app.post_auth("/v1/auth/logout", &t.access, None).await;
@@ -228,14 +228,14 @@ async fn reconnecting_after_revocation_gets_the_logout_event() {
 }
 
 #[tokio::test]
-async fn no_auth_in_time_closes_4408() {
+async fn w3_no_auth_in_time_closes_4408() {
     let app = spawn_app_with(|c| c.ws_auth_timeout = Duration::from_millis(300)).await;
     let mut ws = connect(&app, None).await.unwrap();
     assert_eq!(ws.close_code().await, Some(4408));
 }
 
 #[tokio::test]
-async fn origins_must_match_exactly() {
+async fn w1_origins_must_match_exactly() {
     let app = spawn_app().await;
     for bad in [
         "http://evil.example",
@@ -260,7 +260,7 @@ async fn origins_must_match_exactly() {
 }
 
 #[tokio::test]
-async fn bad_first_messages_close_4401() {
+async fn w2_bad_first_messages_close_4401() {
     let app = spawn_app().await;
     let t = app.new_session().await;
     let cases = [
@@ -282,7 +282,7 @@ async fn bad_first_messages_close_4401() {
 }
 
 #[tokio::test]
-async fn token_expiry_closes_4401_and_reauth_extends() {
+async fn w10_token_expiry_closes_4401_and_reauth_extends() {
     let app = spawn_app_with(|c| c.access_ttl = Duration::from_secs(2)).await;
     let t = app.new_session().await;
     let mut ws = open(&app, &t.access).await;
@@ -316,7 +316,7 @@ async fn reauth_with_a_newer_token_of_the_same_session() {
 }
 
 #[tokio::test]
-async fn protocol_violations_after_auth() {
+async fn w4_w11_protocol_violations_after_auth() {
     let app = spawn_app().await;
     let t = app.new_session().await;
 
@@ -353,7 +353,7 @@ async fn protocol_violations_after_auth() {
 }
 
 #[tokio::test]
-async fn per_user_socket_cap_closes_4429() {
+async fn w7_per_user_socket_cap_closes_4429() {
     let app = spawn_app_with(|c| c.ws_max_sockets_per_user = 2).await;
     let email = app.new_user().await;
     let (a, b) = (app.session_of(&email).await, app.session_of(&email).await);
@@ -370,7 +370,7 @@ async fn per_user_socket_cap_closes_4429() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_every_socket_with_1012() {
+async fn f7_shutdown_closes_every_socket_with_1012() {
     let mut app = spawn_app().await;
     let t = app.new_session().await;
     let mut sockets = Vec::new();
@@ -413,7 +413,7 @@ async fn presence_follows_open_sockets() {
 }
 
 #[tokio::test]
-async fn a_silent_peer_is_closed_after_missed_pongs() {
+async fn w6_a_silent_peer_is_closed_after_missed_pongs() {
     let app = spawn_app_with(|c| c.ws_ping_interval = Duration::from_millis(100)).await;
     let t = app.new_session().await;
     let ws = open(&app, &t.access).await;
@@ -424,7 +424,7 @@ async fn a_silent_peer_is_closed_after_missed_pongs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_racing_auth_still_closes_the_socket() {
+async fn w9_revocation_racing_auth_still_closes_the_socket() {
     // SECURITY.md W9(b): check, register, re-check. Whatever the interleaving, the socket ends
     // with the logout event and 4001.
     let app = spawn_app().await;

@@ -36,7 +36,7 @@ async fn sees_instances(app: &TestApp, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_logout_on_one_instance_reaches_every_instance() {
+async fn j11_w9_a_logout_on_one_instance_reaches_every_instance() {
     let a = spawn_app().await;
     let b = another_instance(&a).await;
     let c = another_instance(&a).await;
@@ -60,7 +60,7 @@ async fn a_logout_on_one_instance_reaches_every_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_logout_counts_sockets_on_every_instance() {
+async fn f2_admin_logout_counts_sockets_on_every_instance() {
     let a = spawn_app().await;
     let b = another_instance(&a).await;
     let c = another_instance(&a).await;
@@ -91,7 +91,7 @@ async fn admin_logout_counts_sockets_on_every_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_listener_resyncs_and_still_delivers() {
+async fn f1_a_killed_listener_resyncs_and_still_delivers() {
     let a = spawn_app().await;
     let b = another_instance(&a).await;
     let t = a.new_session().await;
@@ -122,7 +122,7 @@ async fn a_killed_listener_resyncs_and_still_delivers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_instance_refuses_revoked_tokens_before_it_is_ready() {
+async fn f4_a_restarted_instance_refuses_revoked_tokens_before_it_is_ready() {
     let a = spawn_app().await;
     let mut b = another_instance(&a).await;
     let t = a.new_session().await;
@@ -167,7 +167,7 @@ async fn presence_is_cluster_wide() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parallel_refreshes_across_instances_converge() {
+async fn r4_parallel_refreshes_across_instances_converge() {
     let a = spawn_app().await;
     let b = another_instance(&a).await;
     for _ in 0..5 {
