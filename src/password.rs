@@ -108,6 +108,17 @@ impl Passwords {
     }
 }
 
+/// Whether a stored PHC hash was made with other parameters than today's (weaker, or simply
+/// different): the login that proves the password rehashes it (SECURITY.md P1).
+pub fn needs_rehash(stored: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored) else { return true };
+    if parsed.algorithm.as_str() != "argon2id" || parsed.version != Some(0x13) {
+        return true;
+    }
+    let get = |k: &str| parsed.params.get_decimal(k);
+    get("m") != Some(M_COST_KIB) || get("t") != Some(T_COST) || get("p") != Some(P_COST)
+}
+
 /// One hash running or waiting; leaves the count on drop.
 struct InFlight(Arc<AtomicUsize>);
 

@@ -97,6 +97,8 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
         None => None,
     };
     let hash = user.as_ref().filter(|u| u.disabled_at.is_none()).map(|u| u.password_hash.clone());
+    let needs_rehash = hash.as_deref().is_some_and(crate::password::needs_rehash);
+    let password_for_rehash = needs_rehash.then(|| password.clone());
     let ok = state.passwords.verify(password, hash).await?;
     let Some(user) = user.as_ref().filter(|_| ok) else {
         state.limits.login_failed(email.as_deref(), client.addr, state.clock.now_ms());
@@ -110,6 +112,9 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
     };
     if let Some(e) = &email {
         state.limits.login_succeeded(e, client.addr);
+    }
+    if crate::password::needs_rehash(&user.password_hash) {
+        rehash(state, &user.id, password_for_rehash).await;
     }
     let cfg = &state.config;
     let (token, stored) = new_refresh();
@@ -133,6 +138,20 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
     let who = client.who(Some(&user.id));
     audit::record(&state.store, now, &who, Event::new("login_succeeded").user(&user.id).session(&session.id)).await;
     token_response(state, now, user, &session, session.access_expires_at, token)
+}
+
+/// Stores a hash of `password` made with today's parameters (best effort: a failure is logged
+/// and the login goes on with the old hash).
+async fn rehash(state: &AppState, user_id: &str, password: Option<String>) {
+    let Some(password) = password else { return };
+    let res = match state.passwords.hash(password).await {
+        Ok(h) => state.store.set_password_hash(user_id, &h).await.map_err(AppError::from),
+        Err(e) => Err(e),
+    };
+    match res {
+        Ok(()) => tracing::info!(user_id, "password rehashed with the current parameters"),
+        Err(e) => tracing::warn!(user_id, error = %e, "password rehash failed"),
+    }
 }
 
 /// One refresh (API.md §3.3).

@@ -61,18 +61,24 @@ async fn register(
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "user_id": user_id }))))
 }
 
+/// A refresh cookie sent along is a session this browser is leaving: it ends once the new one
+/// exists (SECURITY.md S4, ASVS 7.2.4: a login never keeps or adopts a presented session).
 async fn login(
     State(state): State<AppState>,
     client: Client,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Response> {
     let info = ClientInfo {
         device_name: body.device_name.map(|d| truncate(d.trim(), MAX_DEVICE_NAME)).filter(|d| !d.is_empty()),
-        user_agent: client.user_agent,
-        ip: client.ip,
+        user_agent: client.user_agent.clone(),
+        ip: client.ip.clone(),
         addr: client.addr,
     };
     let tokens = sessions::login(&state, &body.email, body.password, info).await?;
+    if let Some(previous) = refresh_from_cookie(&headers) {
+        sessions::logout_by_refresh(&state, &previous, &client.who(Some(&tokens.user_id))).await?;
+    }
     Ok(token_reply(tokens, body.refresh_cookie))
 }
 

@@ -462,6 +462,16 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Replaces a user's password hash (a rehash with current parameters; sessions untouched).
+    pub async fn set_password_hash(&self, id: &str, hash: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(hash)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     /// Grants or revokes the admin role; false when there is no such user.
     pub async fn set_user_admin(&self, id: &str, admin: bool) -> StoreResult<bool> {
         let r = sqlx::query("UPDATE users SET is_admin = $1 WHERE id = $2")

@@ -381,3 +381,137 @@ async fn w11_a_message_flood_is_closed_1008() {
     assert_eq!(code, Some(1008));
     assert_eq!(pongs, limit - 1, "every frame up to the limit was served, none after");
 }
+
+#[tokio::test]
+async fn s4_a_login_ends_the_session_of_a_presented_refresh_cookie() {
+    let app = spawn_app().await;
+    let email = app.new_user().await;
+    let old = app.session_of(&email).await;
+    let r = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .header("cookie", format!("__Host-sessiond_refresh={}", old.refresh))
+        .json(&json!({ "email": email, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let new = Tokens::from(r.json::<Value>().await.unwrap());
+    assert_ne!(new.session_id, old.session_id, "never the presented session");
+    assert_eq!(app.refresh(&old.refresh).await.status(), StatusCode::UNAUTHORIZED);
+    assert_problem(app.me(&old.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    assert_eq!(app.me(&new.access).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn p1_hashes_are_argon2id_owasp_and_weaker_ones_are_rehashed_on_login() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let app = spawn_app().await;
+    let email = app.new_user().await;
+    let stored = app.state.store.user_by_email(&email).await.unwrap().unwrap().password_hash;
+    assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
+    assert!(!sessiond::password::needs_rehash(&stored));
+
+    // A user whose hash predates today's parameters (m = 8 MiB, t = 1).
+    let weak = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(8192, 1, 1, None).unwrap(),
+    )
+    .hash_password(PASSWORD.as_bytes(), &SaltString::generate(&mut rand::rngs::OsRng))
+    .unwrap()
+    .to_string();
+    let id = uuid::Uuid::now_v7().to_string();
+    app.state.store.create_user(&id, "legacy@example.com", &weak, false, app.clock.now_ms()).await.unwrap();
+    assert!(sessiond::password::needs_rehash(&weak));
+    app.session_of("legacy@example.com").await;
+    let now = app.state.store.user_by_id(&id).await.unwrap().unwrap().password_hash;
+    assert!(now.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "rehashed: {now}");
+    app.session_of("legacy@example.com").await;
+}
+
+#[tokio::test]
+async fn w5_permessage_deflate_is_never_negotiated() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = spawn_app().await;
+    let mut req = format!("ws://{}/v1/ws", app.base.trim_start_matches("http://")).into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-extensions", "permessage-deflate; client_max_window_bits".parse().unwrap());
+    let (_ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert!(res.headers().get("sec-websocket-extensions").is_none(), "{:?}", res.headers());
+}
+
+#[tokio::test]
+async fn w2_a_token_in_the_url_is_ignored() {
+    use futures::StreamExt;
+    let app = spawn_app_with(|c| c.ws_auth_timeout = Duration::from_millis(300)).await;
+    let t = app.new_session().await;
+    let url = format!("ws://{}/v1/ws?access_token={}", app.base.trim_start_matches("http://"), t.access);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // Not authenticated by the URL: nothing but the auth-timeout close arrives.
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("bounded").unwrap().unwrap();
+    match msg {
+        tokio_tungstenite::tungstenite::Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4408),
+        other => panic!("expected close 4408, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn r10_a_refresh_token_of_a_deleted_session_is_refused() {
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    let a = app.new_session().await;
+    let b = app.new_session().await;
+    let r = app.delete_auth(&format!("/v1/admin/sessions/{}", a.session_id), &admin.access).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.refresh(&a.refresh).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+    // A token refreshes only its own session.
+    let v: Value = app.refresh(&b.refresh).await.json().await.unwrap();
+    assert_eq!(v["session_id"], b.session_id.as_str());
+}
+
+#[test]
+fn r8_refresh_tokens_carry_256_random_bits() {
+    use base64::Engine;
+    use sessiond::tokens::refresh::RefreshToken;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..100_000 {
+        let t = RefreshToken::generate();
+        let body = t.as_str().strip_prefix("rt_").unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).unwrap();
+        assert_eq!(bytes.len(), 32);
+        assert!(seen.insert(bytes));
+    }
+}
+
+#[tokio::test]
+async fn f6_clock_skew_between_instances_is_bounded_by_the_leeway() {
+    // Instance B runs ahead of A. Tokens from A verify on B as long as their `exp` (A's clock
+    // + TTL) has not passed on B's clock + leeway; a token whose `iat` lies more than the 30 s
+    // leeway in B's future is refused (B runs behind).
+    let app = spawn_app().await;
+    let t = app.new_session().await;
+    for (skew, ok) in [(-20i64, true), (-45, false), (120, true), (299 + 30, true), (300 + 31, false)] {
+        let mut config = app.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let clock = sessiond::clock::Clock::system();
+        if skew > 0 {
+            clock.advance(Duration::from_secs(skew as u64));
+        }
+        let b = start_on(config, app.dir.clone(), clock.clone(), app.db.clone()).await;
+        b.wait_ready().await;
+        let status = if skew < 0 {
+            // B behind A: equivalently, A's token was issued |skew| s in B's future.
+            let ahead = sessiond::clock::Clock::system();
+            ahead.advance(Duration::from_secs((-skew) as u64));
+            let (token, _) = b
+                .state
+                .keys
+                .issue(&t.user_id, &t.session_id, vec![], ahead.now_ms(), ahead.now_ms() + 300_000)
+                .unwrap();
+            b.me(&token).await.status()
+        } else {
+            b.me(&t.access).await.status()
+        };
+        assert_eq!(status == StatusCode::OK, ok, "skew {skew} s: {status}");
+    }
+}
