@@ -201,6 +201,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported DATABASE_URL scheme (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
+    /// A fault injected by an armed [failpoint](Store::arm_failpoint) (tests only): reported
+    /// like a lost database connection, so the request answers 503 `unavailable`.
+    #[error("injected fault at failpoint {0}")]
+    Injected(&'static str),
 }
 
 impl From<StoreError> for crate::error::AppError {
@@ -208,6 +212,7 @@ impl From<StoreError> for crate::error::AppError {
         match e {
             StoreError::EmailTaken => crate::error::AppError::EmailTaken,
             StoreError::Db(e) => e.into(),
+            e @ StoreError::Injected(_) => crate::error::AppError::Unavailable(e.into()),
             other => crate::error::AppError::Internal(other.into()),
         }
     }
@@ -277,6 +282,44 @@ fn spawn_checkpointer(reader: AnyPool) {
     });
 }
 
+/// Names of the [failpoints](Store::arm_failpoint) in the store's transactions.
+#[doc(hidden)]
+pub mod failpoint {
+    /// In a refresh rotation, after the presented token is marked rotated and before its
+    /// successor is inserted.
+    pub const ROTATE_AFTER_MARK: &str = "rotate_after_mark";
+}
+
+/// Test-only fault injection: a set of armed failpoint names shared by a store's clones. While
+/// nothing is armed (always, outside tests) a check costs one relaxed atomic load.
+#[derive(Clone, Default)]
+pub(crate) struct Failpoints(std::sync::Arc<FailpointsInner>);
+
+#[derive(Default)]
+struct FailpointsInner {
+    any_armed: std::sync::atomic::AtomicBool,
+    armed: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl Failpoints {
+    /// Whether `name` is armed: the code at that point then fails with [`StoreError::Injected`].
+    pub(crate) fn hit(&self, name: &'static str) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0.any_armed.load(Ordering::Relaxed)
+            && self.0.armed.lock().unwrap_or_else(|p| p.into_inner()).contains(&name)
+    }
+
+    fn set(&self, name: &'static str, on: bool) {
+        use std::sync::atomic::Ordering;
+        let mut armed = self.0.armed.lock().unwrap_or_else(|p| p.into_inner());
+        armed.retain(|n| *n != name);
+        if on {
+            armed.push(name);
+        }
+        self.0.any_armed.store(!armed.is_empty(), Ordering::Relaxed);
+    }
+}
+
 /// The storage handle. Clones share the connection pools.
 ///
 /// SQLite allows one writer at a time: every write transaction goes through a pool of exactly
@@ -297,6 +340,8 @@ pub struct Store {
     /// user id → email. Emails never change, so entries never go stale; bounded, emptied when
     /// full. Saves `/v1/me` a database read per request.
     emails: std::sync::Arc<dashmap::DashMap<String, std::sync::Arc<str>>>,
+    /// Armed failpoints (tests only; see [`Store::arm_failpoint`]).
+    failpoints: Failpoints,
 }
 
 /// Most emails remembered by [`Store::user_email`].
@@ -356,7 +401,15 @@ impl Store {
             }
         };
         let instance_id = uuid::Uuid::new_v4().simple().to_string().into();
-        Ok(Store { kind, writer, reader, url: url.into(), instance_id, emails: Default::default() })
+        Ok(Store {
+            kind,
+            writer,
+            reader,
+            url: url.into(),
+            instance_id,
+            emails: Default::default(),
+            failpoints: Failpoints::default(),
+        })
     }
 
     pub fn kind(&self) -> Kind {
@@ -371,6 +424,21 @@ impl Store {
     /// The URL this store was opened with (the backplane opens its own listener connection).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// **Test-only.** Arms the failpoint `name` (one of [`failpoint`]) for this store and its
+    /// clones: until [disarmed](Store::disarm_failpoint), every transaction that reaches it fails
+    /// there with [`StoreError::Injected`] (answered as 503 `unavailable`) and rolls back.
+    /// Lets integration tests inject a database fault at an exact point (SECURITY.md R6).
+    #[doc(hidden)]
+    pub fn arm_failpoint(&self, name: &'static str) {
+        self.failpoints.set(name, true);
+    }
+
+    /// **Test-only.** Disarms the failpoint `name` (see [`Store::arm_failpoint`]).
+    #[doc(hidden)]
+    pub fn disarm_failpoint(&self, name: &'static str) {
+        self.failpoints.set(name, false);
     }
 
     /// Applies the embedded migrations of this backend.
@@ -699,7 +767,7 @@ impl Store {
     /// One refresh, in one write transaction (see [`RotateOutcome`]).
     pub async fn rotate_refresh(&self, r: Rotation) -> StoreResult<RotateOutcome> {
         let mut tx = self.begin().await?;
-        let outcome = sql::rotate_in(&mut tx, self.kind, &r, &self.tag(None)).await?;
+        let outcome = sql::rotate_in(&mut tx, self.kind, &r, &self.tag(None), &self.failpoints).await?;
         // Commit on every path: a reuse or expiry revocation must stick although the client
         // gets an error (RFC 9700 §4.14.2; Supabase's commit-with-error).
         tx.commit().await?;

@@ -34,7 +34,13 @@ pub struct NoteTag<'a> {
 }
 
 /// The decision of one refresh, inside the caller's write transaction (API.md §3.3).
-pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation, tag: &NoteTag<'_>) -> StoreResult<RotateOutcome> {
+pub(super) async fn rotate_in(
+    tx: &mut Tx,
+    kind: Kind,
+    r: &Rotation,
+    tag: &NoteTag<'_>,
+    failpoints: &Failpoints,
+) -> StoreResult<RotateOutcome> {
     let (session, token) = match kind {
         // SQLite: `BEGIN IMMEDIATE` holds the write lock already; one round trip reads both.
         Kind::Sqlite => {
@@ -106,7 +112,7 @@ pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation, tag: &NoteT
 
     let Some(rotated_at) = token.rotated_at else {
         // The live token: rotate it.
-        let session = rotate_live(tx, kind, &session, &token, r, idle, access_exp).await?;
+        let session = rotate_live(tx, kind, &session, &token, r, idle, access_exp, failpoints).await?;
         return Ok(RotateOutcome::Rotated { session, access_exp });
     };
     let successor_live = match &token.successor_id {
@@ -140,6 +146,7 @@ pub(super) async fn rotate_in(tx: &mut Tx, kind: Kind, r: &Rotation, tag: &NoteT
 
 /// Marks `token` rotated, stores the candidate as the live token, and extends the session's
 /// idle expiry. The old token is marked first: the partial unique index allows one live token.
+#[allow(clippy::too_many_arguments)]
 async fn rotate_live(
     tx: &mut Tx,
     kind: Kind,
@@ -148,6 +155,7 @@ async fn rotate_live(
     r: &Rotation,
     idle: Millis,
     access_exp: Millis,
+    failpoints: &Failpoints,
 ) -> StoreResult<SessionRow> {
     // One statement: mark the presented token rotated (keeping its sealed successor), and forget
     // every older sealed successor: only the immediately previous token may converge.
@@ -165,6 +173,10 @@ async fn rotate_live(
     .bind(&session.id)
     .execute(&mut **tx)
     .await?;
+    // Tests: a fault between the two writes must roll the whole rotation back (SECURITY.md R6).
+    if failpoints.hit(failpoint::ROTATE_AFTER_MARK) {
+        return Err(StoreError::Injected(failpoint::ROTATE_AFTER_MARK));
+    }
     sqlx::query(
         "INSERT INTO refresh_tokens (id, session_id, token_hash, prev_id, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
