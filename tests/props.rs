@@ -264,11 +264,17 @@ enum Verdict {
 
 fn payload_verdict(payload: &Value, now_secs: i64) -> Verdict {
     let Ok(c) = serde_json::from_value::<Claims>(payload.clone()) else { return Verdict::Refuse };
-    let near = |t: i64| (t - now_secs).abs() <= 5;
+    let near = |t: i64| t.abs_diff(now_secs) <= 5;
     let (nbf_ok, nbf_near) = match payload.get("nbf") {
         None => (true, false),
-        Some(v) => match v.as_u64().and_then(|n| i64::try_from(n).ok()) {
-            Some(n) => (n <= now_secs + LEEWAY_SECS, near(n - LEEWAY_SECS)),
+        // A NumericDate: jsonwebtoken takes a non-negative integer, or a float it rounds.
+        Some(v) => match v.as_u64().or_else(|| {
+            v.as_f64().filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64).map(|f| f.round() as u64)
+        }) {
+            Some(n) => {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                (n <= now_secs + LEEWAY_SECS, near(n.saturating_sub(LEEWAY_SECS)))
+            }
             None => (false, false),
         },
     };
