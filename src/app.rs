@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::backplane::Backplane;
@@ -97,19 +96,14 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The whole HTTP API with its layers.
+/// The whole HTTP API with its layers. The routes and the OpenAPI document served at
+/// `/openapi.json` come from the same handler list ([`http::openapi::api_router`]).
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .merge(http::auth::router(&state))
-        .merge(http::me::router())
-        .merge(http::admin::router())
-        // API responses carry tokens or account data: never cache them (RFC 6749 §5.1).
-        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    let (api, doc) = http::openapi::api_router(&state).split_for_parts();
     Router::new()
         .merge(api)
-        .merge(http::health::router())
-        .merge(http::ws::router())
         .merge(http::pages::router(&state))
+        .layer(axum::Extension(http::openapi::SpecJson::new(&doc)))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

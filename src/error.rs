@@ -104,27 +104,33 @@ impl AppError {
 
     /// The stable machine-readable code.
     pub fn code(&self) -> &'static str {
+        self.problem_code().as_str()
+    }
+
+    /// The stable code as the enum the OpenAPI document publishes.
+    pub fn problem_code(&self) -> ProblemCode {
         use AppError::*;
         match self {
-            InvalidRequest(_) | MethodNotAllowed => "invalid_request",
-            EmailTaken => "email_taken",
-            RegistrationDisabled => "registration_disabled",
-            InvalidCredentials => "invalid_credentials",
-            InvalidToken { .. } => "invalid_token",
-            TokenExpired => "token_expired",
-            SessionRevoked => "session_revoked",
-            InvalidRefreshToken => "invalid_refresh_token",
-            RefreshTokenReused => "refresh_token_reused",
-            Forbidden => "forbidden",
-            NotFound => "not_found",
-            PayloadTooLarge => "payload_too_large",
-            RateLimited { .. } => "rate_limited",
-            Unavailable(_) => "unavailable",
-            Internal(_) => "internal",
+            InvalidRequest(_) | MethodNotAllowed => ProblemCode::InvalidRequest,
+            EmailTaken => ProblemCode::EmailTaken,
+            RegistrationDisabled => ProblemCode::RegistrationDisabled,
+            InvalidCredentials => ProblemCode::InvalidCredentials,
+            InvalidToken { .. } => ProblemCode::InvalidToken,
+            TokenExpired => ProblemCode::TokenExpired,
+            SessionRevoked => ProblemCode::SessionRevoked,
+            InvalidRefreshToken => ProblemCode::InvalidRefreshToken,
+            RefreshTokenReused => ProblemCode::RefreshTokenReused,
+            Forbidden => ProblemCode::Forbidden,
+            NotFound => ProblemCode::NotFound,
+            PayloadTooLarge => ProblemCode::PayloadTooLarge,
+            RateLimited { .. } => ProblemCode::RateLimited,
+            Unavailable(_) => ProblemCode::Unavailable,
+            Internal(_) => ProblemCode::Internal,
         }
     }
 
-    fn detail(&self) -> &'static str {
+    /// The fixed sentence of the body's `detail`.
+    pub fn detail(&self) -> &'static str {
         use AppError::*;
         match self {
             InvalidRequest(d) => d,
@@ -147,21 +153,128 @@ impl AppError {
         }
     }
 
-    fn title(&self) -> &'static str {
+    /// The body's `title`: the status's reason phrase.
+    pub fn title(&self) -> &'static str {
         self.status().canonical_reason().unwrap_or("Error")
     }
 }
 
+/// The stable, machine-readable `code` of every error body (API.md §2). The OpenAPI document
+/// publishes this enum, and each operation lists the codes it can answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    InvalidRequest,
+    EmailTaken,
+    RegistrationDisabled,
+    InvalidCredentials,
+    RateLimited,
+    InvalidToken,
+    TokenExpired,
+    SessionRevoked,
+    InvalidRefreshToken,
+    RefreshTokenReused,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Internal,
+    Unavailable,
+}
+
+impl ProblemCode {
+    pub const ALL: [ProblemCode; 15] = {
+        use ProblemCode::*;
+        [
+            InvalidRequest,
+            EmailTaken,
+            RegistrationDisabled,
+            InvalidCredentials,
+            RateLimited,
+            InvalidToken,
+            TokenExpired,
+            SessionRevoked,
+            InvalidRefreshToken,
+            RefreshTokenReused,
+            Forbidden,
+            NotFound,
+            PayloadTooLarge,
+            Internal,
+            Unavailable,
+        ]
+    };
+
+    pub fn as_str(self) -> &'static str {
+        use ProblemCode::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            EmailTaken => "email_taken",
+            RegistrationDisabled => "registration_disabled",
+            InvalidCredentials => "invalid_credentials",
+            RateLimited => "rate_limited",
+            InvalidToken => "invalid_token",
+            TokenExpired => "token_expired",
+            SessionRevoked => "session_revoked",
+            InvalidRefreshToken => "invalid_refresh_token",
+            RefreshTokenReused => "refresh_token_reused",
+            Forbidden => "forbidden",
+            NotFound => "not_found",
+            PayloadTooLarge => "payload_too_large",
+            Internal => "internal",
+            Unavailable => "unavailable",
+        }
+    }
+
+    /// A representative error with this code (its status, title and detail), for the examples
+    /// of the OpenAPI document. `invalid_request` details vary; the others are fixed.
+    pub fn sample(self) -> AppError {
+        use ProblemCode::*;
+        match self {
+            InvalidRequest => AppError::InvalidRequest("A required field is missing or has the wrong type."),
+            EmailTaken => AppError::EmailTaken,
+            RegistrationDisabled => AppError::RegistrationDisabled,
+            InvalidCredentials => AppError::InvalidCredentials,
+            RateLimited => AppError::RateLimited { retry_after_secs: 1 },
+            InvalidToken => AppError::InvalidToken { presented: true },
+            TokenExpired => AppError::TokenExpired,
+            SessionRevoked => AppError::SessionRevoked,
+            InvalidRefreshToken => AppError::InvalidRefreshToken,
+            RefreshTokenReused => AppError::RefreshTokenReused,
+            Forbidden => AppError::Forbidden,
+            NotFound => AppError::NotFound,
+            PayloadTooLarge => AppError::PayloadTooLarge,
+            Internal => AppError::Internal(anyhow::anyhow!("example")),
+            Unavailable => AppError::Unavailable(anyhow::anyhow!("example")),
+        }
+    }
+}
+
+/// An RFC 9457 problem body, exactly as every error response of the API carries it
+/// (`application/problem+json`). Nothing in it depends on the request.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct Problem<'a> {
+    /// `urn:sessiond:problem:{code}`.
+    #[serde(rename = "type")]
+    #[schema(value_type = String, pattern = "^urn:sessiond:problem:[a-z_]+$", example = "urn:sessiond:problem:invalid_token")]
+    pub type_: String,
+    /// The reason phrase of the status.
+    #[schema(value_type = String, example = "Unauthorized")]
+    pub title: &'a str,
+    /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599, example = 401)]
+    pub status: u16,
+    /// A fixed sentence for people; never quotes the request.
+    #[schema(value_type = String, example = "The access token is not valid.")]
+    pub detail: &'a str,
+    /// The stable machine-readable code.
+    #[schema(value_type = ProblemCode)]
+    pub code: &'a str,
+}
+
 /// The problem+json body for `code`, with no per-request fields.
 pub fn problem_body(status: StatusCode, code: &str, title: &str, detail: &str) -> String {
-    serde_json::json!({
-        "type": format!("urn:sessiond:problem:{code}"),
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-        "code": code,
-    })
-    .to_string()
+    let body = Problem { type_: format!("urn:sessiond:problem:{code}"), title, status: status.as_u16(), detail, code };
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 /// `application/problem+json` response for a status and code.
@@ -196,5 +309,19 @@ impl IntoResponse for AppError {
             _ => {}
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The published enum spells every code exactly as the bodies do.
+    #[test]
+    fn problem_codes_serialize_as_their_strings() {
+        for code in ProblemCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::from(code.as_str()));
+            assert_eq!(code.sample().problem_code(), code);
+        }
     }
 }

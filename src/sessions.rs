@@ -16,14 +16,19 @@ use crate::store::{NewRefresh, NewSession, Revoked, RotateOutcome, Rotation, Sel
 use crate::tokens::refresh::RefreshToken;
 
 /// `TokenResponse` of API.md §4.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
+    /// An EdDSA JWT (API.md §3.1).
     pub access_token: String,
+    #[schema(value_type = String, pattern = "^Bearer$")]
     pub token_type: &'static str,
+    /// Seconds until the access token expires.
     pub expires_in: i64,
     /// Absent in cookie mode, where the token travels only in the `__Host-` cookie.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub refresh_token: Option<String>,
+    /// Seconds until the session expires (the earlier of the idle and the absolute expiry).
     pub refresh_expires_in: i64,
     pub session_id: String,
     pub user_id: String,

@@ -1,14 +1,16 @@
 //! `/v1/admin/*`: users, their sessions, and forced logout. Every handler takes `AdminUser`
 //! (401 without a valid token, 403 without the admin role).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{AdminUser, Client};
-use super::session_views;
+use super::extract::{no_nul, AdminUser, Client, PathId};
+use super::{session_views, SessionList};
 use crate::clock::rfc3339;
 use crate::error::{AppError, Result};
 use crate::sessions;
@@ -19,18 +21,22 @@ use crate::store::Selector;
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/users", get(list_users))
-        .route("/v1/admin/users/{id}/sessions", get(user_sessions))
-        .route("/v1/admin/users/{id}/logout-all", post(force_logout_user))
-        .route("/v1/admin/sessions/{id}", delete(revoke_any_session))
-        .route("/v1/admin/logout-everyone", post(logout_everyone))
-        .route("/v1/admin/users/{id}/disable", post(disable_user))
-        .route("/v1/admin/users/{id}/enable", post(enable_user))
-        .route("/v1/admin/users/{id}/admin", post(grant_admin).delete(revoke_admin))
-        .route("/v1/admin/audit", get(audit_log))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list_users))
+        .routes(routes!(user_sessions))
+        .routes(routes!(force_logout_user))
+        .routes(routes!(revoke_any_session))
+        .routes(routes!(logout_everyone))
+        .routes(routes!(disable_user))
+        .routes(routes!(enable_user))
+        .routes(routes!(grant_admin, revoke_admin))
+        .routes(routes!(audit_log))
 }
+
+problems!(AdminProblems: InvalidToken, TokenExpired, SessionRevoked, Forbidden, Unavailable);
+problems!(AdminPageProblems: InvalidRequest, InvalidToken, TokenExpired, SessionRevoked, Forbidden, Unavailable);
+problems!(AdminUserProblems: InvalidRequest, InvalidToken, TokenExpired, SessionRevoked, Forbidden, NotFound, Unavailable);
 
 /// `limit` of a page: absent → the default, else an integer in 1..=MAX_PAGE.
 fn page_limit(limit: Option<&str>) -> Result<i64> {
@@ -44,20 +50,75 @@ fn page_limit(limit: Option<&str>) -> Result<i64> {
     }
 }
 
-#[derive(Deserialize)]
+/// `limit`: an integer from 1 to 500; empty or absent means the default (50).
+fn page_size() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(MAX_PAGE)))
+        .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
+        .into()
+}
+
+/// `after` of the audit log: an event id (an integer from 0); empty or absent means the start.
+fn event_cursor() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0)).maximum(Some(i64::MAX)))
+        .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
+        .into()
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Page size, 1 to 500; empty or absent: 50.
+    #[param(schema_with = page_size)]
     limit: Option<String>,
+    /// The `next` of the previous page.
+    #[param(pattern = "^[^\\x00]*$")]
     after: Option<String>,
     /// Case-insensitive substring of the email.
+    #[param(pattern = "^[^\\x00]*$")]
     q: Option<String>,
 }
 
+/// A user as the admin list shows it.
+#[derive(Serialize, ToSchema)]
+struct UserView {
+    user_id: String,
+    email: String,
+    /// `["admin"]` or `[]`.
+    roles: Vec<&'static str>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// Live sessions now.
+    active_sessions: i64,
+}
+
+/// One page of users, in id order; `next` is the `after` of the following page, `null` at the end.
+#[derive(Serialize, ToSchema)]
+struct UserPage {
+    users: Vec<UserView>,
+    #[schema(required = true)]
+    next: Option<String>,
+}
+
+/// Every user, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users",
+    tag = "admin",
+    params(Page),
+    security(("bearer" = [])),
+    responses((status = 200, description = "A page of users.", body = UserPage), AdminPageProblems)
+)]
 async fn list_users(
     State(state): State<AppState>,
     _admin: AdminUser,
     Query(page): Query<Page>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<UserPage>> {
     let limit = page_limit(page.limit.as_deref())?;
+    no_nul(&[page.after.as_deref(), page.q.as_deref()])?;
     let after = page.after.filter(|a| !a.is_empty());
     let q = page.q.filter(|q| !q.is_empty());
     let mut rows = state.store.list_users(limit + 1, after.as_deref(), q.as_deref(), state.clock.now_ms()).await?;
@@ -67,52 +128,87 @@ async fn list_users(
     } else {
         None
     };
-    let users: Vec<_> = rows
+    let users = rows
         .iter()
-        .map(|u| {
-            serde_json::json!({
-                "user_id": u.id,
-                "email": u.email,
-                "roles": if u.is_admin != 0 { vec!["admin"] } else { vec![] },
-                "created_at": rfc3339(u.created_at),
-                "active_sessions": u.active_sessions,
-            })
+        .map(|u| UserView {
+            user_id: u.id.clone(),
+            email: u.email.clone(),
+            roles: if u.is_admin != 0 { vec!["admin"] } else { vec![] },
+            created_at: rfc3339(u.created_at),
+            active_sessions: u.active_sessions,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "users": users, "next": next })))
+    Ok(Json(UserPage { users, next }))
 }
 
+/// A user's live sessions.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/users/{id}/sessions",
+    tag = "admin",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._~-]{1,128}$", description = "A user id.")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Live sessions only.", body = SessionList), AdminUserProblems)
+)]
 async fn user_sessions(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>> {
+    PathId(id): PathId,
+) -> Result<Json<SessionList>> {
     state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
     let sessions = session_views(&state, &id, &admin.session_id).await?;
-    Ok(Json(serde_json::json!({ "sessions": sessions })))
+    Ok(Json(SessionList { sessions }))
 }
 
+/// `{revoked_sessions, notified_connections}`.
+#[derive(Serialize, ToSchema)]
+struct ForcedLogout {
+    /// How many live sessions ended.
+    revoked_sessions: usize,
+    /// How many sockets were told, on every instance.
+    notified_connections: usize,
+}
+
+/// Logs a user out everywhere.
+///
+/// Every session of the user ends (reason `admin_logout`); their sockets are told.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{id}/logout-all",
+    tag = "admin",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._~-]{1,128}$", description = "A user id.")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "The sessions have ended.", body = ForcedLogout), AdminUserProblems)
+)]
 async fn force_logout_user(
     State(state): State<AppState>,
     client: Client,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>> {
+    PathId(id): PathId,
+) -> Result<Json<ForcedLogout>> {
     state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
     let who = client.who(Some(&admin.user_id));
     let sel = Selector::User { user_id: id, except: None };
     let (revoked, notified) = sessions::end_sessions(&state, sel, "admin_logout", true, &who).await?;
-    Ok(Json(serde_json::json!({
-        "revoked_sessions": revoked.len(),
-        "notified_connections": notified,
-    })))
+    Ok(Json(ForcedLogout { revoked_sessions: revoked.len(), notified_connections: notified }))
 }
 
+/// Ends any session.
+///
+/// Reason `admin_revoked`; 404 when it is not live.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/sessions/{id}",
+    tag = "admin",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._~-]{1,128}$", description = "A session id.")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "The session has ended."), AdminUserProblems)
+)]
 async fn revoke_any_session(
     State(state): State<AppState>,
     client: Client,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode> {
     let who = client.who(Some(&admin.user_id));
     let (revoked, _) = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked", false, &who).await?;
@@ -122,18 +218,25 @@ async fn revoke_any_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The "signing key leaked" button: every live session of every user ends, the caller's too.
+/// Logs out everyone.
+///
+/// The "signing key leaked" button: every live session of every user ends, the caller's too
+/// (reason `admin_logout`).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/logout-everyone",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Every session has ended.", body = ForcedLogout), AdminProblems)
+)]
 async fn logout_everyone(
     State(state): State<AppState>,
     client: Client,
     AdminUser(admin): AdminUser,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<ForcedLogout>> {
     let who = client.who(Some(&admin.user_id));
     let (revoked, notified) = sessions::end_sessions(&state, Selector::Everyone, "admin_logout", true, &who).await?;
-    Ok(Json(serde_json::json!({
-        "revoked_sessions": revoked.len(),
-        "notified_connections": notified,
-    })))
+    Ok(Json(ForcedLogout { revoked_sessions: revoked.len(), notified_connections: notified }))
 }
 
 /// An admin may not disable or demote themself (the last admin could lock everyone out).
@@ -144,65 +247,170 @@ fn not_self(admin: &crate::http::extract::AuthUser, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Disables the user and ends every session (`account_disabled`, pushed to their sockets).
+/// `{user_id, disabled, revoked_sessions?}`.
+#[derive(Serialize, ToSchema)]
+struct AccountState {
+    user_id: String,
+    disabled: bool,
+    /// Disable only: how many live sessions ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    revoked_sessions: Option<usize>,
+}
+
+/// Disables a user.
+///
+/// Ends every session of the user (`account_disabled`, pushed to their sockets); their logins
+/// then fail like a wrong password. 400 for the caller themself.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{id}/disable",
+    tag = "admin",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._~-]{1,128}$", description = "A user id.")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Disabled.", body = AccountState), AdminUserProblems)
+)]
 async fn disable_user(
     State(state): State<AppState>,
     client: Client,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>> {
+    PathId(id): PathId,
+) -> Result<Json<AccountState>> {
     not_self(&admin, &id)?;
     let revoked = sessions::set_disabled(&state, &id, true, &client.who(Some(&admin.user_id))).await?;
-    Ok(Json(serde_json::json!({ "user_id": id, "disabled": true, "revoked_sessions": revoked })))
+    Ok(Json(AccountState { user_id: id, disabled: true, revoked_sessions: Some(revoked) }))
 }
 
+/// Enables a user.
+///
+/// A disabled user may log in again (ended sessions stay ended).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{id}/enable",
+    tag = "admin",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._~-]{1,128}$", description = "A user id.")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Enabled.", body = AccountState), AdminUserProblems)
+)]
 async fn enable_user(
     State(state): State<AppState>,
     client: Client,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>> {
+    PathId(id): PathId,
+) -> Result<Json<AccountState>> {
     sessions::set_disabled(&state, &id, false, &client.who(Some(&admin.user_id))).await?;
-    Ok(Json(serde_json::json!({ "user_id": id, "disabled": false })))
+    Ok(Json(AccountState { user_id: id, disabled: false, revoked_sessions: None }))
 }
 
+/// Grants the admin role.
+///
+/// Effective at once (admin calls check the role in the database); the user's next tokens
+/// carry it.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/users/{id}/admin",
+    tag = "admin",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._~-]{1,128}$", description = "A user id.")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "The user is an admin."), AdminUserProblems)
+)]
 async fn grant_admin(
     State(state): State<AppState>,
     client: Client,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode> {
     sessions::set_admin(&state, &id, true, &client.who(Some(&admin.user_id))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Revokes the admin role.
+///
+/// At once, even for unexpired tokens that still say `admin`. 400 for the caller themself.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/users/{id}/admin",
+    tag = "admin",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._~-]{1,128}$", description = "A user id.")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "The user is no longer an admin."), AdminUserProblems)
+)]
 async fn revoke_admin(
     State(state): State<AppState>,
     client: Client,
     AdminUser(admin): AdminUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode> {
     not_self(&admin, &id)?;
     sessions::set_admin(&state, &id, false, &client.who(Some(&admin.user_id))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Only events about this user (as actor or target).
+    #[param(pattern = "^[^\\x00]*$")]
     user_id: Option<String>,
-    /// The `id` of the last event already seen.
+    /// The `id` of the last event already seen; empty or absent: from the start.
+    #[param(schema_with = event_cursor)]
     after: Option<String>,
+    /// Page size, 1 to 500; empty or absent: 50.
+    #[param(schema_with = page_size)]
     limit: Option<String>,
 }
 
-/// The audit log in order, `limit` events after `after`, optionally about one user (as actor
-/// or target). `next` is the `after` of the following page, `null` at the end.
+/// One audit event.
+#[derive(Serialize, ToSchema)]
+struct AuditEventView {
+    /// Increasing; the `after` of the next page.
+    id: String,
+    #[schema(format = DateTime)]
+    at: String,
+    /// What happened: `user_registered`, `login_succeeded`, `login_failed`, `sessions_revoked`, …
+    event: String,
+    #[schema(required = true)]
+    actor_user_id: Option<String>,
+    #[schema(required = true)]
+    target_user_id: Option<String>,
+    #[schema(required = true)]
+    target_session_id: Option<String>,
+    #[schema(required = true)]
+    ip: Option<String>,
+    #[schema(required = true)]
+    user_agent: Option<String>,
+    /// Event-specific details (never a secret).
+    #[schema(required = true, value_type = Option<Object>)]
+    detail: Option<serde_json::Value>,
+}
+
+/// `{events: [...], next}`.
+#[derive(Serialize, ToSchema)]
+struct AuditPage {
+    events: Vec<AuditEventView>,
+    #[schema(required = true)]
+    next: Option<String>,
+}
+
+/// The audit log.
+///
+/// In order, `limit` events after `after`, optionally about one user (as actor or target).
+/// `next` is the `after` of the following page, `null` at the end.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    tag = "admin",
+    params(AuditQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "A page of events, oldest first.", body = AuditPage), AdminPageProblems)
+)]
 async fn audit_log(
     State(state): State<AppState>,
     _admin: AdminUser,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<AuditPage>> {
     let limit = page_limit(q.limit.as_deref())?;
+    no_nul(&[q.user_id.as_deref()])?;
     let after = match q.after.as_deref() {
         None | Some("") => 0,
         Some(s) => s
@@ -219,21 +427,19 @@ async fn audit_log(
     } else {
         None
     };
-    let events: Vec<_> = rows
+    let events = rows
         .into_iter()
-        .map(|e| {
-            serde_json::json!({
-                "id": e.id.to_string(),
-                "at": rfc3339(e.at),
-                "event": e.event,
-                "actor_user_id": e.actor_user_id,
-                "target_user_id": e.target_user_id,
-                "target_session_id": e.target_session_id,
-                "ip": e.ip,
-                "user_agent": e.user_agent,
-                "detail": e.detail.and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok()),
-            })
+        .map(|e| AuditEventView {
+            id: e.id.to_string(),
+            at: rfc3339(e.at),
+            event: e.event,
+            actor_user_id: e.actor_user_id,
+            target_user_id: e.target_user_id,
+            target_session_id: e.target_session_id,
+            ip: e.ip,
+            user_agent: e.user_agent,
+            detail: e.detail.and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok()),
         })
         .collect();
-    Ok(Json(serde_json::json!({ "events": events, "next": next })))
+    Ok(Json(AuditPage { events, next }))
 }

@@ -1,15 +1,17 @@
 //! `/v1/auth/*`: register, login, refresh, logout, logout-all, own sessions, password change.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::cookie::{check_csrf, clear_refresh_cookie, refresh_from_cookie, set_refresh_cookie};
-use super::extract::{authenticate, bearer, truncate, AuthUser, Client, JsonBody};
-use super::session_views;
+use super::extract::{authenticate, bearer, truncate, AuthUser, Client, JsonBody, PathId};
+use super::{session_views, SessionList};
 use crate::error::{AppError, Result};
 use crate::sessions::{self, ClientInfo, TokenResponse};
 use crate::state::AppState;
@@ -18,38 +20,83 @@ use crate::store::Selector;
 /// Longest `device_name` kept.
 const MAX_DEVICE_NAME: usize = 128;
 
-pub fn router(state: &AppState) -> Router<AppState> {
+pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     // The two endpoints that accept the refresh cookie check CSRF before anything else, so a
     // cross-site form post gets 403 whatever its body.
-    let cookie_routes = Router::new()
-        .route("/v1/auth/refresh", post(refresh_session))
-        .route("/v1/auth/logout", post(logout))
+    let cookie_routes = OpenApiRouter::default()
+        .routes(routes!(refresh_session))
+        .routes(routes!(logout))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), csrf_guard));
-    Router::new()
+    OpenApiRouter::default()
         .merge(cookie_routes)
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/login", post(login))
-        .route("/v1/auth/logout-all", post(logout_all))
-        .route("/v1/auth/sessions", get(list_sessions))
-        .route("/v1/auth/sessions/{id}", delete(revoke_session))
-        .route("/v1/auth/password", post(change_password))
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(logout_all))
+        .routes(routes!(list_sessions))
+        .routes(routes!(revoke_session))
+        .routes(routes!(change_password))
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/auth/register`.
+#[derive(Deserialize, ToSchema)]
+struct Registration {
+    /// An email address: after trimming and lower-casing, one `@` with text on both sides, no
+    /// whitespace or control characters, at most 254 bytes.
+    #[schema(pattern = r"^\s*[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+\s*$", max_length = 254)]
+    email: String,
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
+    password: String,
+}
+
+/// `{user_id}` of the new account.
+#[derive(Serialize, ToSchema)]
+struct Registered {
+    user_id: String,
+}
+
+/// The body of `POST /v1/auth/login`.
+#[derive(Deserialize, ToSchema)]
 struct Credentials {
     email: String,
     password: String,
+    /// A name for the session, shown in session lists (trimmed, at most 128 bytes kept).
     device_name: Option<String>,
-    /// Browsers: put the refresh token in a `__Host-` cookie instead of the body.
+    /// Browsers: put the refresh token in the `__Host-sessiond_refresh` cookie (`Secure;
+    /// HttpOnly; SameSite=Strict`) instead of the body.
     #[serde(default)]
     refresh_cookie: bool,
 }
 
-/// https://datatracker.ietf.org/doc/html/rfc9457 bodies on failure; 201 `{user_id}`.
+problems!(RegisterProblems: InvalidRequest, RegistrationDisabled, EmailTaken, PayloadTooLarge, RateLimited, Unavailable);
+
+/// Creates an account.
+#[utoipa::path(
+    post,
+    path = "/v1/auth/register",
+    tag = "auth",
+    request_body = Registration,
+    responses(
+        (status = 201, description = "The account exists; log in next.", body = Registered,
+            links(
+                ("login" = (operation_id = "login", description = "Log in with the new account.",
+                    request_body = json!({"email": "$request.body#/email", "password": "$request.body#/password"}))),
+                ("user_sessions" = (operation_id = "user_sessions", parameters(("id" = "$response.body#/user_id")))),
+                ("force_logout_user" = (operation_id = "force_logout_user", parameters(("id" = "$response.body#/user_id")))),
+                ("disable_user" = (operation_id = "disable_user", parameters(("id" = "$response.body#/user_id")))),
+                ("enable_user" = (operation_id = "enable_user", parameters(("id" = "$response.body#/user_id")))),
+                ("grant_admin" = (operation_id = "grant_admin", parameters(("id" = "$response.body#/user_id")))),
+                ("revoke_admin" = (operation_id = "revoke_admin", parameters(("id" = "$response.body#/user_id")))),
+                ("audit_log" = (operation_id = "audit_log", parameters(("user_id" = "$response.body#/user_id")))),
+            )
+        ),
+        RegisterProblems,
+    )
+)]
 async fn register(
     State(state): State<AppState>,
     client: Client,
-    JsonBody(body): JsonBody<Credentials>,
+    JsonBody(body): JsonBody<Registration>,
 ) -> Result<impl IntoResponse> {
     if !state.config.allow_registration {
         return Err(AppError::RegistrationDisabled);
@@ -58,11 +105,46 @@ async fn register(
         return Err(AppError::RateLimited { retry_after_secs: wait.0 });
     }
     let user_id = sessions::register(&state, &body.email, body.password, false, &client.who(None)).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "user_id": user_id }))))
+    Ok((StatusCode::CREATED, Json(Registered { user_id })))
 }
 
+problems!(LoginProblems: InvalidRequest, InvalidCredentials, PayloadTooLarge, RateLimited, Unavailable);
+
+/// Logs in.
+///
+/// Starts a new session (never reuses one). Throttled per account, per IP and per pair.
+///
 /// A refresh cookie sent along is a session this browser is leaving: it ends once the new one
 /// exists (SECURITY.md S4, ASVS 7.2.4: a login never keeps or adopts a presented session).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    tag = "auth",
+    request_body = Credentials,
+    params(
+        ("__Host-sessiond_refresh" = Option<String>, Cookie, nullable = false,
+            description = "Cookie mode: a refresh cookie sent along is a session this browser is leaving; \
+                it ends once the new one exists."),
+    ),
+    responses(
+        (status = 200, description = "A new session and its token pair. With `refresh_cookie: true` the \
+            refresh token is not in the body but in the `__Host-sessiond_refresh` cookie.",
+            body = TokenResponse,
+            headers(
+                ("Cache-Control" = String, description = "`no-store`"),
+                ("Set-Cookie" = String, description = "Cookie mode only: `__Host-sessiond_refresh=…; Path=/; \
+                    Secure; HttpOnly; SameSite=Strict; Max-Age=…`"),
+            ),
+            links(
+                ("refresh" = (operation_id = "refresh", request_body = json!({"refresh_token": "$response.body#/refresh_token"}))),
+                ("logout" = (operation_id = "logout", request_body = json!({"refresh_token": "$response.body#/refresh_token"}))),
+                ("user_sessions" = (operation_id = "user_sessions", parameters(("id" = "$response.body#/user_id")))),
+                ("revoke_any_session" = (operation_id = "revoke_any_session", parameters(("id" = "$response.body#/session_id")))),
+            )
+        ),
+        LoginProblems,
+    )
+)]
 async fn login(
     State(state): State<AppState>,
     client: Client,
@@ -70,7 +152,7 @@ async fn login(
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Response> {
     let info = ClientInfo {
-        device_name: body.device_name.map(|d| truncate(d.trim(), MAX_DEVICE_NAME)).filter(|d| !d.is_empty()),
+        device_name: body.device_name.map(|d| device_name(&d)).filter(|d| !d.is_empty()),
         user_agent: client.user_agent.clone(),
         ip: client.ip.clone(),
         addr: client.addr,
@@ -80,6 +162,13 @@ async fn login(
         sessions::logout_by_refresh(&state, &previous, &client.who(Some(&tokens.user_id))).await?;
     }
     Ok(token_reply(tokens, body.refresh_cookie))
+}
+
+/// A `device_name` as kept: display text without control characters (PostgreSQL refuses NUL in
+/// text), trimmed, at most [`MAX_DEVICE_NAME`] bytes.
+fn device_name(raw: &str) -> String {
+    let printable: String = raw.chars().filter(|c| !c.is_control()).collect();
+    truncate(printable.trim(), MAX_DEVICE_NAME)
 }
 
 /// 403 for a request from a foreign browser `Origin` (a cross-site form post, whether or not
@@ -121,13 +210,50 @@ fn clearing_cookie(e: AppError) -> Response {
     res
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/auth/refresh`.
+#[derive(Deserialize, ToSchema)]
 struct RefreshBody {
-    /// Required unless the request uses the refresh cookie.
+    /// Required, except in cookie mode (then the body may be `{}` or empty).
+    #[schema(value_type = String)]
     refresh_token: Option<String>,
 }
 
-/// Body token (any client), or the `__Host-` cookie (browsers; CSRF-checked).
+problems!(RefreshProblems: InvalidRequest, InvalidRefreshToken, RefreshTokenReused, Forbidden, PayloadTooLarge, Unavailable);
+
+/// Refreshes: rotates a refresh token.
+///
+/// API.md §3.3: the presented token is consumed and a new pair returned. The token comes from the body (any client) or, in cookie mode (browsers), from the
+/// `__Host-sessiond_refresh` cookie; a cookie request must come from an allowed `Origin` and
+/// carry `X-Sessiond-Csrf` (else 403, before the body is read).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    tag = "auth",
+    operation_id = "refresh",
+    request_body(content = RefreshBody, description = "`{refresh_token}`. In cookie mode (outside this schema) \
+        the body is `{}` or empty and the token comes from the cookie."),
+    params(
+        ("__Host-sessiond_refresh" = Option<String>, Cookie, nullable = false,
+            description = "Cookie mode: the refresh token (set by login with `refresh_cookie: true`)."),
+        ("X-Sessiond-Csrf" = Option<String>, Header, nullable = false,
+            description = "Cookie mode: any non-empty value; required with the cookie."),
+    ),
+    responses(
+        (status = 200, description = "The new pair. In cookie mode the refresh token moves to `Set-Cookie`.",
+            body = TokenResponse,
+            headers(
+                ("Cache-Control" = String, description = "`no-store`"),
+                ("Set-Cookie" = String, description = "Cookie mode only: the rotated refresh cookie (or its \
+                    deletion on a 401)."),
+            ),
+            links(
+                ("refresh" = (operation_id = "refresh", request_body = json!({"refresh_token": "$response.body#/refresh_token"}))),
+                ("logout" = (operation_id = "logout", request_body = json!({"refresh_token": "$response.body#/refresh_token"}))),
+            )
+        ),
+        RefreshProblems,
+    )
+)]
 async fn refresh_session(
     State(state): State<AppState>,
     client: Client,
@@ -152,14 +278,37 @@ async fn refresh_session(
     }
 }
 
-#[derive(Deserialize, Default)]
+/// The body of `POST /v1/auth/logout` (optional).
+#[derive(Deserialize, Default, ToSchema)]
 struct LogoutBody {
     refresh_token: Option<String>,
 }
 
-/// Idempotent: 204 also for an already-ended session or an unknown refresh token. Uses the body
-/// refresh token, else the Bearer token, else the refresh cookie (CSRF-checked); a browser's
-/// cookie is deleted whenever one was sent.
+problems!(LogoutProblems: InvalidRequest, InvalidToken, TokenExpired, Forbidden, PayloadTooLarge, Unavailable);
+
+/// Logs out.
+///
+/// Ends the caller's session (reason `logout`). Idempotent: 204 also for an already-ended
+/// session or an unknown refresh token. Uses the body's refresh token, else the Bearer token,
+/// else the refresh cookie (cookie mode, CSRF-checked); a browser's cookie is deleted whenever
+/// one was sent. 401 only without any credential (or with an unusable Bearer token).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    tag = "auth",
+    request_body(content = Option<LogoutBody>, description = "`{refresh_token}`, or nothing with a Bearer token or the cookie."),
+    params(
+        ("__Host-sessiond_refresh" = Option<String>, Cookie, nullable = false, description = "Cookie mode: the refresh token."),
+        ("X-Sessiond-Csrf" = Option<String>, Header, nullable = false,
+            description = "Cookie mode: any non-empty value; required with the cookie."),
+    ),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 204, description = "The session has ended (or had already).",
+            headers(("Set-Cookie" = String, description = "Cookie mode: deletes the refresh cookie."))),
+        LogoutProblems,
+    )
+)]
 async fn logout(
     State(state): State<AppState>,
     client: Client,
@@ -195,37 +344,82 @@ async fn logout(
     Ok(done())
 }
 
-#[derive(Deserialize, Default)]
+/// The body of `POST /v1/auth/logout-all` (optional).
+#[derive(Deserialize, Default, ToSchema)]
 struct LogoutAllBody {
+    /// Keep the caller's own session (reason `logout_others` instead of `logout_all`).
     #[serde(default)]
     keep_current: bool,
 }
 
+/// `{revoked_sessions}`.
+#[derive(Serialize, ToSchema)]
+struct Revoked {
+    /// How many live sessions ended.
+    revoked_sessions: usize,
+}
+
+problems!(LogoutAllProblems: InvalidRequest, InvalidToken, TokenExpired, SessionRevoked, PayloadTooLarge, Unavailable);
+
+/// Logs the caller out everywhere.
+///
+/// Every session of the caller ends (reason `logout_all`), or every other one with
+/// `keep_current` (reason `logout_others`).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout-all",
+    tag = "auth",
+    request_body = Option<LogoutAllBody>,
+    security(("bearer" = [])),
+    responses((status = 200, description = "The sessions have ended.", body = Revoked), LogoutAllProblems)
+)]
 async fn logout_all(
     State(state): State<AppState>,
     client: Client,
     user: AuthUser,
     JsonBody(body): JsonBody<LogoutAllBody>,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<Revoked>> {
     let (except, reason) =
         if body.keep_current { (Some(user.session_id.clone()), "logout_others") } else { (None, "logout_all") };
     let who = client.who(Some(&user.user_id));
     let (revoked, _) =
         sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason, false, &who).await?;
-    Ok(Json(serde_json::json!({ "revoked_sessions": revoked.len() })))
+    Ok(Json(Revoked { revoked_sessions: revoked.len() }))
 }
 
-async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<Json<serde_json::Value>> {
+problems!(BearerProblems: InvalidToken, TokenExpired, SessionRevoked, Unavailable);
+
+/// The caller's live sessions.
+#[utoipa::path(
+    get,
+    path = "/v1/auth/sessions",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Live sessions only.", body = SessionList), BearerProblems)
+)]
+async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<Json<SessionList>> {
     let sessions = session_views(&state, &user.user_id, &user.session_id).await?;
-    Ok(Json(serde_json::json!({ "sessions": sessions })))
+    Ok(Json(SessionList { sessions }))
 }
 
-/// 404 for a session that is not the caller's or no longer live.
+problems!(RevokeSessionProblems: InvalidRequest, InvalidToken, TokenExpired, SessionRevoked, NotFound, Unavailable);
+
+/// Ends one of the caller's sessions.
+///
+/// Reason `session_revoked`; 404 for a session that is not the caller's or no longer live.
+#[utoipa::path(
+    delete,
+    path = "/v1/auth/sessions/{id}",
+    tag = "auth",
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9._~-]{1,128}$", description = "A session id.")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "The session has ended."), RevokeSessionProblems)
+)]
 async fn revoke_session(
     State(state): State<AppState>,
     client: Client,
     user: AuthUser,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<StatusCode> {
     let who = client.who(Some(&user.user_id));
     let sel = Selector::OwnSession { user_id: user.user_id, session_id: id };
@@ -236,12 +430,29 @@ async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/auth/password`.
+#[derive(Deserialize, ToSchema)]
 struct PasswordChange {
     current_password: String,
+    /// 8 to 1024 characters.
+    #[schema(min_length = 8, max_length = 1024)]
     new_password: String,
 }
 
+problems!(PasswordProblems: InvalidRequest, InvalidCredentials, InvalidToken, TokenExpired, SessionRevoked, PayloadTooLarge, RateLimited, Unavailable);
+
+/// Changes the caller's password.
+///
+/// 401 `invalid_credentials` when `current_password` is wrong; every other session ends
+/// (reason `password_changed`).
+#[utoipa::path(
+    post,
+    path = "/v1/auth/password",
+    tag = "auth",
+    request_body = PasswordChange,
+    security(("bearer" = [])),
+    responses((status = 204, description = "Changed; the caller's session stays."), PasswordProblems)
+)]
 async fn change_password(
     State(state): State<AppState>,
     client: Client,

@@ -180,6 +180,45 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
+/// A resource id from the path (`{id}`). Ids are opaque URL-safe strings (API.md §2), so any
+/// other value (not UTF-8, too long, or holding characters such as NUL that PostgreSQL cannot
+/// even compare) names nothing: 404 at once, without a database round trip.
+pub struct PathId(pub String);
+
+/// What a path id may look like: 1 to 128 characters of RFC 3986's unreserved set, published as
+/// the `pattern` `^[A-Za-z0-9._~-]{1,128}$` of every `{id}` in the OpenAPI document.
+fn is_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|r| {
+                if r.status().is_server_error() {
+                    AppError::Internal(anyhow::anyhow!("path parameters: {r}"))
+                } else {
+                    AppError::NotFound
+                }
+            })?;
+        if !is_id(&id) {
+            return Err(AppError::NotFound);
+        }
+        Ok(PathId(id))
+    }
+}
+
+/// 400 for a query parameter holding NUL: no stored value contains one, and PostgreSQL refuses
+/// it in a text parameter.
+pub fn no_nul(values: &[Option<&str>]) -> Result<(), AppError> {
+    if values.iter().flatten().any(|v| v.contains('\0')) {
+        return Err(AppError::InvalidRequest("Query parameters must not contain NUL characters."));
+    }
+    Ok(())
+}
+
 /// At most `max` bytes, cut at a character boundary.
 pub fn truncate(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);

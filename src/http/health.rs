@@ -5,27 +5,54 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::tokens::jwt::JWKS_MAX_AGE;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/.well-known/jwks.json", get(jwks))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(jwks))
 }
 
-/// Live: the process answers.
+/// `{"status": "ok"}` / `{"status": "ready"}`.
+#[derive(Serialize, ToSchema)]
+struct Status {
+    #[schema(pattern = "^(ok|ready)$")]
+    status: String,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Status))
+)]
 async fn healthz() -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response()
 }
 
-/// Ready: startup finished (keys loaded, denylist rebuilt) and the database answers.
+problems!(ReadyProblems: Unavailable);
+
+/// Readiness.
+///
+/// 200 once startup finished (keys loaded, denylist rebuilt) and while the database answers;
+/// with PostgreSQL also the revocation listener (after its first `LISTEN` and resync, and not
+/// down for 5 s).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses((status = 200, description = "`{\"status\":\"ready\"}`", body = Status), ReadyProblems)
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.ready.load(Ordering::Acquire) {
         return AppError::Unavailable(anyhow::anyhow!("starting")).into_response();
@@ -44,6 +71,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", body = String,
+        content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(n) = state.store.count_live_sessions(state.clock.now_ms()).await {
         state.metrics.active_sessions.set(n);
@@ -53,8 +88,42 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// A public key of the JWKS (RFC 8037 OKP).
+#[derive(ToSchema)]
+#[allow(dead_code)] // (schema only: the JWKS is built by `tokens::jwt`)
+struct Jwk {
+    #[schema(pattern = "^OKP$")]
+    kty: String,
+    #[schema(pattern = "^Ed25519$")]
+    crv: String,
+    /// The public key, base64url.
+    x: String,
+    /// The RFC 7638 thumbprint of the key.
+    kid: String,
+    #[schema(pattern = "^EdDSA$")]
+    alg: String,
+    #[schema(pattern = "^sig$")]
+    r#use: String,
+}
+
+/// `{"keys": [Jwk]}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+/// The JSON Web Key Set.
+///
 /// Every key that may still have live tokens, public parts only; cacheable for a short time
 /// (API.md §7): a new key is published at least this long before it signs.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "operations",
+    responses((status = 200, description = "The JSON Web Key Set.", body = Jwks,
+        headers(("Cache-Control" = String, description = "`public, max-age=…` (at most 5 minutes)."))))
+)]
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut res = (StatusCode::OK, state.keys.jwks().to_string()).into_response();
     let h = res.headers_mut();

@@ -5,8 +5,8 @@
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::ClientAddr;
 use crate::error::AppError;
@@ -26,10 +26,44 @@ const MAX_WRITE_BUFFER: usize = 64 * 1024;
 /// message just over 16 KiB is read and refused with a proper close code by us.
 const WIRE_LIMIT: usize = 4 * MAX_MESSAGE_BYTES;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/ws", get(upgrade))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(upgrade))
 }
 
+problems!(
+    /// 400 for a request that is not a WebSocket upgrade (no `Connection: upgrade`, `Upgrade:
+    /// websocket`, `Sec-WebSocket-Key`, or `Sec-WebSocket-Version: 13`); 403 for a foreign
+    /// `Origin`; 429 when this IP holds too many sockets that have not authenticated yet; 503
+    /// when the instance is full or shutting down.
+    UpgradeProblems: InvalidRequest, Forbidden, RateLimited, Unavailable
+);
+
+/// The realtime logout channel (WebSocket).
+///
+/// A WebSocket upgrade (RFC 6455). The protocol on the socket
+/// (an `auth` message first, `ready`, `logout` events, `ping`/`pong`, close codes 4001, 4401,
+/// 4408, 4429, 1012…) is API.md §5; tokens are never accepted in the URL.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "realtime",
+    operation_id = "websocket",
+    params(
+        ("Connection" = String, Header, pattern = "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]", description = "Must include `upgrade`."),
+        ("Upgrade" = String, Header, pattern = "^websocket$"),
+        ("Sec-WebSocket-Version" = String, Header, pattern = "^13$"),
+        ("Sec-WebSocket-Key" = String, Header, description = "RFC 6455 §4.1: 16 random bytes, base64."),
+        ("Origin" = Option<String>, Header, nullable = false,
+            description = "Browsers: must equal one of `--allowed-origins` (else 403); other clients omit it."),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the socket is open; send \
+            `{\"type\":\"auth\",\"access_token\":\"…\"}` within 10 s (API.md §5)."),
+        (status = 426, description = "`invalid_request`: the connection cannot be upgraded.",
+            body = crate::error::Problem, content_type = "application/problem+json"),
+        UpgradeProblems,
+    )
+)]
 async fn upgrade(
     State(state): State<AppState>,
     ClientAddr(addr): ClientAddr,
