@@ -197,3 +197,66 @@ async fn the_expiry_sweep_pushes_once_across_instances() {
     assert_eq!(na.unwrap() + nb.unwrap(), 1, "exactly one instance ends the session");
     on_b.expect_logout("session_expired", &t.session_id).await;
 }
+
+/// Restores connections to the test database even if the test fails half-way.
+struct AllowConnections(String);
+
+impl Drop for AllowConnections {
+    fn drop(&mut self) {
+        let url = self.0.clone();
+        let name = url.rsplit('/').next().unwrap_or_default().to_string();
+        // A blocking one-off on its own runtime: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+                let admin = url.rsplit_once('/').map(|(base, _)| format!("{base}/postgres")).unwrap();
+                if let Ok(mut c) = PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut c).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f3_a_listener_down_for_long_fails_closed_and_reports_not_ready() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    b.wait_ready().await;
+    let t = a.new_session().await;
+    assert_eq!(b.me(&t.access).await.status(), StatusCode::OK, "B's pool connection is warm");
+
+    // Keep B's listener from coming back: no new connections to the database (existing pooled
+    // connections keep working), then end the listener's connection.
+    let url = a.config.database_url.clone();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let admin_url = url.rsplit_once('/').map(|(base, _)| format!("{base}/postgres")).unwrap();
+    let mut admin = PgConnection::connect(&admin_url).await.unwrap();
+    let _restore = AllowConnections(url.clone());
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).execute(&mut admin).await.unwrap();
+    let listener = sessiond::backplane::listener_name(&b.state.instance_id);
+    let killed: Vec<bool> =
+        sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&listener)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(killed, vec![true]);
+
+    // The documented bound: not ready once the listener has been down for 5 s.
+    wait_until("B reports not ready", || async {
+        b.client.get(b.url("/readyz")).send().await.unwrap().status() == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+
+    // A revocation B cannot hear about: B still refuses the token (it checks the database).
+    assert_eq!(a.post_auth("/v1/auth/logout", &t.access, None).await.status(), StatusCode::NO_CONTENT);
+    assert!(!b.state.denylist.contains(&t.session_id), "no notification reached B");
+    assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    let live = a.new_session().await;
+    assert_eq!(b.me(&live.access).await.status(), StatusCode::OK, "live sessions still work on B");
+
+    // Connections allowed again: the listener comes back and B is ready.
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
+    b.wait_ready().await;
+}
