@@ -98,7 +98,11 @@ pub fn generate_key(now: Millis, activates_at: Millis) -> KeyRow {
 pub async fn ensure_initial_key(store: &Store, clock: &Clock) -> StoreResult<()> {
     if store.signing_keys().await?.is_empty() {
         let now = clock.now_ms();
-        store.insert_signing_key(&generate_key(now, now), true).await?;
+        let key = generate_key(now, now);
+        if store.insert_signing_key(&key, true).await? {
+            let ev = crate::audit::Event::new("signing_key_created").detail(serde_json::json!({ "kid": key.kid }));
+            crate::audit::record(store, now, &crate::audit::Who::system(), ev).await;
+        }
     }
     Ok(())
 }

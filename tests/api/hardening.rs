@@ -334,6 +334,8 @@ async fn s2_the_audit_log_pages_and_is_append_only() {
         }
     }
     assert!(seen.len() >= 8, "{seen:?}");
+    let first = audit(&app, &admin.access, "?limit=1").await;
+    assert_eq!(first["events"][0]["event"], "signing_key_created", "the first start's key is audited");
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
     let r = app.get_auth("/v1/admin/audit?limit=0", &admin.access).await;
     assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
