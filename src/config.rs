@@ -173,7 +173,7 @@ pub struct Config {
     pub ws_max_unauthenticated_per_ip: usize,
 
     /// Sockets this instance holds at most (keep it under the open-files limit); past it an
-    /// upgrade gets 503 `unavailable` with `Retry-After`.
+    /// upgrade gets 503 `unavailable` with `Retry-After: 1`.
     #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS", default_value_t = 50_000, global = true)]
     pub ws_max_sockets: usize,
 

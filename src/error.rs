@@ -306,6 +306,11 @@ impl IntoResponse for AppError {
             AppError::RateLimited { retry_after_secs } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_secs).clamp(1, 60)));
             }
+            // RFC 9110 §10.2.3: a 503 may say when to come back; a dependency or a full instance
+            // is usually back (or has room) within a second.
+            AppError::Unavailable(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         res

@@ -117,7 +117,7 @@ impl SpecJson {
 }
 
 /// `utoipa` has no `required` on response headers: set it where the header is always sent,
-/// `Retry-After` on every 429, and `WWW-Authenticate` on a 401 whose codes all come from the
+/// `Retry-After` on every 429 and 503, and `WWW-Authenticate` on a 401 whose codes all come from the
 /// Bearer check (a 401 `invalid_credentials` of `/v1/auth/password` has none).
 fn mark_required_headers(doc: &mut serde_json::Value) {
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return };
@@ -132,7 +132,7 @@ fn mark_required_headers(doc: &mut serde_json::Value) {
             let Some(headers) = response.get_mut("headers").and_then(|h| h.as_object_mut()) else { continue };
             for (name, h) in headers.iter_mut() {
                 let required = match name.as_str() {
-                    "Retry-After" => status == "429",
+                    "Retry-After" => status == "429" || status == "503",
                     "WWW-Authenticate" => !codes.is_empty() && codes.iter().all(|c| bearer_code(c)),
                     _ => false,
                 };
@@ -286,12 +286,12 @@ pub fn problem_responses(codes: &[ProblemCode]) -> BTreeMap<String, RefOr<OaResp
                         .build(),
                 );
             }
-            if status == 429 {
+            if status == 429 || status == 503 {
                 response = response.header(
                     "Retry-After",
                     HeaderBuilder::new()
                         .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(60)))
-                        .description(Some("Seconds to wait (1 to 60)."))
+                        .description(Some("Seconds to wait (1 to 60; 1 on a 503)."))
                         .build(),
                 );
             }

@@ -173,6 +173,19 @@ async fn w7_the_instance_socket_cap_answers_503() {
     let _a = open(&app, &t.access).await;
     let _b = connect(&app, None).await.unwrap();
     assert_eq!(connect(&app, None).await.err(), Some(503));
+    // The same refusal over plain HTTP shows the body and the Retry-After.
+    let r = app
+        .client
+        .get(app.url("/v1/ws"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
 }
 
 #[tokio::test]
