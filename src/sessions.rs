@@ -177,12 +177,29 @@ pub async fn refresh(state: &AppState, presented: &str, who: &Who) -> Result<Tok
         idle_ttl: ms(cfg.refresh_idle_ttl),
         access_ttl: ms(cfg.access_ttl),
     };
-    // The transaction runs in its own task: if the client disconnects and this future is
-    // dropped, the rotation still completes or rolls back whole, never half-written.
-    let store = state.store.clone();
-    let outcome = tokio::spawn(async move { store.rotate_refresh(rotation).await })
-        .await
-        .map_err(|e| AppError::Internal(e.into()))??;
+    // The transaction, and publishing and auditing a revocation it commits, run detached: if
+    // the client disconnects, the rotation still completes or rolls back whole, and a reuse
+    // revocation never stays committed but unannounced.
+    let (st, who) = (state.clone(), who.clone());
+    let outcome = detached(async move {
+        let outcome = st.store.rotate_refresh(rotation).await?;
+        match &outcome {
+            RotateOutcome::Reused(revoked) => {
+                tracing::warn!(session_id = ?revoked.first().map(|r| &r.session_id), "refresh token reused: session revoked");
+                publish(&st, revoked);
+                if let Some(r) = revoked.first() {
+                    let ev = Event::new("refresh_token_reused").user(&r.user_id).session(&r.session_id);
+                    audit::record(&st.store, now, &who, ev.detail(json!({ "reason": "refresh_token_reused" }))).await;
+                }
+            }
+            RotateOutcome::Expired(revoked) => {
+                publish(&st, revoked);
+            }
+            _ => {}
+        }
+        Ok(outcome)
+    })
+    .await?;
     let (session, access_exp, token) = match outcome {
         RotateOutcome::Rotated { session, access_exp } => {
             state.metrics.refresh("rotated");
@@ -195,19 +212,12 @@ pub async fn refresh(state: &AppState, presented: &str, who: &Who) -> Result<Tok
             state.metrics.refresh("grace");
             (session, access_exp, successor)
         }
-        RotateOutcome::Reused(revoked) => {
+        RotateOutcome::Reused(_) => {
             state.metrics.refresh("reused");
-            tracing::warn!(session_id = ?revoked.first().map(|r| &r.session_id), "refresh token reused: session revoked");
-            publish(state, &revoked);
-            if let Some(r) = revoked.first() {
-                let ev = Event::new("refresh_token_reused").user(&r.user_id).session(&r.session_id);
-                audit::record(&state.store, now, who, ev.detail(json!({ "reason": "refresh_token_reused" }))).await;
-            }
             return Err(AppError::RefreshTokenReused);
         }
-        RotateOutcome::Expired(revoked) => {
+        RotateOutcome::Expired(_) => {
             state.metrics.refresh("expired");
-            publish(state, &revoked);
             return Err(AppError::InvalidRefreshToken);
         }
         RotateOutcome::Invalid => {
@@ -251,10 +261,21 @@ pub async fn end_sessions(
     count_cluster: bool,
     who: &Who,
 ) -> Result<(Vec<Revoked>, usize)> {
-    let now = state.clock.now_ms();
-    let (revoked, notified) = end_sessions_inner(state, sel.clone(), reason, count_cluster, now).await?;
-    audit_revocation(state, now, who, &sel, reason, &revoked).await;
-    Ok((revoked, notified))
+    let (st, who) = (state.clone(), who.clone());
+    detached(async move {
+        let now = st.clock.now_ms();
+        let (revoked, notified) = revoke_and_publish(&st, &sel, reason, count_cluster, now).await?;
+        audit_revocation(&st, now, &who, &sel, reason, &revoked).await;
+        Ok((revoked, notified))
+    })
+    .await
+}
+
+/// Runs `work` in its own task and waits for it: if the request is dropped (the client went
+/// away), the work still completes, so a committed change is never left unpublished or
+/// unaudited.
+async fn detached<T: Send + 'static>(work: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    tokio::spawn(work).await.map_err(|e| AppError::Internal(e.into()))?
 }
 
 /// One `sessions_revoked` audit event per revocation (not per session: "log out everyone" is one
@@ -274,49 +295,44 @@ async fn audit_revocation(state: &AppState, now: Millis, who: &Who, sel: &Select
     audit::record(&state.store, now, who, ev).await;
 }
 
-async fn end_sessions_inner(
-    state: &AppState,
-    sel: Selector,
+/// Commits the revocation, then publishes it; with `count_cluster` on PostgreSQL, adds the
+/// sockets other live instances acknowledge (waited for ≤ 1 s). Call it detached.
+async fn revoke_and_publish(
+    st: &AppState,
+    sel: &Selector,
     reason: &'static str,
     count_cluster: bool,
     now: Millis,
 ) -> Result<(Vec<Revoked>, usize)> {
-    let st = state.clone();
-    // Own task: a dropped request must not leave a revocation committed but unpublished.
-    tokio::spawn(async move {
-        let cluster = match (&st.backplane, count_cluster) {
-            (Some(bp), true) => {
-                let alive_after = now - crate::backplane::INSTANCE_TTL_MS;
-                let others = st.store.other_instances(&st.instance_id, alive_after).await?;
-                let req = uuid::Uuid::new_v4().simple().to_string();
-                Some((bp.clone(), bp.expect_acks(&req), req, others))
-            }
-            _ => None,
-        };
-        let req = cluster.as_ref().map(|c| c.2.as_str());
-        let revoked = st.store.revoke(&sel, reason, now, req).await;
-        let revoked = match revoked {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some((bp, _, req, _)) = &cluster {
-                    bp.forget_acks(req);
-                }
-                return Err(e.into());
-            }
-        };
-        let mut notified = publish(&st, &revoked);
-        if let Some((bp, rx, req, others)) = cluster {
-            if !revoked.is_empty() {
-                let expected = others.into_iter().collect();
-                let remote = crate::backplane::collect_acks(rx, expected, std::time::Duration::from_secs(1)).await;
-                notified += remote as usize;
-            }
-            bp.forget_acks(&req);
+    let cluster = match (&st.backplane, count_cluster) {
+        (Some(bp), true) => {
+            let alive_after = now - crate::backplane::INSTANCE_TTL_MS;
+            let others = st.store.other_instances(&st.instance_id, alive_after).await?;
+            let req = uuid::Uuid::new_v4().simple().to_string();
+            Some((bp.clone(), bp.expect_acks(&req), req, others))
         }
-        Ok::<_, AppError>((revoked, notified))
-    })
-    .await
-    .map_err(|e| AppError::Internal(e.into()))?
+        _ => None,
+    };
+    let req = cluster.as_ref().map(|c| c.2.as_str());
+    let revoked = match st.store.revoke(sel, reason, now, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some((bp, _, req, _)) = &cluster {
+                bp.forget_acks(req);
+            }
+            return Err(e.into());
+        }
+    };
+    let mut notified = publish(st, &revoked);
+    if let Some((bp, rx, req, others)) = cluster {
+        if !revoked.is_empty() {
+            let expected = others.into_iter().collect();
+            let remote = crate::backplane::collect_acks(rx, expected, std::time::Duration::from_secs(1)).await;
+            notified += remote as usize;
+        }
+        bp.forget_acks(&req);
+    }
+    Ok((revoked, notified))
 }
 
 /// Logout with a refresh token: ends its session (idempotent: unknown tokens are ignored).
@@ -343,43 +359,40 @@ pub async fn change_password(
     }
     crate::password::validate(&new)?;
     let hash = state.passwords.hash(new).await?;
-    let (store, st, uid, sid, now) =
-        (state.store.clone(), state.clone(), user_id.to_string(), session_id.to_string(), state.clock.now_ms());
-    tokio::spawn(async move {
-        let revoked = store.change_password(&uid, &hash, &sid, now).await?;
+    let (st, uid, sid, who, now) =
+        (state.clone(), user_id.to_string(), session_id.to_string(), who.clone(), state.clock.now_ms());
+    detached(async move {
+        let revoked = st.store.change_password(&uid, &hash, &sid, now).await?;
         publish(&st, &revoked);
-        Ok::<_, AppError>(())
+        audit::record(&st.store, now, &who, Event::new("password_changed").user(&uid).session(&sid)).await;
+        Ok(())
     })
     .await
-    .map_err(|e| AppError::Internal(e.into()))??;
-    let ev = Event::new("password_changed").user(user_id).session(session_id);
-    audit::record(&state.store, state.clock.now_ms(), who, ev).await;
-    Ok(())
 }
 
 /// Disables a user and ends every session (`account_disabled`, pushed like every revocation);
 /// logins then fail like a wrong password. Re-enabling lets the user log in again (ended
 /// sessions stay ended). `NotFound` for an unknown user.
 pub async fn set_disabled(state: &AppState, user_id: &str, disabled: bool, who: &Who) -> Result<usize> {
-    let now = state.clock.now_ms();
-    if !state.store.set_user_disabled(user_id, disabled.then_some(now)).await? {
-        return Err(AppError::NotFound);
-    }
-    let revoked = if disabled {
-        let sel = Selector::User { user_id: user_id.to_string(), except: None };
-        end_sessions_inner(state, sel, "account_disabled", false, now).await?.0.len()
-    } else {
-        0
-    };
-    let kind = if disabled { "user_disabled" } else { "user_enabled" };
-    audit::record(
-        &state.store,
-        now,
-        who,
-        Event::new(kind).user(user_id).detail(json!({ "sessions_revoked": revoked })),
-    )
-    .await;
-    Ok(revoked)
+    let (st, uid, who) = (state.clone(), user_id.to_string(), who.clone());
+    // Detached: a disabled flag must never stay committed without its sessions ended.
+    detached(async move {
+        let now = st.clock.now_ms();
+        if !st.store.set_user_disabled(&uid, disabled.then_some(now)).await? {
+            return Err(AppError::NotFound);
+        }
+        let revoked = if disabled {
+            let sel = Selector::User { user_id: uid.clone(), except: None };
+            revoke_and_publish(&st, &sel, "account_disabled", false, now).await?.0.len()
+        } else {
+            0
+        };
+        let kind = if disabled { "user_disabled" } else { "user_enabled" };
+        let ev = Event::new(kind).user(&uid).detail(json!({ "sessions_revoked": revoked }));
+        audit::record(&st.store, now, &who, ev).await;
+        Ok(revoked)
+    })
+    .await
 }
 
 /// Grants or revokes the admin role. Admin endpoints check the role in the database on every
