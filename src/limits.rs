@@ -78,7 +78,8 @@ impl<K: Eq + Hash + Clone> Backoff<K> {
 
     /// Drops forgotten keys; with `hard`, also the older half of the rest.
     fn prune(&self, now: Millis, hard: bool) {
-        self.map.retain(|_, f| now - f.last <= FORGET_AFTER_MS && f.blocked_until >= now - FORGET_AFTER_MS);
+        // Kept while a failure is recent (its count still matters) or a block still runs.
+        self.map.retain(|_, f| now - f.last <= FORGET_AFTER_MS || f.blocked_until > now);
         if hard && self.map.len() >= MAX_KEYS / 2 {
             let mut lasts: Vec<Millis> = self.map.iter().map(|e| e.last).collect();
             lasts.sort_unstable();
@@ -293,6 +294,13 @@ mod tests {
         }
         assert_eq!(b.blocked_for(&"k", now), MAX_BLOCK_MS);
         assert_eq!(b.blocked_for(&"k", now + MAX_BLOCK_MS), 0);
+        // A periodic prune keeps recent failures that have not blocked yet.
+        let fresh = Backoff::new(2);
+        fresh.failed("k", now);
+        fresh.failed("k", now);
+        fresh.prune(now + 1000, false);
+        fresh.failed("k", now + 1000);
+        assert_eq!(fresh.blocked_for(&"k", now + 1000), 1000, "the count survived the prune");
         // Long quiet: starts over.
         let later = now + FORGET_AFTER_MS + MAX_BLOCK_MS + 1;
         b.failed("k", later);
