@@ -159,71 +159,48 @@ impl AppError {
     }
 }
 
-/// The stable, machine-readable `code` of every error body (API.md §2). The OpenAPI document
-/// publishes this enum, and each operation lists the codes it can answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemCode {
-    InvalidRequest,
-    EmailTaken,
-    RegistrationDisabled,
-    InvalidCredentials,
-    RateLimited,
-    InvalidToken,
-    TokenExpired,
-    SessionRevoked,
-    InvalidRefreshToken,
-    RefreshTokenReused,
-    Forbidden,
-    NotFound,
-    PayloadTooLarge,
-    Internal,
-    Unavailable,
+/// Defines [`ProblemCode`], its [`ProblemCode::ALL`] list and [`ProblemCode::as_str`] from one
+/// list of variants and wire names, so the three cannot drift apart.
+macro_rules! problem_codes {
+    ($($variant:ident => $name:literal),+ $(,)?) => {
+        /// The stable, machine-readable `code` of every error body (API.md §2). The OpenAPI
+        /// document publishes this enum, and each operation lists the codes it can answer with.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+        pub enum ProblemCode {
+            $(#[serde(rename = $name)] $variant,)+
+        }
+
+        impl ProblemCode {
+            pub const ALL: &'static [ProblemCode] = &[$(ProblemCode::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ProblemCode::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+problem_codes! {
+    InvalidRequest => "invalid_request",
+    EmailTaken => "email_taken",
+    RegistrationDisabled => "registration_disabled",
+    InvalidCredentials => "invalid_credentials",
+    RateLimited => "rate_limited",
+    InvalidToken => "invalid_token",
+    TokenExpired => "token_expired",
+    SessionRevoked => "session_revoked",
+    InvalidRefreshToken => "invalid_refresh_token",
+    RefreshTokenReused => "refresh_token_reused",
+    Forbidden => "forbidden",
+    NotFound => "not_found",
+    PayloadTooLarge => "payload_too_large",
+    Internal => "internal",
+    Unavailable => "unavailable",
 }
 
 impl ProblemCode {
-    pub const ALL: [ProblemCode; 15] = {
-        use ProblemCode::*;
-        [
-            InvalidRequest,
-            EmailTaken,
-            RegistrationDisabled,
-            InvalidCredentials,
-            RateLimited,
-            InvalidToken,
-            TokenExpired,
-            SessionRevoked,
-            InvalidRefreshToken,
-            RefreshTokenReused,
-            Forbidden,
-            NotFound,
-            PayloadTooLarge,
-            Internal,
-            Unavailable,
-        ]
-    };
-
-    pub fn as_str(self) -> &'static str {
-        use ProblemCode::*;
-        match self {
-            InvalidRequest => "invalid_request",
-            EmailTaken => "email_taken",
-            RegistrationDisabled => "registration_disabled",
-            InvalidCredentials => "invalid_credentials",
-            RateLimited => "rate_limited",
-            InvalidToken => "invalid_token",
-            TokenExpired => "token_expired",
-            SessionRevoked => "session_revoked",
-            InvalidRefreshToken => "invalid_refresh_token",
-            RefreshTokenReused => "refresh_token_reused",
-            Forbidden => "forbidden",
-            NotFound => "not_found",
-            PayloadTooLarge => "payload_too_large",
-            Internal => "internal",
-            Unavailable => "unavailable",
-        }
-    }
-
     /// A representative error with this code (its status, title and detail), for the examples
     /// of the OpenAPI document. `invalid_request` details vary; the others are fixed.
     pub fn sample(self) -> AppError {
@@ -324,7 +301,7 @@ mod tests {
     /// The published enum spells every code exactly as the bodies do.
     #[test]
     fn problem_codes_serialize_as_their_strings() {
-        for code in ProblemCode::ALL {
+        for &code in ProblemCode::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::from(code.as_str()));
             assert_eq!(code.sample().problem_code(), code);
         }
