@@ -164,6 +164,11 @@ impl Limits {
     /// One registration attempt from `ip`.
     pub fn register_allowed(&self, ip: Option<IpAddr>) -> Result<(), RetryAfter> {
         let (Some(limiter), Some(ip)) = (&self.register, ip) else { return Ok(()) };
+        // Bounded between sweeps too: many addresses (IPv6 makes that cheap) cannot grow the
+        // keyed state past MAX_KEYS without first dropping the idle ones.
+        if limiter.len() >= MAX_KEYS {
+            limiter.retain_recent();
+        }
         limiter.check_key(&ip).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
             retry_after(wait.as_millis().min(MAX_BLOCK_MS as u128) as Millis)
