@@ -165,9 +165,13 @@ macro_rules! problem_codes {
     ($($variant:ident => $name:literal),+ $(,)?) => {
         /// The stable, machine-readable `code` of every error body (API.md §2). The OpenAPI
         /// document publishes this enum, and each operation lists the codes it can answer with.
+        ///
+        /// (`rename_all` rather than a per-variant rename: utoipa's schema ignores the latter.
+        /// The wire names equal the snake-case variant names; a unit test checks they agree.)
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum ProblemCode {
-            $(#[serde(rename = $name)] $variant,)+
+            $($variant,)+
         }
 
         impl ProblemCode {
