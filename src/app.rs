@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::denylist::Denylist;
 use crate::error::{problem, AppError};
 use crate::hub::Hub;
-use crate::metrics::{HttpLabels, Metrics};
+use crate::metrics::{method_label, HttpLabels, Metrics};
 use crate::password::Passwords;
 use crate::state::AppState;
 use crate::store::{Kind, Store};
@@ -63,6 +63,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
     self_test(&state)?;
     bootstrap_admin(&state).await?;
     let n = sessions::rebuild_denylist(&state).await?;
+    sessions::count_live_sessions(&state).await;
     tracing::info!(denylisted = n, kids = ?state.keys.kids(), "state ready");
     state.ready.store(true, Ordering::Release);
     Ok(state)
@@ -125,7 +126,7 @@ pub fn router(state: AppState) -> Router {
 /// Counts requests by route and status, and turns any error response that is not yet
 /// problem+json (a layer's or axum's own) into one, so every error has a stable `code`.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let mut res = next.run(req).await;
@@ -167,7 +168,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
-    let tasks = spawn_background(&state, stop.clone());
+    let mut tasks = spawn_background(&state, stop.clone());
+    if let Some(addr) = state.config.metrics_listen {
+        tasks.push(serve_metrics(bind(addr).await?, state.clone(), stop.clone()));
+    }
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop_serving = stop.clone();
     let hub = state.hub.clone();
@@ -189,6 +193,23 @@ pub async fn serve(
     }
     state.store.close().await;
     res
+}
+
+/// `--metrics-listen`: a second listener that serves only `GET /metrics`, without
+/// authentication (the operator exposes it to the Prometheus network only).
+fn serve_metrics(listener: TcpListener, state: AppState, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|State(s): State<AppState>| async move { http::health::render_metrics(&s) }),
+        )
+        .fallback(|| async { AppError::NotFound })
+        .with_state(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    })
 }
 
 /// Key reload (so `keys rotate` reaches running servers) and the expiry sweep.

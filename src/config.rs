@@ -177,6 +177,17 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS", default_value_t = 50_000, global = true)]
     pub ws_max_sockets: usize,
 
+    /// A second listener that serves only `GET /metrics`, without authentication (for a
+    /// Prometheus on a private network or loopback). Unset: no second listener.
+    #[arg(long, env = "SESSIOND_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Bearer token that `GET /metrics` on the main listener requires (Prometheus:
+    /// `authorization: {credentials: …}`). Unset: the main listener serves `/metrics` only to
+    /// loopback clients (after `--trusted-proxies`). Prefer the environment variable.
+    #[arg(long, env = "SESSIOND_METRICS_TOKEN", hide_env_values = true, global = true)]
+    pub metrics_token: Option<Secret>,
+
     /// How often the signing keyset is re-read from the database (≤ 60 s per API.md §1).
     #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
     pub keys_reload_interval: Duration,

@@ -1,6 +1,13 @@
 //! Prometheus metrics, one registry per server (no global recorder, so tests can run many
 //! servers in one process). Labels are routes, statuses, outcomes and reasons: never a token,
 //! an email or an id.
+//!
+//! **Every label value comes from a fixed, small set** (SECURITY.md RT2): each distinct label
+//! set is a time series held forever, so a value taken from the request (a method string, a
+//! raw path, a reason read back from the database) would let anyone grow the registry without
+//! bound. Methods are the standard ones or `OTHER`, routes are the router's matched templates
+//! or `unmatched`, statuses are what the server itself answers, outcomes and reasons are
+//! `&'static str` from this crate ([`reason_label`] maps anything else to `other`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,19 +18,62 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    /// [`method_label`]: a standard method or `OTHER`.
+    pub method: &'static str,
+    /// The matched route template (`/v1/admin/users/{id}/sessions`) or `unmatched`: never the
+    /// raw path.
     pub route: String,
     pub status: u16,
 }
 
+/// The label of an HTTP method: one of the nine standard methods, else `OTHER` (a client can
+/// send any token as a method; hyper accepts up to the header limit).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+/// The revocation reasons of docs/API.md §5.5; any other string is counted as `other`.
+pub const REASONS: [&str; 10] = [
+    "logout",
+    "logout_all",
+    "logout_others",
+    "session_revoked",
+    "password_changed",
+    "admin_logout",
+    "admin_revoked",
+    "refresh_token_reused",
+    "session_expired",
+    "account_disabled",
+];
+
+/// The label of a revocation reason: the reason itself when it is one of [`REASONS`], else
+/// `other` (reasons of other instances' revocations are read back from the database).
+pub fn reason_label(reason: &str) -> &'static str {
+    REASONS.iter().find(|r| **r == reason).copied().unwrap_or("other")
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    /// A constant of the calling code.
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub reason: String,
+    /// [`reason_label`].
+    pub reason: &'static str,
 }
 
 pub struct Metrics {
@@ -76,7 +126,11 @@ impl Metrics {
         registry.register("logins", "Login attempts by outcome", logins.clone());
         registry.register("refreshes", "Refresh requests by outcome", refreshes.clone());
         registry.register("sessions_revoked", "Sessions ended, by reason", revocations.clone());
-        registry.register("active_sessions", "Live sessions (all instances), read at scrape", active_sessions.clone());
+        registry.register(
+            "active_sessions",
+            "Live sessions (all instances), recounted by each expiry sweep (--sweep-interval)",
+            active_sessions.clone(),
+        );
         registry.register(
             "denylist_entries",
             "Revoked sessions held in this instance's denylist",
@@ -129,7 +183,12 @@ impl Metrics {
     }
 
     pub fn revoked(&self, reason: &str, n: usize) {
-        self.revocations.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc_by(n as u64);
+        self.revocations.get_or_create(&ReasonLabels { reason: reason_label(reason) }).inc_by(n as u64);
+    }
+
+    /// One `logout` frame written to a socket.
+    pub fn ws_logout(&self, reason: &str) {
+        self.ws_logouts.get_or_create(&ReasonLabels { reason: reason_label(reason) }).inc();
     }
 
     /// The text exposition.

@@ -439,7 +439,20 @@ pub async fn sweep(state: &AppState) -> Result<usize> {
     state.limits.prune(now);
     state.denylist.prune(now);
     state.metrics.denylist_entries.set(state.denylist.len() as i64);
+    count_live_sessions(state).await;
     Ok(revoked.len())
+}
+
+/// Recounts the live sessions of every instance for the `active_sessions` gauge. Done here, by
+/// the periodic sweep, and never per scrape: a `COUNT(*)` over the sessions per `/metrics`
+/// request let anonymous scrapers load the database (SECURITY.md RT10).
+pub async fn count_live_sessions(state: &AppState) {
+    match state.store.count_live_sessions(state.clock.now_ms()).await {
+        Ok(n) => {
+            state.metrics.active_sessions.set(n);
+        }
+        Err(e) => tracing::warn!(error = %e, "counting live sessions failed"),
+    }
 }
 
 /// Rebuilds the denylist from the database: every revoked session whose tokens may live (and

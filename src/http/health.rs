@@ -2,14 +2,19 @@
 
 use std::sync::atomic::Ordering;
 
+use std::net::IpAddr;
+
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use subtle::ConstantTimeEq;
+
+use super::extract::{bearer, ClientAddr};
 use crate::error::AppError;
 use crate::state::AppState;
 use crate::tokens::jwt::JWKS_MAX_AGE;
@@ -71,18 +76,48 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+problems!(MetricsProblems: InvalidToken, Forbidden);
+
 /// Prometheus metrics.
+///
+/// Not public (SECURITY.md RT10: outcome counters time attacks, e.g. a refresh-token replay):
+/// with `--metrics-token` it needs `Authorization: Bearer <token>`; without, it answers only
+/// loopback clients (the address after `--trusted-proxies`). `--metrics-listen` serves it on a
+/// second address without authentication. A scrape does no database work.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "operations",
+    security((), ("metrics_token" = [])),
     responses((status = 200, description = "Prometheus text exposition format 0.0.4.", body = String,
-        content_type = "text/plain"))
+        content_type = "text/plain"), MetricsProblems)
 )]
-async fn metrics(State(state): State<AppState>) -> Response {
-    if let Ok(n) = state.store.count_live_sessions(state.clock.now_ms()).await {
-        state.metrics.active_sessions.set(n);
+async fn metrics(State(state): State<AppState>, ClientAddr(addr): ClientAddr, headers: HeaderMap) -> Response {
+    match metrics_allowed(&state, addr, &headers) {
+        Ok(()) => render_metrics(&state),
+        Err(e) => e.into_response(),
     }
+}
+
+/// Whether this request may read `/metrics` on the main listener (see [`metrics`]).
+fn metrics_allowed(state: &AppState, addr: Option<IpAddr>, headers: &HeaderMap) -> Result<(), AppError> {
+    match &state.config.metrics_token {
+        Some(token) => {
+            let presented = bearer(headers).ok().flatten().unwrap_or_default();
+            // Constant time: the comparison must not tell how much of a guess was right.
+            if bool::from(presented.as_bytes().ct_eq(token.0.as_bytes())) && !token.0.is_empty() {
+                Ok(())
+            } else {
+                Err(AppError::InvalidToken { presented: !presented.is_empty() })
+            }
+        }
+        None if addr.is_some_and(|a| a.to_canonical().is_loopback()) => Ok(()),
+        None => Err(AppError::Forbidden),
+    }
+}
+
+/// The Prometheus text exposition: in-memory gauges only, no database work per scrape.
+pub fn render_metrics(state: &AppState) -> Response {
     state.metrics.denylist_entries.set(state.denylist.len() as i64);
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
         .into_response()

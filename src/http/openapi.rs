@@ -31,6 +31,8 @@ use crate::state::AppState;
 
 /// The name of the Bearer security scheme.
 pub const BEARER: &str = "bearer";
+/// The name of the `/metrics` bearer scheme (`--metrics-token`).
+pub const METRICS_TOKEN: &str = "metrics_token";
 
 /// Declares a unit type whose [`utoipa::IntoResponses`] are the problem responses for `codes`
 /// (see [`problem_responses`]); use it in `#[utoipa::path(responses(…, Name))]`.
@@ -86,6 +88,18 @@ impl Modify for Security {
                     .description(Some(
                         "An access token from `POST /v1/auth/login` or `/v1/auth/refresh` (EdDSA JWT, \
                          `typ: at+jwt`; verify it with `/.well-known/jwks.json`).",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            METRICS_TOKEN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The operator's `--metrics-token` (only `/metrics` takes it; without one \
+                         configured, `/metrics` answers loopback clients only).",
                     ))
                     .build(),
             ),

@@ -153,7 +153,7 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64, mut unauthenti
                     if let Some(p) = published {
                         m.ws_push_latency.observe(p.elapsed().as_secs_f64());
                     }
-                    m.ws_logouts.get_or_create(&crate::metrics::ReasonLabels { reason: reason.clone() }).inc();
+                    m.ws_logout(&reason);
                 }
                 tracing::debug!(%reason, "socket logged out");
                 break;

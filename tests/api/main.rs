@@ -18,5 +18,6 @@ mod faults;
 mod hardening;
 mod jwt;
 mod keys;
+mod metrics;
 mod refresh;
 mod ws;

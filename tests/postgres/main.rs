@@ -27,6 +27,8 @@ mod hardening;
 mod jwt;
 #[path = "../api/keys.rs"]
 mod keys;
+#[path = "../api/metrics.rs"]
+mod metrics;
 #[path = "../api/refresh.rs"]
 mod refresh;
 #[path = "../api/ws.rs"]
