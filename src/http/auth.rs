@@ -264,11 +264,11 @@ async fn refresh_session(
         return Ok(token_reply(sessions::refresh(&state, &token, &client.who(None)).await?, false));
     }
     let Some(token) = refresh_from_cookie(&headers) else {
-        // A browser in cookie mode without (or with an expired) cookie: signed out.
-        if headers.contains_key(super::cookie::CSRF_HEADER) {
-            return Err(AppError::InvalidRefreshToken);
-        }
-        return Err(AppError::InvalidRequest("A required field is missing or has the wrong type."));
+        // No token at all: a missing field (docs/API.md §3.3), also for a browser in cookie
+        // mode that has no cookie (never signed in, or signed out). Only a token that was sent
+        // and does not work is 401, so `sessiond.js` can tell "signed out" (no banner) from
+        // "your session ended while the page was closed" (the banner).
+        return Err(AppError::InvalidRequest("No refresh token was sent (neither in the body nor as the cookie)."));
     };
     // (CSRF was checked by `csrf_guard`.)
     match sessions::refresh(&state, &token, &client.who(None)).await {

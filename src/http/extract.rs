@@ -33,20 +33,24 @@ impl AuthUser {
     }
 }
 
-/// The raw Bearer token, if the request has an `Authorization: Bearer …` header.
-/// `Err` when the header is present but unusable (not Bearer, not ASCII, too long).
+/// The raw Bearer token, if the request has an `Authorization: Bearer …` header with a value
+/// (`Bearer` with nothing after it presents no token: `None`). `Err` when the header is
+/// present but unusable (not Bearer, not ASCII, too long).
 pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     if value.len() > MAX_TOKEN_LEN + 16 {
         return Err(AppError::InvalidToken { presented: true });
     }
     let value = value.to_str().map_err(|_| AppError::InvalidToken { presented: true })?;
-    let (scheme, token) = value.split_once(' ').ok_or(AppError::InvalidToken { presented: true })?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     // RFC 7235 §2.1: the scheme is case-insensitive.
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+    if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AppError::InvalidToken { presented: true });
     }
-    Ok(Some(token.trim()))
+    // `Bearer` with an empty value (an unset shell variable, say) presents no token: say that
+    // one is needed, rather than that it is not valid.
+    let token = token.trim();
+    Ok((!token.is_empty()).then_some(token))
 }
 
 /// Verifies a token and checks that its session is live: the whole hot path, memory only

@@ -170,7 +170,8 @@ async fn s6_cross_site_posts_without_the_cookie_get_403_too() {
             .unwrap();
         assert_problem(r, StatusCode::FORBIDDEN, "forbidden").await;
     }
-    // A signed-out page's cookie-mode refresh (CSRF header, no cookie) is 401, not 400.
+    // A signed-out page's cookie-mode refresh (CSRF header, no cookie) sent no token at all:
+    // 400, not the 401 of a dead cookie, so the page does not announce "your session ended".
     let r = app
         .client
         .post(app.url("/v1/auth/refresh"))
@@ -179,8 +180,8 @@ async fn s6_cross_site_posts_without_the_cookie_get_403_too() {
         .send()
         .await
         .unwrap();
-    assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
-    // The loopback alias of a localhost issuer is allowed by default.
+    assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    // The loopback alias of a localhost issuer is allowed by default (past the Origin check).
     let r = app
         .client
         .post(app.url("/v1/auth/refresh"))
@@ -189,5 +190,18 @@ async fn s6_cross_site_posts_without_the_cookie_get_403_too() {
         .send()
         .await
         .unwrap();
+    assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+    // A cookie that was sent and does not work is 401, and the response deletes it.
+    let r = app
+        .client
+        .post(app.url("/v1/auth/refresh"))
+        .header(ORIGIN, ALLOWED)
+        .header("x-sessiond-csrf", "1")
+        .header("cookie", "__Host-sessiond_refresh=rt_dead")
+        .send()
+        .await
+        .unwrap();
+    let cleared = r.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
     assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
 }

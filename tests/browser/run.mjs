@@ -434,6 +434,34 @@ async function revokedWhileClosed(s) {
   if (await refreshCookie(tablet.context)) fail("the dead refresh cookie was not deleted");
 }
 
+/**
+ * A first visit (fresh profile, no cookie) and a reload after the user's own sign-out show the
+ * sign-in forms and no "You were signed out" banner, on the demo and on the admin console:
+ * no cookie is not a dead cookie.
+ */
+async function firstVisit(s) {
+  const { base } = s.server;
+  const { page } = await device(s);
+  s.shot = page;
+  // `signed-out` is rendered once `resume()` has settled, so the banner's state is final then.
+  await page.goto(base + "/");
+  await shows(page.getByTestId("signed-out"), "sign-in forms on a first visit");
+  await gone(page.getByTestId("banner"), "no banner on a first visit", 500);
+  const admin = await device(s);
+  s.extra.push(["admin", admin.page]);
+  await admin.page.goto(base + "/admin");
+  await shows(admin.page.getByTestId("signed-out"), "admin sign-in form on a first visit");
+  await gone(admin.page.getByTestId("banner"), "no admin banner on a first visit", 500);
+
+  await s.server.call("POST", "/v1/auth/register", { body: { email: "gina@example.com", password: PASSWORD } });
+  await signIn(page, base, "gina@example.com", "laptop");
+  await page.getByTestId("logout").click();
+  await shows(page.getByTestId("signed-out"), "signed out");
+  await page.reload();
+  await shows(page.getByTestId("signed-out"), "signed out after a reload");
+  await gone(page.getByTestId("banner"), "no banner after the user's own sign-out and a reload", 500);
+}
+
 /** Quick checks: the connected dot, CSRF defences on the cookie endpoints, non-admin console. */
 async function quickChecks(s) {
   const { base } = s.server;
@@ -651,6 +679,7 @@ const SCENARIOS = [
   ["tabs-follow-logout", tabsFollowLogout, SCENARIO_TIMEOUT_MS],
   ["sign-out-other-device", signOutOtherDevice, SCENARIO_TIMEOUT_MS],
   ["revoked-while-closed", revokedWhileClosed, SCENARIO_TIMEOUT_MS],
+  ["first-visit", firstVisit, SCENARIO_TIMEOUT_MS],
   ["quick-checks", quickChecks, SCENARIO_TIMEOUT_MS],
   ["refresh-single-flight", refreshSingleFlight, SCENARIO_TIMEOUT_MS],
   ["proactive-refresh", proactiveRefresh, SCENARIO_TIMEOUT_MS],
