@@ -531,3 +531,20 @@ pub async fn rebuild_denylist(state: &AppState) -> Result<usize> {
     apply(state, &revoked);
     Ok(revoked.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::client_binding;
+
+    #[test]
+    fn rt6_the_client_binding_separates_addresses_and_user_agents() {
+        let a = Some("198.51.100.7".parse().unwrap());
+        let b = Some("203.0.113.66".parse().unwrap());
+        let mapped = Some("::ffff:198.51.100.7".parse().unwrap());
+        assert_eq!(client_binding(a, Some("UA/1")), client_binding(a, Some("UA/1")));
+        assert_eq!(client_binding(a, Some("UA/1")), client_binding(mapped, Some("UA/1")), "one address, two spellings");
+        assert_ne!(client_binding(a, Some("UA/1")), client_binding(b, Some("UA/1")));
+        assert_ne!(client_binding(a, Some("UA/1")), client_binding(a, Some("UA/2")));
+        assert_ne!(client_binding(a, None), client_binding(None, None));
+    }
+}

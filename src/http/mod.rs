@@ -98,16 +98,18 @@ const MINUTE_MS: Millis = 60_000;
 /// the victim rotated, i.e. when to replay a stolen copy of the previous token inside the grace
 /// window. So a listing never reflects a use younger than the grace window: while
 /// `last_used_at` is inside it, the session's settled use (`settled_used_at`: the latest use that
-/// was already out of the window when the session was last used) is shown instead, and the idle
-/// expiry is the one that use gives. Nothing a listing shows changes until the window of every
-/// newer use has closed. On top, both are coarsened to the minute (`last_used_at` down,
-/// `expires_at` up, so a live session never shows a past expiry), which blurs the rhythm of a
-/// client's refreshes (one per access-token lifetime) that would let the next rotation be
-/// predicted. The expiry shown derives from the shown use and today's `--refresh-idle-ttl`, so
-/// it can differ from `refresh_expires_in` by up to the grace window plus a minute.
+/// was already out of the window when the session was last used) is shown instead, and the
+/// expiry shown is the one that use gives (shown use + `--refresh-idle-ttl`, capped by the
+/// absolute expiry; never the stored idle expiry, which a rotation moves). A use therefore never
+/// changes what a listing shows; it appears when its window closes. On top, both are coarsened
+/// to the minute (`last_used_at` down, `expires_at` up, so a live session never shows a past
+/// expiry), which blurs the rhythm of a client's refreshes (one per access-token lifetime) that
+/// would let the next rotation be predicted. The expiry shown can differ from
+/// `refresh_expires_in` by up to the grace window plus a minute (a grace use counts as a use
+/// here, but does not extend the idle expiry).
 fn listed_times(s: &SessionRow, now: Millis, grace: Millis, idle_ttl: Millis) -> (Millis, Millis) {
     let used = if now - s.last_used_at > grace { s.last_used_at } else { s.settled_used_at.max(s.created_at) };
-    let expires = s.absolute_expires_at.min(s.idle_expires_at).min(used.saturating_add(idle_ttl));
+    let expires = s.absolute_expires_at.min(used.saturating_add(idle_ttl));
     let floor = |t: Millis| t - t.rem_euclid(MINUTE_MS);
     let ceil = |t: Millis| if t.rem_euclid(MINUTE_MS) == 0 { t } else { floor(t).saturating_add(MINUTE_MS) };
     (floor(used), ceil(expires))
@@ -132,5 +134,56 @@ fn session_json(
         expires_at: rfc3339(expires_at),
         current: caller_session == Some(s.id.as_str()),
         connected: state.hub.is_connected(&s.id) || elsewhere.contains(&s.id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> SessionRow {
+        SessionRow {
+            id: "s".into(),
+            user_id: "u".into(),
+            device_name: None,
+            user_agent: None,
+            ip: None,
+            created_at: 1_000_123,
+            last_used_at: 1_000_123,
+            settled_used_at: 1_000_123,
+            idle_expires_at: 0,
+            absolute_expires_at: i64::MAX / 2,
+            access_expires_at: 0,
+            revoked_at: None,
+            revoked_reason: None,
+        }
+    }
+
+    /// Uses at irregular gaps (many inside one grace window, some far apart), each applied with
+    /// the store's rule (`store::sql::settle`): a use never changes what a listing shows at that
+    /// instant, and what it shows is never younger than the grace window (or the creation).
+    #[test]
+    fn rt6_a_use_never_changes_what_a_listing_shows() {
+        let (grace, idle) = (10_000, 3_600_000);
+        let mut s = session();
+        let mut now = s.created_at;
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += [1, 40, 900, 4_000, 9_999, 10_000, 10_001, 65_000, 400_000][(x % 9) as usize];
+            let before = listed_times(&s, now, grace, idle);
+            if now - s.last_used_at > grace {
+                s.settled_used_at = s.last_used_at;
+            }
+            s.last_used_at = now;
+            let after = listed_times(&s, now, grace, idle);
+            assert_eq!(before, after, "a use at {now} moved the listing");
+            assert!(after.0 <= (now - grace).max(s.created_at), "shows a use inside the window");
+            assert_eq!(after.0 % MINUTE_MS, 0);
+            assert_eq!(after.1 % MINUTE_MS, 0);
+            assert!(after.1 >= after.0 + idle);
+        }
     }
 }
