@@ -108,6 +108,17 @@ impl Passwords {
     }
 }
 
+/// **Test-only.** An argon2id hash of `password` made with other (e.g. older, weaker)
+/// parameters than today's, as a legacy database would hold: what tests of rehashing start from.
+#[doc(hidden)]
+pub fn hash_with_params(password: &str, m_cost_kib: u32, t_cost: u32, p_cost: u32) -> String {
+    let params = Params::new(m_cost_kib, t_cost, p_cost, None).expect("valid argon2 params");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .expect("hashing with valid params succeeds")
+        .to_string()
+}
+
 /// Whether a stored PHC hash was made with other parameters than today's (weaker, or simply
 /// different): the login that proves the password rehashes it (SECURITY.md P1).
 pub fn needs_rehash(stored: &str) -> bool {

@@ -4,6 +4,15 @@
 //! Every revocation path commits in the database first and then goes through [`publish`], the
 //! one function that makes a revocation take effect in memory (the denylist; the WebSocket hub
 //! hooks in here). Revoking before announcing means a client cannot refresh in between.
+//!
+//! Credential state is checked where sessions are created: a login verifies the password
+//! outside any transaction (argon2 takes tens of milliseconds), so the session is inserted only
+//! if the credential it verified (`credential_version`) is still current and the account still
+//! enabled, in the insert's own transaction ([`Store::create_session`]). Password changes,
+//! disabling and demotion change the user row and end the user's sessions in one transaction,
+//! so every login racing them either fails or creates a session that they end.
+//!
+//! [`Store::create_session`]: crate::store::Store::create_session
 
 use serde::Serialize;
 use serde_json::json;
@@ -49,6 +58,27 @@ impl ClientInfo {
     pub fn who(&self, actor: Option<&str>) -> Who {
         Who { actor: actor.map(str::to_string), ip: self.ip.clone(), user_agent: self.user_agent.clone() }
     }
+}
+
+/// Who a refresh comes from, as one digest: SHA-256 over the client address (after
+/// `--trusted-proxies`) and the `User-Agent`, length-prefixed and domain-separated. A rotation
+/// stores it with the token it rotates out; inside the grace window only a client with the
+/// same binding converges on the successor (SECURITY.md RT6). The one place that decides what
+/// "the same client" means: e.g. keying IPv6 clients by their /64 is a change here alone.
+///
+/// Not a secret (the session row already holds the address and user agent); it only has to be
+/// equal for the racing tabs of one browser and unequal for a thief elsewhere.
+pub fn client_binding(addr: Option<std::net::IpAddr>, user_agent: Option<&str>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let addr = addr.map(|a| a.to_canonical().to_string()).unwrap_or_default();
+    let ua = user_agent.unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(b"sessiond client binding v1\0");
+    for part in [addr.as_bytes(), ua.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 fn new_refresh() -> (RefreshToken, NewRefresh) {
@@ -106,25 +136,16 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
     let password_for_rehash = needs_rehash.then(|| password.clone());
     let ok = state.passwords.verify(password, hash).await?;
     let Some(user) = user.as_ref().filter(|_| ok) else {
-        state.limits.login_failed(email.as_deref(), client.addr, state.clock.now_ms());
-        state.metrics.login("invalid_credentials");
-        let mut ev = Event::new("login_failed");
-        if let Some(u) = &user {
-            ev = ev.user(&u.id).detail(json!({ "disabled": u.disabled_at.is_some() }));
-        }
-        audit::record(&state.store, now, &client.who(None), ev).await;
-        return Err(AppError::InvalidCredentials);
+        let detail = user.as_ref().map(|u| (u.id.as_str(), json!({ "disabled": u.disabled_at.is_some() })));
+        return Err(login_failed(state, email.as_deref(), &client, now, detail).await);
     };
-    if let Some(e) = &email {
-        state.limits.login_succeeded(e, client.addr);
-    }
     if crate::password::needs_rehash(&user.password_hash) {
-        rehash(state, &user.id, password_for_rehash).await;
+        rehash(state, user, password_for_rehash).await;
     }
     let cfg = &state.config;
     let (token, stored) = new_refresh();
     let now = state.clock.now_ms();
-    let session = state
+    let created = state
         .store
         .create_session(NewSession {
             id: uuid::Uuid::now_v7().to_string(),
@@ -137,30 +158,65 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
             max_age: ms(cfg.session_max_age),
             access_ttl: ms(cfg.access_ttl),
             refresh: stored,
+            credential_version: user.credential_version,
         })
         .await?;
+    // The password was changed or the account disabled while it was being verified: the
+    // password proved is no longer the credential, so it fails like a wrong one (RT1).
+    let Some((user, session)) = created else {
+        let detail = Some((user.id.as_str(), json!({ "stale_credential": true })));
+        return Err(login_failed(state, email.as_deref(), &client, now, detail).await);
+    };
+    if let Some(e) = &email {
+        state.limits.login_succeeded(e, client.addr);
+    }
     state.metrics.login("success");
     let who = client.who(Some(&user.id));
     audit::record(&state.store, now, &who, Event::new("login_succeeded").user(&user.id).session(&session.id)).await;
-    token_response(state, now, user, &session, session.access_expires_at, token)
+    // `user` as read in the session's transaction: its roles, not those of before the wait.
+    token_response(state, now, &user, &session, session.access_expires_at, token)
 }
 
-/// Stores a hash of `password` made with today's parameters (best effort: a failure is logged
-/// and the login goes on with the old hash).
-async fn rehash(state: &AppState, user_id: &str, password: Option<String>) {
+/// The one way a login fails after the password work (unknown email, wrong password, disabled
+/// account, credential changed meanwhile): counted, throttled and audited alike, one answer.
+/// `target`: the known user and the audit detail.
+async fn login_failed(
+    state: &AppState,
+    email: Option<&str>,
+    client: &ClientInfo,
+    now: Millis,
+    target: Option<(&str, serde_json::Value)>,
+) -> AppError {
+    state.limits.login_failed(email, client.addr, state.clock.now_ms());
+    state.metrics.login("invalid_credentials");
+    let mut ev = Event::new("login_failed");
+    if let Some((id, detail)) = target {
+        ev = ev.user(id).detail(detail);
+    }
+    audit::record(&state.store, now, &client.who(None), ev).await;
+    AppError::InvalidCredentials
+}
+
+/// Stores a hash of `password` made with today's parameters in place of the hash the login
+/// verified, unless that hash has been replaced meanwhile (a password change: the rehash of the
+/// old password is dropped, RT5). Best effort: a failure is logged and the login goes on.
+async fn rehash(state: &AppState, user: &UserRow, password: Option<String>) {
     let Some(password) = password else { return };
+    let user_id = user.id.as_str();
     let res = match state.passwords.hash(password).await {
-        Ok(h) => state.store.set_password_hash(user_id, &h).await.map_err(AppError::from),
+        Ok(h) => state.store.rehash_password(user_id, &user.password_hash, &h).await.map_err(AppError::from),
         Err(e) => Err(e),
     };
     match res {
-        Ok(()) => tracing::info!(user_id, "password rehashed with the current parameters"),
+        Ok(true) => tracing::info!(user_id, "password rehashed with the current parameters"),
+        Ok(false) => tracing::info!(user_id, "password changed meanwhile: rehash dropped"),
         Err(e) => tracing::warn!(user_id, error = %e, "password rehash failed"),
     }
 }
 
-/// One refresh (API.md §3.3).
-pub async fn refresh(state: &AppState, presented: &str, who: &Who) -> Result<TokenResponse> {
+/// One refresh (API.md §3.3). `client` is who presents the token: inside the grace window only
+/// the client that rotated the token converges on its successor ([`client_binding`]).
+pub async fn refresh(state: &AppState, presented: &str, client: &ClientInfo) -> Result<TokenResponse> {
     let Some(presented) = RefreshToken::parse(presented) else {
         state.metrics.refresh("invalid");
         return Err(AppError::InvalidRefreshToken);
@@ -176,26 +232,42 @@ pub async fn refresh(state: &AppState, presented: &str, who: &Who) -> Result<Tok
         grace: ms(cfg.refresh_reuse_grace),
         idle_ttl: ms(cfg.refresh_idle_ttl),
         access_ttl: ms(cfg.access_ttl),
+        client: client_binding(client.addr, client.user_agent.as_deref()),
     };
-    // The transaction, and publishing and auditing a revocation it commits, run detached: if
-    // the client disconnects, the rotation still completes or rolls back whole, and a reuse
-    // revocation never stays committed but unannounced.
-    let (st, who) = (state.clone(), who.clone());
+    // The transaction, and publishing and auditing what it commits, run detached: if the client
+    // disconnects, the rotation still completes or rolls back whole, and a reuse revocation
+    // never stays committed but unannounced.
+    let (st, who) = (state.clone(), client.who(None));
     let outcome = detached(async move {
         let outcome = st.store.rotate_refresh(rotation).await?;
         match &outcome {
-            RotateOutcome::Reused(revoked) => {
-                tracing::warn!(session_id = ?revoked.first().map(|r| &r.session_id), "refresh token reused: session revoked");
+            RotateOutcome::Reused { revoked, foreign_client } => {
+                tracing::warn!(session_id = ?revoked.first().map(|r| &r.session_id), foreign_client, "refresh token reused: session revoked");
                 publish(&st, revoked);
                 if let Some(r) = revoked.first() {
                     let ev = Event::new("refresh_token_reused").user(&r.user_id).session(&r.session_id);
-                    audit::record(&st.store, now, &who, ev.detail(json!({ "reason": "refresh_token_reused" }))).await;
+                    let detail = json!({ "reason": "refresh_token_reused", "foreign_client_in_grace": foreign_client });
+                    audit::record(&st.store, now, &who, ev.detail(detail)).await;
                 }
             }
             RotateOutcome::Expired(revoked) => {
                 publish(&st, revoked);
             }
-            _ => {}
+            RotateOutcome::Disabled(revoked) => {
+                tracing::warn!(session_id = ?revoked.first().map(|r| &r.session_id), "live session of a disabled account ended");
+                publish(&st, revoked);
+                if let Some(r) = revoked.first() {
+                    let sel = Selector::Session(r.session_id.clone());
+                    audit_revocation(&st, now, &who, &sel, "account_disabled", revoked).await;
+                }
+            }
+            // Every convergence on a successor is on record (who, from where): racing tabs
+            // and retries are benign, anything else stands out (RT6).
+            RotateOutcome::Grace { session, .. } => {
+                let ev = Event::new("refresh_grace_used").user(&session.user_id).session(&session.id);
+                audit::record(&st.store, now, &who, ev).await;
+            }
+            RotateOutcome::Rotated { .. } | RotateOutcome::Invalid => {}
         }
         Ok(outcome)
     })
@@ -212,9 +284,13 @@ pub async fn refresh(state: &AppState, presented: &str, who: &Who) -> Result<Tok
             state.metrics.refresh("grace");
             (session, access_exp, successor)
         }
-        RotateOutcome::Reused(_) => {
+        RotateOutcome::Reused { .. } => {
             state.metrics.refresh("reused");
             return Err(AppError::RefreshTokenReused);
+        }
+        RotateOutcome::Disabled(_) => {
+            state.metrics.refresh("disabled");
+            return Err(AppError::InvalidRefreshToken);
         }
         RotateOutcome::Expired(_) => {
             state.metrics.refresh("expired");
@@ -361,8 +437,11 @@ pub async fn change_password(
     let hash = state.passwords.hash(new).await?;
     let (st, uid, sid, who, now) =
         (state.clone(), user_id.to_string(), session_id.to_string(), who.clone(), state.clock.now_ms());
+    let verified = user.credential_version;
     detached(async move {
-        let revoked = st.store.change_password(&uid, &hash, &sid, now).await?;
+        // Another change committed since `current` was verified: it is no longer current.
+        let revoked =
+            st.store.change_password(&uid, verified, &hash, &sid, now).await?.ok_or(AppError::InvalidCredentials)?;
         publish(&st, &revoked);
         audit::record(&st.store, now, &who, Event::new("password_changed").user(&uid).session(&sid)).await;
         Ok(())
@@ -370,40 +449,41 @@ pub async fn change_password(
     .await
 }
 
-/// Disables a user and ends every session (`account_disabled`, pushed like every revocation);
-/// logins then fail like a wrong password. Re-enabling lets the user log in again (ended
-/// sessions stay ended). `NotFound` for an unknown user.
+/// Disables a user and ends every session (`account_disabled`, pushed like every revocation),
+/// the flag and the revocation in one transaction; logins then fail like a wrong password, and
+/// so does one that verified the password before the flag (RT1). Re-enabling lets the user log
+/// in again (ended sessions stay ended). `NotFound` for an unknown user.
 pub async fn set_disabled(state: &AppState, user_id: &str, disabled: bool, who: &Who) -> Result<usize> {
     let (st, uid, who) = (state.clone(), user_id.to_string(), who.clone());
-    // Detached: a disabled flag must never stay committed without its sessions ended.
+    // Detached: a committed revocation is always published and audited.
     detached(async move {
         let now = st.clock.now_ms();
-        if !st.store.set_user_disabled(&uid, disabled.then_some(now)).await? {
-            return Err(AppError::NotFound);
-        }
-        let revoked = if disabled {
-            let sel = Selector::User { user_id: uid.clone(), except: None };
-            revoke_and_publish(&st, &sel, "account_disabled", false, now).await?.0.len()
-        } else {
-            0
-        };
+        let revoked = st.store.set_user_disabled(&uid, disabled.then_some(now)).await?.ok_or(AppError::NotFound)?;
+        publish(&st, &revoked);
         let kind = if disabled { "user_disabled" } else { "user_enabled" };
-        let ev = Event::new(kind).user(&uid).detail(json!({ "sessions_revoked": revoked }));
+        let ev = Event::new(kind).user(&uid).detail(json!({ "sessions_revoked": revoked.len() }));
         audit::record(&st.store, now, &who, ev).await;
-        Ok(revoked)
+        Ok(revoked.len())
     })
     .await
 }
 
 /// Grants or revokes the admin role. Admin endpoints check the role in the database on every
-/// call, so a revocation takes effect at once even for unexpired tokens that still say "admin".
+/// call; revoking it also ends every session of the user (`admin_revoked`, in the role change's
+/// transaction, published like every revocation), because verifiers outside sessiond believe
+/// the `admin` claim of an unexpired access token unless its session is revoked (RT14).
 pub async fn set_admin(state: &AppState, user_id: &str, admin: bool, who: &Who) -> Result<()> {
-    if !state.store.set_user_admin(user_id, admin).await? {
-        return Err(AppError::NotFound);
-    }
-    let kind = if admin { "admin_granted" } else { "admin_revoked" };
-    audit::record(&state.store, state.clock.now_ms(), who, Event::new(kind).user(user_id)).await;
-    Ok(())
+    let (st, uid, who) = (state.clone(), user_id.to_string(), who.clone());
+    detached(async move {
+        let now = st.clock.now_ms();
+        let revoked = st.store.set_user_admin(&uid, admin, now).await?.ok_or(AppError::NotFound)?;
+        publish(&st, &revoked);
+        let kind = if admin { "admin_granted" } else { "admin_revoked" };
+        let ev = Event::new(kind).user(&uid).detail(json!({ "sessions_revoked": revoked.len() }));
+        audit::record(&st.store, now, &who, ev).await;
+        Ok(())
+    })
+    .await
 }
 
 /// Makes committed revocations take effect in this process: the denylist refuses the
@@ -463,4 +543,21 @@ pub async fn rebuild_denylist(state: &AppState) -> Result<usize> {
     let revoked = state.store.revoked_since(min_exp).await?;
     apply(state, &revoked);
     Ok(revoked.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_binding;
+
+    #[test]
+    fn rt6_the_client_binding_separates_addresses_and_user_agents() {
+        let a = Some("198.51.100.7".parse().unwrap());
+        let b = Some("203.0.113.66".parse().unwrap());
+        let mapped = Some("::ffff:198.51.100.7".parse().unwrap());
+        assert_eq!(client_binding(a, Some("UA/1")), client_binding(a, Some("UA/1")));
+        assert_eq!(client_binding(a, Some("UA/1")), client_binding(mapped, Some("UA/1")), "one address, two spellings");
+        assert_ne!(client_binding(a, Some("UA/1")), client_binding(b, Some("UA/1")));
+        assert_ne!(client_binding(a, Some("UA/1")), client_binding(a, Some("UA/2")));
+        assert_ne!(client_binding(a, None), client_binding(None, None));
+    }
 }

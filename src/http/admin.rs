@@ -326,7 +326,10 @@ async fn grant_admin(
 
 /// Revokes the admin role.
 ///
-/// At once, even for unexpired tokens that still say `admin`. 400 for the caller themself.
+/// At once: every session of the user ends (reason `admin_revoked`, pushed to their sockets),
+/// so no unexpired access token that says `admin` stays usable, here or at any verifier that
+/// follows revocations. Idempotent (a user who is no admin keeps their sessions). 400 for the
+/// caller themself.
 #[utoipa::path(
     delete,
     path = "/v1/admin/users/{id}/admin",

@@ -153,9 +153,7 @@ async fn login(
 ) -> Result<Response> {
     let info = ClientInfo {
         device_name: body.device_name.map(|d| device_name(&d)).filter(|d| !d.is_empty()),
-        user_agent: client.user_agent.clone(),
-        ip: client.ip.clone(),
-        addr: client.addr,
+        ..client.info()
     };
     let tokens = sessions::login(&state, &body.email, body.password, info).await?;
     if let Some(previous) = refresh_from_cookie(&headers) {
@@ -261,7 +259,7 @@ async fn refresh_session(
     JsonBody(body): JsonBody<RefreshBody>,
 ) -> Result<Response> {
     if let Some(token) = body.refresh_token {
-        return Ok(token_reply(sessions::refresh(&state, &token, &client.who(None)).await?, false));
+        return Ok(token_reply(sessions::refresh(&state, &token, &client.info()).await?, false));
     }
     let Some(token) = refresh_from_cookie(&headers) else {
         // No token at all: a missing field (docs/API.md §3.3), also for a browser in cookie
@@ -271,7 +269,7 @@ async fn refresh_session(
         return Err(AppError::InvalidRequest("No refresh token was sent (neither in the body nor as the cookie)."));
     };
     // (CSRF was checked by `csrf_guard`.)
-    match sessions::refresh(&state, &token, &client.who(None)).await {
+    match sessions::refresh(&state, &token, &client.info()).await {
         Ok(tokens) => Ok(token_reply(tokens, true)),
         Err(e @ (AppError::InvalidRefreshToken | AppError::RefreshTokenReused)) => Ok(clearing_cookie(e)),
         Err(e) => Err(e),

@@ -174,6 +174,16 @@ impl Client {
     pub fn who(&self, actor: Option<&str>) -> Who {
         Who { actor: actor.map(str::to_string), ip: self.ip.clone(), user_agent: self.user_agent.clone() }
     }
+
+    /// This client as the session layer sees it (no device name).
+    pub fn info(&self) -> crate::sessions::ClientInfo {
+        crate::sessions::ClientInfo {
+            device_name: None,
+            user_agent: self.user_agent.clone(),
+            ip: self.ip.clone(),
+            addr: self.addr,
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for Client {

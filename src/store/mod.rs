@@ -26,6 +26,9 @@ pub struct UserRow {
     pub is_admin: i64,
     pub created_at: Millis,
     pub disabled_at: Option<Millis>,
+    /// Bumped by every password change. A session is only ever created against the version
+    /// the login verified (see [`Store::create_session`]); rehashing does not change it.
+    pub credential_version: i64,
 }
 
 impl std::fmt::Debug for UserRow {
@@ -64,6 +67,10 @@ pub struct SessionRow {
     pub ip: Option<String>,
     pub created_at: Millis,
     pub last_used_at: Millis,
+    /// The latest use that was already older than the refresh grace window when the session
+    /// was last used (0 before migration 0003): what listings show while `last_used_at` is
+    /// still inside the window (see `http::listed_times`).
+    pub settled_used_at: Millis,
     pub idle_expires_at: Millis,
     pub absolute_expires_at: Millis,
     pub access_expires_at: Millis,
@@ -97,6 +104,8 @@ pub struct NewSession {
     pub max_age: Millis,
     pub access_ttl: Millis,
     pub refresh: NewRefresh,
+    /// The user's `credential_version` read with the password hash that was verified.
+    pub credential_version: i64,
 }
 
 /// Which sessions a revocation ends. Only live sessions are ever affected.
@@ -137,9 +146,12 @@ pub struct Rotation {
     pub grace: Millis,
     pub idle_ttl: Millis,
     pub access_ttl: Millis,
+    /// The presenting client's binding (`sessions::client_binding`): stored with the token it
+    /// rotates out, and compared with that when a rotated token is presented inside grace.
+    pub client: [u8; 32],
 }
 
-/// What a refresh did. Revocations in `Reused`/`Expired` are committed.
+/// What a refresh did. Revocations in `Reused`/`Expired`/`Disabled` are committed.
 pub enum RotateOutcome {
     /// The presented token was live; the candidate is now the live token.
     Rotated { session: SessionRow, access_exp: Millis },
@@ -147,9 +159,13 @@ pub enum RotateOutcome {
     /// same successor, unsealed from this blob with the presented token.
     Grace { session: SessionRow, sealed_successor: Vec<u8>, access_exp: Millis },
     /// Reuse outside the policy: the session was revoked (`refresh_token_reused`).
-    Reused(Vec<Revoked>),
+    /// `foreign_client`: the token was the immediately previous one, inside grace, but
+    /// presented by another client than the one that rotated it (a thief's replay).
+    Reused { revoked: Vec<Revoked>, foreign_client: bool },
     /// The session had expired; it was ended (`session_expired`).
     Expired(Vec<Revoked>),
+    /// The user is disabled; the session, if still live, was ended (`account_disabled`).
+    Disabled(Vec<Revoked>),
     /// Unknown token, or its session had already ended.
     Invalid,
 }
@@ -251,6 +267,15 @@ impl Kind {
         match self {
             Kind::Sqlite => "",
             Kind::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Shared row lock suffix for a SELECT inside a write transaction: the row may not change
+    /// until the transaction ends (SQLite: `BEGIN IMMEDIATE` already excludes every writer).
+    pub fn for_share(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "",
+            Kind::Postgres => " FOR SHARE",
         }
     }
 }
@@ -520,34 +545,68 @@ impl Store {
         Ok(Some(email))
     }
 
-    /// Disables (`Some(at)`) or re-enables (`None`) a user; false when there is no such user.
-    pub async fn set_user_disabled(&self, id: &str, at: Option<Millis>) -> StoreResult<bool> {
-        let r = sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
-            .bind(at)
+    /// Disables (`Some(at)`) or re-enables (`None`) a user; disabling ends every live session
+    /// of the user (`account_disabled`) in the same transaction, so the flag is never committed
+    /// with sessions alive. `None` when there is no such user; else what it ended (committed).
+    pub async fn set_user_disabled(&self, id: &str, at: Option<Millis>) -> StoreResult<Option<Vec<Revoked>>> {
+        let mut tx = self.begin().await?;
+        let r =
+            sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2").bind(at).bind(id).execute(&mut *tx).await?;
+        if r.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let revoked = match at {
+            Some(now) => {
+                let sel = Selector::User { user_id: id.to_string(), except: None };
+                sql::revoke_in(&mut tx, self.kind, &sel, "account_disabled", now, &self.tag(None)).await?
+            }
+            None => Vec::new(),
+        };
+        tx.commit().await?;
+        Ok(Some(revoked))
+    }
+
+    /// Replaces the password hash `verified` (the one a login just checked) with `rehashed`, the
+    /// same password under today's parameters. A compare-and-swap: if the password changed
+    /// meanwhile nothing is written (returns false), so a login with the old password can never
+    /// write the old password back over a new one (SECURITY.md RT5). Sessions and the
+    /// credential version are untouched: the password is the same.
+    pub async fn rehash_password(&self, id: &str, verified: &str, rehashed: &str) -> StoreResult<bool> {
+        let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3")
+            .bind(rehashed)
             .bind(id)
+            .bind(verified)
             .execute(&self.writer)
             .await?;
         Ok(r.rows_affected() == 1)
     }
 
-    /// Replaces a user's password hash (a rehash with current parameters; sessions untouched).
-    pub async fn set_password_hash(&self, id: &str, hash: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(hash)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    /// Grants or revokes the admin role; false when there is no such user.
-    pub async fn set_user_admin(&self, id: &str, admin: bool) -> StoreResult<bool> {
-        let r = sqlx::query("UPDATE users SET is_admin = $1 WHERE id = $2")
+    /// Grants or revokes the admin role. Revoking it from an admin also ends every live session
+    /// of the user (`admin_revoked`) in the same transaction: their unexpired access tokens
+    /// claim `admin`, and verifiers outside sessiond believe the claim until `exp` unless the
+    /// session is revoked (SECURITY.md RT14). `None` when there is no such user; else what it
+    /// ended (committed).
+    pub async fn set_user_admin(&self, id: &str, admin: bool, now: Millis) -> StoreResult<Option<Vec<Revoked>>> {
+        let mut tx = self.begin().await?;
+        let was: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT is_admin FROM users WHERE id = $1{}", self.kind.for_update()))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(was) = was else { return Ok(None) };
+        sqlx::query("UPDATE users SET is_admin = $1 WHERE id = $2")
             .bind(i64::from(admin))
             .bind(id)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() == 1)
+        let revoked = if was != 0 && !admin {
+            let sel = Selector::User { user_id: id.to_string(), except: None };
+            sql::revoke_in(&mut tx, self.kind, &sel, "admin_revoked", now, &self.tag(None)).await?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await?;
+        Ok(Some(revoked))
     }
 
     // ---- audit log ----
@@ -611,38 +670,71 @@ impl Store {
         .await?)
     }
 
-    /// Sets a new password hash and revokes every other live session of the user, atomically.
+    /// Sets a new password hash, bumps the credential version and revokes every other live
+    /// session of the user, atomically — only if the credential is still the one the caller
+    /// verified (`verified_version`) and the account is enabled; `None` otherwise (nothing
+    /// written). On PostgreSQL the UPDATE's row lock makes a racing login's
+    /// [`create_session`](Store::create_session) wait, and the revoking statement, which runs
+    /// after it, sees every session committed before.
     pub async fn change_password(
         &self,
         user_id: &str,
+        verified_version: i64,
         hash: &str,
         keep: &str,
         now: Millis,
-    ) -> StoreResult<Vec<Revoked>> {
+    ) -> StoreResult<Option<Vec<Revoked>>> {
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(hash)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE users SET password_hash = $1, credential_version = credential_version + 1 \
+             WHERE id = $2 AND credential_version = $3 AND disabled_at IS NULL",
+        )
+        .bind(hash)
+        .bind(user_id)
+        .bind(verified_version)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(None);
+        }
         let sel = Selector::User { user_id: user_id.to_string(), except: Some(keep.to_string()) };
         let revoked = sql::revoke_in(&mut tx, self.kind, &sel, "password_changed", now, &self.tag(None)).await?;
         tx.commit().await?;
-        Ok(revoked)
+        Ok(Some(revoked))
     }
 
     // ---- sessions ----
 
-    /// Inserts a session and its first refresh token in one transaction; returns the row.
-    pub async fn create_session(&self, s: NewSession) -> StoreResult<SessionRow> {
+    /// Inserts a session and its first refresh token in one transaction, only if the user's
+    /// credential is still the verified one (`s.credential_version`) and the account is not
+    /// disabled; returns the user as it is now (its roles go into the tokens) and the session,
+    /// or `None` when the credential state changed since it was verified (SECURITY.md RT1).
+    ///
+    /// The check and the insert are one transaction against the user row. SQLite: `BEGIN
+    /// IMMEDIATE` serialises it with every writer (password change, disable, demotion). On
+    /// PostgreSQL the row is read `FOR SHARE`: that conflicts with the row lock of a password
+    /// change, disable or demotion (an INSERT's foreign-key check takes only `KEY SHARE`, which
+    /// does not), so either that writer commits first and this statement (READ COMMITTED,
+    /// re-evaluated after the wait) no longer finds the row, or this commits first and the
+    /// writer's revoking statement, which runs after its UPDATE, sees the new session.
+    pub async fn create_session(&self, s: NewSession) -> StoreResult<Option<(UserRow, SessionRow)>> {
         let idle = s.now + s.idle_ttl;
         let absolute = s.now + s.max_age;
         let access_exp = (s.now + s.access_ttl).min(idle).min(absolute);
         let mut tx = self.begin().await?;
+        let lock = self.kind.for_share();
+        let user: Option<UserRow> = sqlx::query_as(&format!(
+            "SELECT * FROM users WHERE id = $1 AND credential_version = $2 AND disabled_at IS NULL{lock}"
+        ))
+        .bind(&s.user_id)
+        .bind(s.credential_version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user) = user else { return Ok(None) };
         let row: SessionRow = sqlx::query_as(&format!(
             "INSERT INTO sessions (id, user_id, device_name, user_agent, ip, created_at, last_used_at, \
-               idle_expires_at, absolute_expires_at, access_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9) RETURNING {}",
+               settled_used_at, idle_expires_at, absolute_expires_at, access_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $6, $7, $8, $9) RETURNING {}",
             sql::SESSION_COLS
         ))
         .bind(&s.id)
@@ -664,7 +756,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(row)
+        Ok(Some((user, row)))
     }
 
     /// Live sessions of a user, newest first.

@@ -11,7 +11,7 @@ use sqlx::{Any, Transaction};
 use super::*;
 
 pub(super) const SESSION_COLS: &str = "id, user_id, device_name, user_agent, ip, created_at, last_used_at, \
-    idle_expires_at, absolute_expires_at, access_expires_at, revoked_at, revoked_reason";
+    settled_used_at, idle_expires_at, absolute_expires_at, access_expires_at, revoked_at, revoked_reason";
 
 /// The `NOTIFY` channel of revocations.
 pub const REVOCATIONS_CHANNEL: &str = "sessiond_revocations";
@@ -22,6 +22,15 @@ struct TokenRow {
     rotated_at: Option<i64>,
     successor_id: Option<String>,
     sealed_successor: Option<Vec<u8>>,
+    /// The binding of the client that rotated this token out.
+    rotated_by: Option<Vec<u8>>,
+}
+
+/// `settled_used_at` of a session being used at `$1` with grace `$G` (the placeholder given):
+/// the previous use becomes the settled one once it is older than the grace window. In an
+/// UPDATE every column reads its old value, so `last_used_at` here is the previous use.
+fn settle(grace: &str) -> String {
+    format!("settled_used_at = CASE WHEN $1 - last_used_at > {grace} THEN last_used_at ELSE settled_used_at END")
 }
 
 type Tx = Transaction<'static, Any>;
@@ -41,18 +50,20 @@ pub(super) async fn rotate_in(
     tag: &NoteTag<'_>,
     failpoints: &Failpoints,
 ) -> StoreResult<RotateOutcome> {
-    let (session, token) = match kind {
+    let (session, token, disabled_at) = match kind {
         // SQLite: `BEGIN IMMEDIATE` holds the write lock already; one round trip reads both.
         Kind::Sqlite => {
             static SQL: LazyLock<String> = LazyLock::new(|| {
                 format!(
                     "SELECT s.{}, t.id AS t_id, t.rotated_at AS t_rotated_at, t.successor_id AS t_successor_id, \
-                     t.sealed_successor AS t_sealed_successor \
-                     FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.token_hash = $1",
+                     t.sealed_successor AS t_sealed_successor, t.rotated_by AS t_rotated_by, \
+                     u.disabled_at AS u_disabled_at \
+                     FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id \
+                     WHERE t.token_hash = $1",
                     SESSION_COLS.replace(", ", ", s.")
                 )
             });
-            let row: Option<(SessionRow, TokenRow)> = sqlx::query(SQL.as_str())
+            let row: Option<(SessionRow, TokenRow, Option<i64>)> = sqlx::query(SQL.as_str())
                 .bind(&r.presented_hash[..])
                 .try_map(|row: sqlx::any::AnyRow| {
                     use sqlx::{FromRow, Row};
@@ -63,13 +74,15 @@ pub(super) async fn rotate_in(
                             rotated_at: row.try_get("t_rotated_at")?,
                             successor_id: row.try_get("t_successor_id")?,
                             sealed_successor: row.try_get("t_sealed_successor")?,
+                            rotated_by: row.try_get("t_rotated_by")?,
                         },
+                        row.try_get("u_disabled_at")?,
                     ))
                 })
                 .fetch_optional(&mut **tx)
                 .await?;
             match row {
-                Some(pair) => pair,
+                Some(triple) => triple,
                 None => return Ok(RotateOutcome::Invalid),
             }
         }
@@ -80,6 +93,10 @@ pub(super) async fn rotate_in(
         // a second statement, after the session lock is held, so that (READ COMMITTED) it sees
         // the commit of a refresh that held the lock before us; a join would re-check only the
         // locked session row and could return the token as it was before that commit.
+        // The user row is read without a lock: disabling, demoting and password changes lock
+        // the user row and then the user's session rows, so locking it here (after the session
+        // row) could deadlock with them. Unlocked is enough: such a writer ends this session
+        // after us, in its own transaction, if it had not committed before this read.
         Kind::Postgres => {
             let lock = kind.for_update();
             let session: Option<SessionRow> = sqlx::query_as(&format!(
@@ -91,12 +108,17 @@ pub(super) async fn rotate_in(
             .await?;
             let Some(session) = session else { return Ok(RotateOutcome::Invalid) };
             let token: TokenRow = sqlx::query_as(&format!(
-                "SELECT id, rotated_at, successor_id, sealed_successor FROM refresh_tokens WHERE token_hash = $1{lock}"
+                "SELECT id, rotated_at, successor_id, sealed_successor, rotated_by FROM refresh_tokens \
+                 WHERE token_hash = $1{lock}"
             ))
             .bind(&r.presented_hash[..])
             .fetch_one(&mut **tx)
             .await?;
-            (session, token)
+            let disabled_at: Option<i64> = sqlx::query_scalar("SELECT disabled_at FROM users WHERE id = $1")
+                .bind(&session.user_id)
+                .fetch_one(&mut **tx)
+                .await?;
+            (session, token, disabled_at)
         }
     };
     if session.revoked_at.is_some() {
@@ -105,6 +127,12 @@ pub(super) async fn rotate_in(
     if session.expires_at() <= r.now {
         let sel = Selector::Session(session.id.clone());
         return Ok(RotateOutcome::Expired(revoke_in(tx, kind, &sel, "session_expired", r.now, tag).await?));
+    }
+    // A disabled account's sessions end with the flag (same transaction), so this finds only
+    // one that is somehow still live (e.g. from before that was so): end it too (RT1).
+    if disabled_at.is_some() {
+        let sel = Selector::Session(session.id.clone());
+        return Ok(RotateOutcome::Disabled(revoke_in(tx, kind, &sel, "account_disabled", r.now, tag).await?));
     }
 
     let idle = r.now + r.idle_ttl;
@@ -124,22 +152,30 @@ pub(super) async fn rotate_in(
         None => false,
     };
     let within = r.now - rotated_at <= r.grace;
+    // Grace exists for the client that rotated (racing tabs of one browser, a retry after a lost
+    // response), not for whoever else holds a copy of the token: a thief who replays the
+    // previous token just after the victim's rotation is a reuse like any other (RT6).
+    let same_client = token.rotated_by.as_deref() == Some(&r.client[..]);
     match (&token.sealed_successor, successor_live && within) {
-        (Some(sealed), true) => {
+        (Some(sealed), true) if same_client => {
             sqlx::query(&format!(
-                "UPDATE sessions SET last_used_at = $1, access_expires_at = {}(access_expires_at, $2) WHERE id = $3",
+                "UPDATE sessions SET last_used_at = $1, {}, access_expires_at = {}(access_expires_at, $2) WHERE id = $3",
+                settle("$4"),
                 kind.greatest()
             ))
             .bind(r.now)
             .bind(access_exp)
             .bind(&session.id)
+            .bind(r.grace)
             .execute(&mut **tx)
             .await?;
             Ok(RotateOutcome::Grace { session, sealed_successor: sealed.clone(), access_exp })
         }
-        _ => {
+        (sealed, in_grace) => {
+            let foreign_client = sealed.is_some() && in_grace && !same_client;
             let sel = Selector::Session(session.id.clone());
-            Ok(RotateOutcome::Reused(revoke_in(tx, kind, &sel, "refresh_token_reused", r.now, tag).await?))
+            let revoked = revoke_in(tx, kind, &sel, "refresh_token_reused", r.now, tag).await?;
+            Ok(RotateOutcome::Reused { revoked, foreign_client })
         }
     }
 }
@@ -159,11 +195,14 @@ async fn rotate_live(
 ) -> StoreResult<SessionRow> {
     // One statement: mark the presented token rotated (keeping its sealed successor), and forget
     // every older sealed successor: only the immediately previous token may converge.
+    // The rotating client's binding stays with the token: only that client may converge on the
+    // successor inside grace.
     sqlx::query(
         "UPDATE refresh_tokens SET \
            rotated_at = CASE WHEN id = $4 THEN $1 ELSE rotated_at END, \
            successor_id = CASE WHEN id = $4 THEN $2 ELSE successor_id END, \
-           sealed_successor = CASE WHEN id = $4 THEN $3 ELSE NULL END \
+           sealed_successor = CASE WHEN id = $4 THEN $3 ELSE NULL END, \
+           rotated_by = CASE WHEN id = $4 THEN $6 ELSE rotated_by END \
          WHERE session_id = $5 AND (id = $4 OR sealed_successor IS NOT NULL)",
     )
     .bind(r.now)
@@ -171,6 +210,7 @@ async fn rotate_live(
     .bind(&r.sealed_candidate)
     .bind(&token.id)
     .bind(&session.id)
+    .bind(&r.client[..])
     .execute(&mut **tx)
     .await?;
     // Tests: a fault between the two writes must roll the whole rotation back (SECURITY.md R6).
@@ -188,14 +228,16 @@ async fn rotate_live(
     .execute(&mut **tx)
     .await?;
     Ok(sqlx::query_as(&format!(
-        "UPDATE sessions SET last_used_at = $1, idle_expires_at = $2, access_expires_at = {}(access_expires_at, $3) \
-         WHERE id = $4 RETURNING {SESSION_COLS}",
+        "UPDATE sessions SET last_used_at = $1, {}, idle_expires_at = $2, \
+           access_expires_at = {}(access_expires_at, $3) WHERE id = $4 RETURNING {SESSION_COLS}",
+        settle("$5"),
         kind.greatest()
     ))
     .bind(r.now)
     .bind(idle)
     .bind(access_exp)
     .bind(&session.id)
+    .bind(r.grace)
     .fetch_one(&mut **tx)
     .await?)
 }

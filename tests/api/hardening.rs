@@ -257,9 +257,19 @@ async fn s2_a_revoked_admin_role_stops_working_at_once() {
     assert_eq!(app.get_auth("/v1/admin/users", &promoted.access).await.status(), StatusCode::OK);
 
     // Revoke the role: the still-valid token that says "admin" is refused on the next call.
+    // Since RT14 the demotion ends the user's sessions, so it is refused as revoked (401), not
+    // merely as lacking the role (403), and everywhere, not only on admin endpoints.
     let r = app.delete_auth(&format!("/v1/admin/users/{}/admin", promoted.user_id), &root.access).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_problem(app.get_auth("/v1/admin/users", &promoted.access).await, StatusCode::FORBIDDEN, "forbidden").await;
+    let r = app.get_auth("/v1/admin/users", &promoted.access).await;
+    assert_problem(r, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    // A token that still claims the role while the database says otherwise (the role checked
+    // on every admin call): a fresh login's token has no role, so sign one with the claim.
+    let now = app.clock.now_ms();
+    let relogged = app.session_of(&email).await;
+    let (claiming, _) =
+        app.state.keys.issue(&relogged.user_id, &relogged.session_id, vec!["admin".into()], now, now + 60_000).unwrap();
+    assert_problem(app.get_auth("/v1/admin/users", &claiming).await, StatusCode::FORBIDDEN, "forbidden").await;
     // A disabled admin is no admin either.
     let other = app.new_admin().await;
     let r = app.post_auth(&format!("/v1/admin/users/{}/disable", other.user_id), &root.access, None).await;

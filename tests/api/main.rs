@@ -13,6 +13,7 @@ mod admin;
 mod auth;
 mod cli;
 mod cookies;
+mod credentials;
 mod errors;
 mod faults;
 mod hardening;

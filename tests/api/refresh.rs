@@ -228,3 +228,119 @@ async fn f9_previous_and_current_tokens_racing_a_revocation_never_fail_with_5xx(
         assert!(app.state.denylist.contains(&t0.session_id));
     }
 }
+
+/// A refresh as a given client: its address (believed through `X-Forwarded-For` from the
+/// loopback proxy) and its `User-Agent`.
+async fn refresh_as(app: &TestApp, rt: &str, addr: &str, user_agent: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/auth/refresh"))
+        .header("x-forwarded-for", addr)
+        .header("user-agent", user_agent)
+        .json(&json!({ "refresh_token": rt }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A server that believes `X-Forwarded-For` from loopback, so tests can pose as any address.
+async fn behind_proxy() -> TestApp {
+    spawn_app_with(|c| c.trusted_proxies = "127.0.0.1".parse().unwrap()).await
+}
+
+const VICTIM: (&str, &str) = ("198.51.100.7", "Victim/1.0");
+
+/// Audit events about `user_id` of kind `event`.
+async fn audit_events(app: &TestApp, admin: &str, user_id: &str, event: &str) -> Vec<Value> {
+    let r = app.get_auth(&format!("/v1/admin/audit?limit=500&user_id={user_id}"), admin).await;
+    let v: Value = r.json().await.unwrap();
+    v["events"].as_array().unwrap().iter().filter(|e| e["event"] == event).cloned().collect()
+}
+
+#[tokio::test]
+async fn rt6_a_replay_inside_grace_from_another_client_is_reuse() {
+    let app = behind_proxy().await;
+    let admin = app.new_admin().await;
+    // The thief replays the victim's previous token just after the victim's rotation, from
+    // another address (same user agent), or from the same address with another user agent.
+    for thief in [("203.0.113.66", VICTIM.1), (VICTIM.0, "Thief/2.0")] {
+        let t0 = app.new_session().await;
+        let r = refresh_as(&app, &t0.refresh, VICTIM.0, VICTIM.1).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let t1 = Tokens::from(r.json::<Value>().await.unwrap());
+        let r = refresh_as(&app, &t0.refresh, thief.0, thief.1).await;
+        let body = r.text().await.map(|b| (b.contains(&t1.refresh), b));
+        let (leaked, body) = body.unwrap();
+        assert!(!leaked, "the thief never receives the victim's successor");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "refresh_token_reused", "{body}");
+        assert_eq!(body["status"], 401);
+        // Reuse: the whole session is over, the victim's successor too.
+        assert_eq!(reason(&app, &t0.session_id).await.as_deref(), Some("refresh_token_reused"));
+        let r = refresh_as(&app, &t1.refresh, VICTIM.0, VICTIM.1).await;
+        assert_problem(r, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
+        assert_problem(app.me(&t1.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+        let ev = audit_events(&app, &admin.access, &t0.user_id, "refresh_token_reused").await;
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0]["detail"]["foreign_client_in_grace"], true);
+        assert_eq!(ev[0]["ip"], thief.0);
+        assert_eq!(ev[0]["user_agent"], thief.1);
+    }
+}
+
+#[tokio::test]
+async fn rt6_the_rotating_client_still_converges_and_every_grace_use_is_audited() {
+    let app = behind_proxy().await;
+    let admin = app.new_admin().await;
+    let t0 = app.new_session().await;
+    let a = Tokens::from(refresh_as(&app, &t0.refresh, VICTIM.0, VICTIM.1).await.json::<Value>().await.unwrap());
+    app.clock.advance(Duration::from_millis(9_500));
+    let r = refresh_as(&app, &t0.refresh, VICTIM.0, VICTIM.1).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let b = Tokens::from(r.json::<Value>().await.unwrap());
+    assert_eq!(a.refresh, b.refresh, "same client inside grace: same successor");
+    assert_eq!(reason(&app, &t0.session_id).await, None);
+    let ev = audit_events(&app, &admin.access, &t0.user_id, "refresh_grace_used").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["target_session_id"], t0.session_id.as_str());
+    assert_eq!(ev[0]["ip"], VICTIM.0);
+    assert_eq!(ev[0]["user_agent"], VICTIM.1);
+}
+
+/// `(last_used_at, expires_at)` of `session_id` in a listing.
+async fn listed(app: &TestApp, path: &str, token: &str, session_id: &str) -> (String, String) {
+    let v: Value = app.get_auth(path, token).await.json().await.unwrap();
+    let s = v["sessions"].as_array().unwrap().iter().find(|s| s["id"] == session_id).unwrap().clone();
+    (s["last_used_at"].as_str().unwrap().to_string(), s["expires_at"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn rt6_session_listings_do_not_time_a_rotation_inside_grace() {
+    let app = spawn_app().await;
+    let admin = app.new_admin().await;
+    let t0 = app.new_session().await;
+    let own = "/v1/auth/sessions".to_string();
+    let admins = format!("/v1/admin/users/{}/sessions", t0.user_id);
+    // Minutes after the login, so a rotation now lands in another minute than the login.
+    app.clock.advance(Duration::from_secs(150));
+    let before = listed(&app, &own, &t0.access, &t0.session_id).await;
+    let admin_before = listed(&app, &admins, &admin.access, &t0.session_id).await;
+    for t in [&before.0, &before.1] {
+        assert!(t.ends_with(":00Z"), "to the minute: {t}");
+    }
+
+    // The victim rotates: nothing a listing shows moves while the previous token is in grace.
+    let t1 = refresh_ok(&app, &t0.refresh).await;
+    assert_eq!(listed(&app, &own, &t1.access, &t0.session_id).await, before, "own listing during grace");
+    assert_eq!(listed(&app, &admins, &admin.access, &t0.session_id).await, admin_before, "admin listing");
+    // (Late in the window; real time passes too, so not to its last millisecond.)
+    app.clock.advance(Duration::from_millis(9_000));
+    assert_eq!(listed(&app, &own, &t1.access, &t0.session_id).await, before, "late in grace");
+
+    // Once the window has closed, the use shows, to the minute.
+    app.clock.advance(Duration::from_millis(1_100));
+    let after = listed(&app, &own, &t1.access, &t0.session_id).await;
+    assert!(after.0 > before.0 && after.1 > before.1, "{before:?} then {after:?}");
+    for t in [&after.0, &after.1] {
+        assert!(t.ends_with(":00Z"), "to the minute: {t}");
+    }
+}

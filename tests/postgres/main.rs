@@ -17,6 +17,8 @@ mod admin;
 mod auth;
 #[path = "../api/cookies.rs"]
 mod cookies;
+#[path = "../api/credentials.rs"]
+mod credentials;
 #[path = "../api/errors.rs"]
 mod errors;
 #[path = "../api/faults.rs"]

@@ -190,9 +190,12 @@ impl Minter {
                     max_age: ms(Duration::from_secs(86400)),
                     access_ttl: ms(Duration::from_secs(1800)),
                     refresh: NewRefresh { id: uuid::Uuid::now_v7().to_string(), hash: token.digest() },
+                    credential_version: 0,
                 })
                 .await
-                .unwrap();
+                .unwrap()
+                .expect("the bench user is enabled and its credential unchanged")
+                .1;
             let (access, _) = self.keys.issue(&self.user_id, &s.id, vec![], now, s.access_expires_at).unwrap();
             out.push(Minted { access, refresh: token.as_str().to_string() });
         }

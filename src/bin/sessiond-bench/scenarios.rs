@@ -430,6 +430,7 @@ pub async fn refresh_store(args: &Args) -> Vec<String> {
                 grace: 10_000,
                 idle_ttl: 86_400_000,
                 access_ttl: 300_000,
+                client: sessiond::sessions::client_binding(None, None),
             };
             assert!(matches!(
                 minter.store.rotate_refresh(r).await.unwrap(),
