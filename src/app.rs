@@ -119,7 +119,15 @@ pub fn router(state: AppState) -> Router {
         }))
         // Failures are logged where they happen (AppError); a 503 from /readyz while starting
         // is not an error worth an ERROR line.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
+        .layer(
+            TraceLayer::new_for_http()
+                // The path, not the whole URI: clients put tokens in query strings (a common
+                // WebSocket habit), and a debug log must not keep them (SECURITY.md RT9).
+                .make_span_with(|req: &Request| {
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), version = ?req.version())
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(state)
 }
 

@@ -7,6 +7,12 @@
 //! was missed: the overlap makes commit order irrelevant) and applies it. While the listener is
 //! down the instance fails closed: `authenticate` checks the session in the database on every
 //! request and socket `auth`, and `/readyz` answers 503 once it has been down for 5 s.
+//!
+//! A notification whose log rows cannot be read leaves the denylist stale. The listener then
+//! fails closed, retries the read briefly ([`NOTIFIED_READ_ATTEMPTS`]), and if it still fails it
+//! drops its connection and starts over (LISTEN, then the full resync, which re-applies the
+//! unread range too). So "down" always ends by itself: either the read succeeds or the
+//! reconnect resyncs; the listener is never left connected but marked down (SECURITY.md RT4).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -24,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Millis;
 use crate::state::AppState;
 use crate::store::sql::REVOCATIONS_CHANNEL;
+use crate::store::Revoked;
 
 /// Channel on which instances acknowledge a revocation with the number of sockets they told.
 pub const ACKS_CHANNEL: &str = "sessiond_acks";
@@ -35,6 +42,17 @@ pub const INSTANCE_TTL_MS: Millis = 15_000;
 pub const INSTANCE_FORGET_MS: Millis = 30_000;
 /// Presence sync period.
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Reads of a notified range before the listener gives up and reconnects + resyncs.
+pub const NOTIFIED_READ_ATTEMPTS: usize = 3;
+/// Pause before each retry of that read.
+const NOTIFIED_READ_BACKOFF: [Duration; NOTIFIED_READ_ATTEMPTS - 1] =
+    [Duration::from_millis(50), Duration::from_millis(250)];
+/// Bound on one attempt: a pool that has no connection for this long is starved, and waiting
+/// out its acquire timeout on every attempt would keep the instance failing closed for longer
+/// than a resync takes.
+const NOTIFIED_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// First pause before a reconnect; doubles up to 2 s, and starts over once the listener was up.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Listener health and pending acknowledgements, shared with handlers.
 pub struct Backplane {
@@ -90,6 +108,11 @@ impl Backplane {
         }
     }
 
+    /// Connected and resynced (or the range that made it fail closed is applied after all).
+    fn set_up(&self) {
+        self.listening.store(true, Ordering::Release);
+    }
+
     /// Registers a request id; acknowledgements of it arrive on the receiver.
     pub fn expect_acks(&self, req: &str) -> mpsc::Receiver<(String, i64)> {
         let (tx, rx) = mpsc::channel(64);
@@ -110,10 +133,11 @@ pub fn listener_name(instance_id: &str) -> String {
 /// Runs the listener until `stop`, reconnecting with backoff.
 pub async fn run_listener(state: AppState, stop: CancellationToken) {
     let Some(bp) = state.backplane.clone() else { return };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = RECONNECT_BACKOFF;
     loop {
-        match listen_once(&state, &bp, &stop).await {
+        match listen_once(&state, &bp, &stop, &mut backoff).await {
             Ok(()) => break,
+            Err(_) if stop.is_cancelled() => break,
             Err(e) => {
                 bp.set_down(state.clock.now_ms());
                 tracing::warn!(error = %e, retry_in = ?backoff, "revocation listener down; failing closed");
@@ -128,8 +152,14 @@ pub async fn run_listener(state: AppState, stop: CancellationToken) {
     bp.set_down(state.clock.now_ms());
 }
 
-/// One connection's life: LISTEN, resync, then apply notifications until the connection drops.
-async fn listen_once(state: &AppState, bp: &Backplane, stop: &CancellationToken) -> anyhow::Result<()> {
+/// One connection's life: LISTEN, resync, then apply notifications until the connection drops
+/// or a notified range cannot be read (then the caller starts over, and the resync covers it).
+async fn listen_once(
+    state: &AppState,
+    bp: &Backplane,
+    stop: &CancellationToken,
+    backoff: &mut Duration,
+) -> anyhow::Result<()> {
     // A dedicated connection (not from the request pool), named so operators and tests can
     // find it in pg_stat_activity.
     let opts = PgConnectOptions::from_str(state.store.url())?.application_name(&listener_name(&state.instance_id));
@@ -137,8 +167,11 @@ async fn listen_once(state: &AppState, bp: &Backplane, stop: &CancellationToken)
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen_all([REVOCATIONS_CHANNEL, ACKS_CHANNEL]).await?;
     let n = crate::sessions::rebuild_denylist(state).await?;
-    bp.listening.store(true, Ordering::Release);
+    bp.set_up();
     bp.synced_once.store(true, Ordering::Release);
+    // A forced resync is routine, not a sign of a database that refuses connections: the next
+    // reconnect starts at the short pause again.
+    *backoff = RECONNECT_BACKOFF;
     tracing::info!(resynced = n, "revocation listener up");
     loop {
         let note = tokio::select! {
@@ -148,39 +181,55 @@ async fn listen_once(state: &AppState, bp: &Backplane, stop: &CancellationToken)
         // `None`: the connection was lost. Start over: a new connection, LISTEN, resync.
         let Some(note) = note else { anyhow::bail!("listener connection lost") };
         match note.channel() {
-            REVOCATIONS_CHANNEL => on_revocation(state, note.payload()).await,
+            REVOCATIONS_CHANNEL => on_revocation(state, bp, note.payload()).await?,
             ACKS_CHANNEL => on_ack(bp, note.payload()),
             _ => {}
         }
     }
 }
 
-async fn on_revocation(state: &AppState, payload: &str) {
+/// Applies another instance's revocation. Errs only when its log rows stay unreadable: the
+/// listener must then reconnect and resync.
+async fn on_revocation(state: &AppState, bp: &Backplane, payload: &str) -> anyhow::Result<()> {
     let Ok(note) = serde_json::from_str::<RevocationNote>(payload) else {
         tracing::warn!("malformed revocation notification ignored");
-        return;
+        return Ok(());
     };
     if note.origin == *state.instance_id {
-        return; // this instance made it and already published it
+        return Ok(()); // this instance made it and already published it
     }
-    let revoked = match state.store.revocations_between(note.from, note.to).await {
-        Ok(r) => r,
-        Err(e) => {
-            // The denylist may now be stale: fail closed until the next resync.
-            tracing::warn!(error = %e, "reading notified revocations failed");
-            if let Some(bp) = &state.backplane {
-                bp.set_down(state.clock.now_ms());
-            }
-            return;
-        }
-    };
+    let revoked = read_notified(state, bp, note.from, note.to).await?;
     let n = crate::sessions::apply(state, &revoked);
+    // Current again (a no-op unless a failed attempt made it fail closed).
+    bp.set_up();
     if let Some(req) = note.req {
         let ack = AckNote { req, instance: state.instance_id.to_string(), n: n as i64 };
         let payload = serde_json::to_string(&ack).unwrap_or_default();
         if let Err(e) = state.store.notify(ACKS_CHANNEL, &payload).await {
             tracing::warn!(error = %e, "acknowledging a revocation failed");
         }
+    }
+    Ok(())
+}
+
+/// Reads the notified log range, retrying a failed read briefly. From the first failure until
+/// the rows are applied (or the reconnect resyncs) the instance fails closed: its denylist
+/// lacks a committed revocation.
+async fn read_notified(state: &AppState, bp: &Backplane, from: i64, to: i64) -> anyhow::Result<Vec<Revoked>> {
+    let mut attempt = 0;
+    loop {
+        let error = match tokio::time::timeout(NOTIFIED_READ_TIMEOUT, state.store.revocations_between(from, to)).await {
+            Ok(Ok(rows)) => return Ok(rows),
+            Ok(Err(e)) => anyhow::Error::from(e),
+            Err(_) => anyhow::anyhow!("timed out after {NOTIFIED_READ_TIMEOUT:?}"),
+        };
+        bp.set_down(state.clock.now_ms());
+        let Some(pause) = NOTIFIED_READ_BACKOFF.get(attempt) else {
+            return Err(error.context("reading notified revocations failed; reconnecting to resync"));
+        };
+        tracing::warn!(error = %error, retry_in = ?pause, "reading notified revocations failed; failing closed");
+        tokio::time::sleep(*pause).await;
+        attempt += 1;
     }
 }
 

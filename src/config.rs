@@ -133,7 +133,8 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
     pub sweep_interval: Duration,
 
-    /// Authenticated sockets one user may hold on this instance; the next is closed with 4429.
+    /// Authenticated sockets one user may hold on this instance. At the cap a new socket is
+    /// admitted and the oldest socket of the user's session holding the most is closed with 4429.
     #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS_PER_USER", default_value_t = 64, global = true)]
     pub ws_max_sockets_per_user: usize,
 

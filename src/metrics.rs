@@ -94,6 +94,8 @@ pub struct Metrics {
     pub ws_push_latency: Histogram,
     /// Sockets closed because their outbound queue was full.
     pub ws_queue_full_closes: Counter,
+    /// Sockets closed with 4429 to make room for a newer socket of their user (per-user cap).
+    pub ws_evicted: Counter,
     /// Upgrades refused by a cap, by which cap.
     pub ws_refused: Family<OutcomeLabels, Counter>,
 }
@@ -120,6 +122,7 @@ impl Metrics {
         let ws_push_latency =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16));
         let ws_queue_full_closes = Counter::default();
+        let ws_evicted = Counter::default();
         let ws_refused = Family::<OutcomeLabels, Counter>::default();
         registry.register("ws_refused", "WebSocket upgrades refused by a cap, by cap", ws_refused.clone());
         registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
@@ -153,6 +156,11 @@ impl Metrics {
             "Sockets closed because their outbound queue was full",
             ws_queue_full_closes.clone(),
         );
+        registry.register(
+            "ws_evicted",
+            "Sockets closed with 4429 to make room for a newer socket of their user",
+            ws_evicted.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -166,6 +174,7 @@ impl Metrics {
             ws_logouts,
             ws_push_latency,
             ws_queue_full_closes,
+            ws_evicted,
             ws_refused,
         }
     }

@@ -96,6 +96,7 @@ async fn serve(mut ws: WebSocket, state: &AppState, conn_id: u64, mut unauthenti
                 HubEvent::Logout { reason, session_id, at, published } => Step::Logout {
                     reason: reason.to_string(), session_id: session_id.to_string(), at, published: Some(published),
                 },
+                HubEvent::Evicted => Step::Close(close::TOO_MANY, "too many sockets for this user"),
             },
             _ = &mut deadline => match authed {
                 None => Step::Close(close::AUTH_TIMEOUT, "no auth in time"),

@@ -307,41 +307,70 @@ fn spawn_checkpointer(reader: AnyPool) {
     });
 }
 
-/// Names of the [failpoints](Store::arm_failpoint) in the store's transactions.
+/// Names of the [failpoints](Store::arm_failpoint) in the store.
 #[doc(hidden)]
 pub mod failpoint {
     /// In a refresh rotation, after the presented token is marked rotated and before its
     /// successor is inserted.
     pub const ROTATE_AFTER_MARK: &str = "rotate_after_mark";
+    /// [`Store::revocations_between`](super::Store::revocations_between): the backplane's read of
+    /// a notified range of the revocation log (a pool timeout or a refused `SELECT` in production).
+    pub const REVOCATIONS_READ: &str = "revocations_read";
 }
 
-/// Test-only fault injection: a set of armed failpoint names shared by a store's clones. While
-/// nothing is armed (always, outside tests) a check costs one relaxed atomic load.
+/// Test-only fault injection: the armed failpoint names, shared by a store's clones, each armed
+/// until disarmed or for a number of hits. While nothing is armed (always, outside tests) a
+/// check costs one relaxed atomic load.
 #[derive(Clone, Default)]
 pub(crate) struct Failpoints(std::sync::Arc<FailpointsInner>);
 
 #[derive(Default)]
 struct FailpointsInner {
     any_armed: std::sync::atomic::AtomicBool,
-    armed: std::sync::Mutex<Vec<&'static str>>,
+    /// name → hits left (`None`: until disarmed).
+    armed: std::sync::Mutex<Vec<(&'static str, Option<u32>)>>,
+}
+
+enum Arm {
+    Off,
+    UntilDisarmed,
+    Times(u32),
 }
 
 impl Failpoints {
-    /// Whether `name` is armed: the code at that point then fails with [`StoreError::Injected`].
+    /// Whether `name` is armed (and, if armed for a number of hits, uses one): the code at that
+    /// point then fails with [`StoreError::Injected`].
     pub(crate) fn hit(&self, name: &'static str) -> bool {
         use std::sync::atomic::Ordering;
-        self.0.any_armed.load(Ordering::Relaxed)
-            && self.0.armed.lock().unwrap_or_else(|p| p.into_inner()).contains(&name)
+        if !self.0.any_armed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut armed = self.0.armed.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(i) = armed.iter().position(|(n, _)| *n == name) else { return false };
+        if let Some(left) = &mut armed[i].1 {
+            *left -= 1;
+            if *left == 0 {
+                armed.swap_remove(i);
+                self.0.any_armed.store(!armed.is_empty(), Ordering::Relaxed);
+            }
+        }
+        true
     }
 
-    fn set(&self, name: &'static str, on: bool) {
+    fn set(&self, name: &'static str, arm: Arm) {
         use std::sync::atomic::Ordering;
         let mut armed = self.0.armed.lock().unwrap_or_else(|p| p.into_inner());
-        armed.retain(|n| *n != name);
-        if on {
-            armed.push(name);
+        armed.retain(|(n, _)| *n != name);
+        match arm {
+            Arm::Off | Arm::Times(0) => {}
+            Arm::UntilDisarmed => armed.push((name, None)),
+            Arm::Times(n) => armed.push((name, Some(n))),
         }
         self.0.any_armed.store(!armed.is_empty(), Ordering::Relaxed);
+    }
+
+    fn is_armed(&self, name: &'static str) -> bool {
+        self.0.armed.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(n, _)| *n == name)
     }
 }
 
@@ -457,13 +486,27 @@ impl Store {
     /// Lets integration tests inject a database fault at an exact point (SECURITY.md R6).
     #[doc(hidden)]
     pub fn arm_failpoint(&self, name: &'static str) {
-        self.failpoints.set(name, true);
+        self.failpoints.set(name, Arm::UntilDisarmed);
+    }
+
+    /// **Test-only.** Arms the failpoint `name` for its next `hits` hits only (see
+    /// [`Store::arm_failpoint`]); then it disarms itself.
+    #[doc(hidden)]
+    pub fn arm_failpoint_times(&self, name: &'static str, hits: u32) {
+        self.failpoints.set(name, Arm::Times(hits));
     }
 
     /// **Test-only.** Disarms the failpoint `name` (see [`Store::arm_failpoint`]).
     #[doc(hidden)]
     pub fn disarm_failpoint(&self, name: &'static str) {
-        self.failpoints.set(name, false);
+        self.failpoints.set(name, Arm::Off);
+    }
+
+    /// **Test-only.** Whether `name` is still armed (a failpoint armed for a number of hits is
+    /// not once they are used up).
+    #[doc(hidden)]
+    pub fn failpoint_armed(&self, name: &'static str) -> bool {
+        self.failpoints.is_armed(name)
     }
 
     /// Applies the embedded migrations of this backend.
@@ -835,6 +878,9 @@ impl Store {
 
     /// Revocation log rows in an id range (PostgreSQL backplane).
     pub async fn revocations_between(&self, from: i64, to: i64) -> StoreResult<Vec<Revoked>> {
+        if self.failpoints.hit(failpoint::REVOCATIONS_READ) {
+            return Err(StoreError::Injected(failpoint::REVOCATIONS_READ));
+        }
         let rows: Vec<(String, String, i64, String, i64)> = sqlx::query_as(
             "SELECT session_id, user_id, access_expires_at, reason, at FROM revocations WHERE id BETWEEN $1 AND $2",
         )

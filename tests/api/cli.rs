@@ -1,13 +1,15 @@
 //! The binary as an operator runs it: `migrate`, `user add`, `keys rotate`, and `serve` with
-//! debug logging, checking that no secret reaches the logs or the database file.
+//! trace logging, checking that no secret reaches the logs or the database file.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::helpers::*;
 
@@ -77,7 +79,10 @@ struct Server {
 
 fn serve(db: &Path, extra: &[(&str, &str)]) -> Server {
     let mut cmd = sessiond(db);
-    cmd.env("SESSIOND_LISTEN", "127.0.0.1:0").env("RUST_LOG", "trace,hyper=trace,tower_http=trace");
+    cmd.env("SESSIOND_LISTEN", "127.0.0.1:0").env("SESSIOND_ALLOWED_ORIGINS", "http://localhost:8080").env(
+        "RUST_LOG",
+        "trace,tungstenite=trace,tokio_tungstenite=trace,hyper=trace,axum::rejection=trace,tower_http=trace",
+    );
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -128,6 +133,14 @@ impl Drop for Server {
     }
 }
 
+/// The refresh token in a response's `__Host-sessiond_refresh` cookie.
+fn refresh_cookie_of(r: &reqwest::Response) -> String {
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    set.split(';').next().unwrap().strip_prefix("__Host-sessiond_refresh=").unwrap().to_string()
+}
+
+/// `RUST_LOG=trace` for every target: whatever an operator asks for, no token, cookie or
+/// password reaches the log (RT9: tungstenite's trace lines printed the socket `auth` frame).
 #[tokio::test]
 async fn r8_secrets_stay_out_of_logs_and_the_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,6 +185,42 @@ async fn r8_secrets_stay_out_of_logs_and_the_database() {
     assert_eq!(r.status(), StatusCode::OK);
     let r = c.get(format!("{base}/v1/me")).bearer_auth(format!("{}x", t1.access)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A socket `auth` message carries a live access token in a WebSocket frame (RT9).
+    let mut ws =
+        tokio_tungstenite::connect_async(format!("{}/v1/ws", base.replace("http://", "ws://"))).await.unwrap().0;
+    ws.send(WsMessage::Text(json!({"type": "auth", "access_token": t1.access}).to_string().into())).await.unwrap();
+    let ready = loop {
+        match ws.next().await.expect("socket open").unwrap() {
+            WsMessage::Text(t) => break serde_json::from_str::<Value>(&t).unwrap(),
+            _ => continue,
+        }
+    };
+    assert_eq!(ready["type"], "ready", "{ready}");
+    ws.close(None).await.unwrap();
+    // Cookie mode: the refresh token travels in `Set-Cookie` and `Cookie` headers (RT9).
+    let r = post("/v1/auth/login", json!({"email": "u@example.com", "password": password, "refresh_cookie": true}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cookie0 = refresh_cookie_of(&r);
+    let cookie_access0 = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let r = c
+        .post(format!("{base}/v1/auth/refresh"))
+        .header("cookie", format!("__Host-sessiond_refresh={cookie0}"))
+        .header("origin", "http://localhost:8080")
+        .header("x-sessiond-csrf", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let cookie1 = refresh_cookie_of(&r);
+    assert_ne!(cookie1, cookie0);
+    let cookie_access1 = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+
+    // A token in a query string (never accepted, but clients send them) stays out of the request log.
+    let r = c.get(format!("{base}/v1/ws?access_token={cookie_access1}")).send().await.unwrap();
+    assert!(r.status().is_client_error());
+
     let r = c.post(format!("{base}/v1/auth/logout")).bearer_auth(&t1.access).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = c.get(format!("{base}/v1/me")).bearer_auth(&t1.access).send().await.unwrap();
@@ -200,13 +249,23 @@ async fn r8_secrets_stay_out_of_logs_and_the_database() {
         &t1.access,
         &admin.access,
         &admin.refresh,
+        &cookie0,
+        &cookie1,
+        &cookie_access0,
+        &cookie_access1,
     ];
-    for s in secrets {
-        assert!(!log.contains(s), "a secret reached the logs");
-        assert!(!file.contains(s), "a secret reached the database file");
+    assert!(log.contains("TRACE"), "trace logs were captured");
+    // Names the line that leaked (its target and text), with the secret itself masked.
+    let leak = |s: &str| {
+        log.lines().find(|l| l.contains(s)).map(|l| l.replace(s, "<SECRET>").chars().take(300).collect::<String>())
+    };
+    for (i, s) in secrets.into_iter().enumerate() {
+        assert_eq!(leak(s), None, "secret #{i} reached the logs");
+        assert!(!file.contains(s), "secret #{i} reached the database file");
         // Refresh tokens without their prefix, too.
         if let Some(body) = s.strip_prefix("rt_") {
-            assert!(!file.contains(body) && !log.contains(body));
+            assert_eq!(leak(body), None, "secret #{i} reached the logs");
+            assert!(!file.contains(body), "secret #{i} reached the database file");
         }
     }
 }

@@ -352,21 +352,63 @@ async fn w4_w11_protocol_violations_after_auth() {
     registry_reaches(&app, 0).await;
 }
 
+/// The cap holds, and the socket that makes room is closed with 4429: at the cap a new socket
+/// is admitted and the oldest socket of the session holding the most is evicted (RT11: the
+/// contract's "the one past it is closed with 4429" let a token thief lock the owner out).
 #[tokio::test]
 async fn w7_per_user_socket_cap_closes_4429() {
     let app = spawn_app_with(|c| c.ws_max_sockets_per_user = 2).await;
     let email = app.new_user().await;
     let (a, b) = (app.session_of(&email).await, app.session_of(&email).await);
     let mut w1 = open(&app, &a.access).await;
-    let _w2 = open(&app, &b.access).await;
-    let mut w3 = connect(&app, None).await.unwrap();
-    w3.send_json(json!({"type": "auth", "access_token": a.access})).await;
-    assert_eq!(w3.close_code().await, Some(4429));
-    // Another user is not affected, and a freed slot can be used again.
+    let mut w2 = open(&app, &b.access).await;
+    // Counting the newcomer, session `a` holds two sockets and `b` one: `a`'s oldest goes.
+    let mut w3 = open(&app, &a.access).await;
+    assert_eq!(w1.close_code().await, Some(4429));
+    assert_eq!(app.state.hub.user_connections(&a.user_id), 2, "the cap holds");
+    w2.expect_alive().await;
+    w3.expect_alive().await;
+    // Another user is not affected, and a freed slot is used without evicting anyone.
     let _other = open(&app, &app.new_session().await.access).await;
-    w1.stream.close(None).await.unwrap();
+    w3.stream.close(None).await.unwrap();
     registry_reaches(&app, 2).await;
-    let _w4 = open(&app, &a.access).await;
+    let mut w4 = open(&app, &a.access).await;
+    w2.expect_alive().await;
+    w4.expect_alive().await;
+    registry_reaches(&app, 3).await;
+}
+
+#[tokio::test]
+async fn rt11_a_token_thief_cannot_squat_every_socket_slot_of_a_user() {
+    let app = spawn_app_with(|c| c.ws_max_sockets_per_user = 4).await;
+    let email = app.new_user().await;
+    let (victim, thief) = (app.session_of(&email).await, app.session_of(&email).await);
+    let mut stolen = Vec::new();
+    for _ in 0..4 {
+        stolen.push(open(&app, &thief.access).await);
+    }
+    registry_reaches(&app, 4).await;
+
+    // The owner's tab still gets `ready`; the thief's oldest socket made room.
+    let mut tab = open(&app, &victim.access).await;
+    assert_eq!(stolen[0].close_code().await, Some(4429));
+    for ws in &mut stolen[1..] {
+        ws.expect_alive().await;
+    }
+    assert_eq!(app.state.hub.user_connections(&victim.user_id), 4, "the cap holds");
+    // Flooding on evicts the thief's own sockets, never the owner's single one.
+    let mut more = Vec::new();
+    for old in &mut stolen[1..3] {
+        more.push(open(&app, &thief.access).await);
+        assert_eq!(old.close_code().await, Some(4429));
+        tab.expect_alive().await;
+    }
+    assert_eq!(app.state.hub.user_connections(&victim.user_id), 4);
+
+    // The thief ends the owner's session: the owner's socket learns it at once.
+    let r = app.delete_auth(&format!("/v1/auth/sessions/{}", victim.session_id), &thief.access).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    tab.expect_logout("session_revoked", &victim.session_id).await;
 }
 
 #[tokio::test]

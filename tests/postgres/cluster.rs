@@ -140,6 +140,54 @@ async fn f4_a_restarted_instance_refuses_revoked_tokens_before_it_is_ready() {
     ws.expect_logout("logout", &t.session_id).await;
 }
 
+/// The backend pid of `app`'s listener connection.
+async fn listener_pid(admin: &mut PgConnection, app: &TestApp) -> Option<i32> {
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+        .bind(sessiond::backplane::listener_name(&app.state.instance_id))
+        .fetch_optional(admin)
+        .await
+        .unwrap()
+}
+
+/// B's read of a notified range fails `failures` times; a logout on A must still reach B's
+/// socket within 5 s, and B must come back up (listening, ready) by itself.
+async fn a_failed_read_heals(a: &TestApp, b: &TestApp, failures: u32) {
+    use sessiond::store::failpoint::REVOCATIONS_READ;
+    let t = a.new_session().await;
+    let mut on_b = open(b, &t.access).await;
+    b.state.store.arm_failpoint_times(REVOCATIONS_READ, failures);
+    assert_eq!(a.post_auth("/v1/auth/logout", &t.access, None).await.status(), StatusCode::NO_CONTENT);
+    tokio::time::timeout(Duration::from_secs(5), on_b.expect_logout("logout", &t.session_id))
+        .await
+        .expect("the revocation whose read failed reached B's socket within 5 s");
+    assert!(!b.state.store.failpoint_armed(REVOCATIONS_READ), "B's read did fail {failures} time(s)");
+    assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    // Past the 5 s readiness grace: a listener still marked down would be 503 by now.
+    b.clock.advance(Duration::from_millis(sessiond::backplane::READY_GRACE_MS as u64 + 1_000));
+    let bp = b.state.backplane.clone().unwrap();
+    wait_until("B listens and is ready again", || async {
+        bp.is_up() && b.client.get(b.url("/readyz")).send().await.unwrap().status() == StatusCode::OK
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rt4_a_failed_revocation_read_retries_or_resyncs_and_readiness_returns() {
+    let a = spawn_app().await;
+    let b = another_instance(&a).await;
+    let mut admin = PgConnection::connect(&a.config.database_url).await.unwrap();
+    let before = listener_pid(&mut admin, &b).await.expect("B listens");
+
+    // Once: the retry reads the range; the listener keeps its connection.
+    a_failed_read_heals(&a, &b, 1).await;
+    assert_eq!(listener_pid(&mut admin, &b).await, Some(before), "a retry, not a reconnect");
+
+    // Every attempt: the listener reconnects and the resync applies the unread range.
+    a_failed_read_heals(&a, &b, sessiond::backplane::NOTIFIED_READ_ATTEMPTS as u32).await;
+    let after = listener_pid(&mut admin, &b).await.expect("B listens again");
+    assert_ne!(after, before, "B's listener reconnected to resync");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_cluster_wide() {
     let a = spawn_app().await;
