@@ -19,4 +19,5 @@ mod hardening;
 mod jwt;
 mod keys;
 mod refresh;
+mod throttling;
 mod ws;

@@ -29,6 +29,8 @@ mod jwt;
 mod keys;
 #[path = "../api/refresh.rs"]
 mod refresh;
+#[path = "../api/throttling.rs"]
+mod throttling;
 #[path = "../api/ws.rs"]
 mod ws;
 
