@@ -54,7 +54,7 @@ async fn add_user(config: Config, email: &str, admin: bool) -> anyhow::Result<()
     let email = sessions::normalize_email(email).map_err(|_| anyhow::anyhow!("the email address is not valid"))?;
     let store = Store::connect(&config.database_url).await?;
     store.migrate().await?;
-    let hash = Passwords::new(1).hash(password).await?;
+    let hash = Passwords::new(1).hash(password, None).await?;
     let id = uuid::Uuid::now_v7().to_string();
     let now = Clock::system().now_ms();
     let res = store.create_user(&id, &email, &hash, admin, now).await;

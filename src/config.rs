@@ -160,16 +160,33 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_TRUSTED_PROXIES", default_value = "", global = true)]
     pub trusted_proxies: crate::limits::TrustedProxies,
 
-    /// Failed logins per account and IP before exponential backoff (1 s doubling to 60 s, with
-    /// `429` + `Retry-After`). One IP over all accounts gets 4× as many, one account over all IPs 2×.
+    /// Failed logins per account and address before exponential backoff (1 s doubling to 60 s,
+    /// with `429` + `Retry-After`). One address over all accounts gets 4× as many, one account
+    /// over all addresses 2× (that last block spares proven clients: see `limits`). Failed
+    /// current-password checks of `POST /v1/auth/password` count as failed logins.
     #[arg(long, env = "SESSIOND_LOGIN_FREE_FAILURES", default_value_t = 10, global = true)]
     pub login_free_failures: u32,
 
-    /// Registrations per IP per hour, all of which may come at once (0 = unlimited).
+    /// Per-address limits (login backoff, registrations, unauthenticated sockets, the
+    /// password-hash share) group IPv4 clients by this prefix length: 32 keys each address
+    /// alone; shorter prefixes make a whole network share one allowance (16–32).
+    #[arg(long, env = "SESSIOND_IPV4_PREFIX", default_value_t = 32,
+        value_parser = clap::value_parser!(u8).range(16..=32), global = true)]
+    pub ipv4_prefix: u8,
+
+    /// The same for IPv6 (32–128). 64 by default: one host or subscriber usually holds a whole
+    /// /64, so keying on the exact address would let it start every limit over at will.
+    #[arg(long, env = "SESSIOND_IPV6_PREFIX", default_value_t = 64,
+        value_parser = clap::value_parser!(u8).range(32..=128), global = true)]
+    pub ipv6_prefix: u8,
+
+    /// Registrations per address key (IPv4 address, IPv6 /64 by default) per hour, all of which
+    /// may come at once (0 = unlimited).
     #[arg(long, env = "SESSIOND_REGISTER_PER_IP_PER_HOUR", default_value_t = 60, global = true)]
     pub register_per_ip_per_hour: u32,
 
-    /// Sockets one IP may hold open before they authenticate; the next upgrade gets 429.
+    /// Sockets one address key (IPv4 address, IPv6 /64 by default) may hold open before they
+    /// authenticate; the next upgrade gets 429.
     #[arg(long, env = "SESSIOND_WS_MAX_UNAUTHENTICATED_PER_IP", default_value_t = 64, global = true)]
     pub ws_max_unauthenticated_per_ip: usize,
 
@@ -281,6 +298,19 @@ mod tests {
         assert_eq!(parse_duration("14d").unwrap(), Duration::from_secs(14 * 86400));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn rt8_address_prefixes_default_to_32_and_64_and_are_range_checked() {
+        let c = Config::defaults();
+        assert_eq!((c.ipv4_prefix, c.ipv6_prefix), (32, 64));
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("sessiond").chain(args.iter().copied()));
+        let c = parse(&["--ipv4-prefix", "24", "--ipv6-prefix", "56"]).unwrap().config;
+        assert_eq!((c.ipv4_prefix, c.ipv6_prefix), (24, 56));
+        for bad in [["--ipv4-prefix", "33"], ["--ipv4-prefix", "8"], ["--ipv6-prefix", "129"], ["--ipv6-prefix", "16"]]
+        {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

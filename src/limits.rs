@@ -1,19 +1,54 @@
-//! Rate limits and caps (SECURITY.md P3, W3, W7): login backoff, registrations per IP,
-//! unauthenticated sockets per IP, and where a request really comes from (`--trusted-proxies`).
+//! Rate limits and caps (SECURITY.md P3, P4, W3, W7): login backoff, registrations per
+//! address, unauthenticated sockets per address, the per-address share of the password-hash
+//! queue, and where a request really comes from (`--trusted-proxies`).
 //!
-//! **Login** is throttled on *failures*, with exponential backoff, under three keys at once:
-//! the (account, IP) pair, the IP (password spraying: one IP, many accounts) and the account
-//! (distributed guessing: many IPs, one account). Each key has some free failures, then every
-//! further failure blocks it for 1 s, 2 s, 4 s … at most 60 s. A blocked attempt gets `429
-//! rate_limited` with `Retry-After` before any password work and does not count as a failure,
-//! so hammering does not lengthen the block. A success clears the pair and the account (never
-//! the IP). The account key lets the most failures through, so 20 wrong passwords from one IP
-//! block that IP, not the user: the real user on another IP logs in at once, and at worst
-//! (a distributed attack) after at most 60 s. Times come from the application clock, so tests
-//! advance it instead of sleeping. Entries are forgotten 15 minutes after their last failure.
+//! **Addresses** are grouped into [`AddressKey`]s before any per-address control sees them:
+//! IPv4 by `--ipv4-prefix` (default /32, each address alone), IPv6 by `--ipv6-prefix` (default
+//! /64, the block one subscriber or host gets), IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as IPv4.
+//! Keying on the exact IPv6 address would let one host step to a neighbouring address (it holds
+//! 2⁶⁴ of them) and start every limit over. [`Limits::key`] is the one place that groups, and
+//! every per-address control goes through it: the login address and (account, address) keys,
+//! registrations, unauthenticated sockets, the proven-address check below and the hash-queue
+//! share (`password.rs`).
 //!
-//! **Registrations** per IP use `governor`'s keyed GCRA limiter. **Unauthenticated sockets**
-//! are a per-IP gauge, held by a guard until the socket authenticates or closes.
+//! **Login** (and the password check of `POST /v1/auth/password`, which counts under the same
+//! keys, so guesses at either add up) is throttled on *failures*, with exponential backoff,
+//! under three keys at once: the (account, address) pair, the address (password spraying: one
+//! address, many accounts) and the account (distributed guessing: many addresses, one account).
+//! Each key has some free failures (pair `--login-free-failures`, address 4×, account 2×), then
+//! every further failure blocks it for 1 s, 2 s, 4 s … at most 60 s. A blocked attempt gets `429
+//! rate_limited` with `Retry-After` before any password work and does not count as a failure, so
+//! hammering does not lengthen the block. A success clears the pair (never the address, and not
+//! the account: a distributed guesser must not get fresh free guesses each time the real user
+//! logs in; the account key only slows unproven clients, see below, and decays by itself).
+//! Times come from the application clock, so tests advance it instead of sleeping. Entries are
+//! forgotten 15 minutes after their last failure.
+//!
+//! **No malicious account lockout** (ASVS 6.1.1). The pair and address keys count the caller's
+//! own failures: they block whoever is behind that address, with the exact `Retry-After`. The
+//! account key counts everyone's failures, so if it blocked everyone an attacker could keep any
+//! known account locked from a few addresses. It therefore blocks only *unproven* clients. A
+//! client is proven for an account when
+//! - its login carries the refresh cookie (`__Host-sessiond_refresh`) of a live session of that
+//!   account (its current, unrotated token), or
+//! - a session of that account was created from its address key within the last 30 days
+//!   ([`PROVEN_ADDRESS_MS`]; the `sessions` table keeps each session's address).
+//!
+//! Proof is looked up in the database only when the account key is what blocks, so the common
+//! path stays in memory. An unproven client blocked only by the account key gets `Retry-After:
+//! 60` (the cap), never the remaining time, so an attacker cannot read the account's unblock
+//! time off its own refusals. The password change never takes a session credential as proof
+//! (a stolen session is what its check defends against); only the address proof applies there.
+//! Limits of the policy: a guesser behind the same address key as the real user (one NAT, one
+//! /64) counts as proven for the account key, but its own pair and address keys still throttle
+//! it; a real user on a new address without a live cookie has nothing to prove itself with, so
+//! it stays refused while an attack keeps the account blocked, and gets in at most 60 s after
+//! the attack stops. Each refusal of an unproven client costs up to three indexed reads (the
+//! account, the cookie's session, the account's recent session addresses) instead of none.
+//!
+//! **Registrations** per address key use `governor`'s keyed GCRA limiter. **Unauthenticated
+//! sockets** are a per-address-key gauge, held by a guard until the socket authenticates or
+//! closes.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -25,6 +60,9 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::clock::Millis;
 use crate::config::Config;
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::tokens::refresh::RefreshToken;
 
 /// The longest block, and so the largest `Retry-After` (API.md §4: never more than 60 s).
 pub const MAX_BLOCK_MS: Millis = 60_000;
@@ -32,6 +70,37 @@ pub const MAX_BLOCK_MS: Millis = 60_000;
 const FORGET_AFTER_MS: Millis = 15 * 60_000;
 /// Most keys tracked per table; past it the oldest half is dropped (memory stays bounded).
 const MAX_KEYS: usize = 100_000;
+/// An address key from which a session of an account was created this recently is proven for
+/// that account (the account-wide backoff does not block it).
+pub const PROVEN_ADDRESS_MS: Millis = 30 * 86_400_000;
+/// Most recent sessions of an account looked at for the proven-address check.
+const PROVEN_ADDRESS_SESSIONS: i64 = 256;
+
+/// A client address as every per-address control sees it: the network of `--ipv4-prefix` /
+/// `--ipv6-prefix` bits around it (IPv4-mapped IPv6 counts as IPv4). Displays as CIDR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressKey(ipnet::IpNet);
+
+impl AddressKey {
+    /// The key of `ip` with these prefix lengths (clamped to the address family's width).
+    pub fn new(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Self {
+        let net = match ip.to_canonical() {
+            IpAddr::V4(a) => {
+                ipnet::IpNet::V4(ipnet::Ipv4Net::new(a, ipv4_prefix.min(32)).expect("prefix clamped to 32").trunc())
+            }
+            IpAddr::V6(a) => {
+                ipnet::IpNet::V6(ipnet::Ipv6Net::new(a, ipv6_prefix.min(128)).expect("prefix clamped to 128").trunc())
+            }
+        };
+        AddressKey(net)
+    }
+}
+
+impl std::fmt::Display for AddressKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -91,11 +160,13 @@ impl<K: Eq + Hash + Clone> Backoff<K> {
 
 /// Every limiter of one server. Cheap to share (`Arc`).
 pub struct Limits {
-    login_pair: Backoff<(String, IpAddr)>,
-    login_ip: Backoff<IpAddr>,
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
+    login_pair: Backoff<(String, AddressKey)>,
+    login_address: Backoff<AddressKey>,
     login_account: Backoff<String>,
-    register: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    unauthenticated: DashMap<IpAddr, usize>,
+    register: Option<DefaultKeyedRateLimiter<AddressKey>>,
+    unauthenticated: DashMap<AddressKey, usize>,
     max_unauthenticated: usize,
 }
 
@@ -107,6 +178,18 @@ fn retry_after(ms: Millis) -> RetryAfter {
     RetryAfter(((ms.clamp(1, MAX_BLOCK_MS) + 999) / 1000) as u64)
 }
 
+/// What the login backoff says about one attempt, before any proof is looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginGate {
+    /// Free to try.
+    Open,
+    /// The caller's own failures (the pair or the address key) block it, for exactly this long.
+    Blocked(RetryAfter),
+    /// Only the account-wide key blocks: a proven client may try, any other is refused with
+    /// `Retry-After` at the cap.
+    AccountBlocked,
+}
+
 impl Limits {
     pub fn new(config: &Config) -> Arc<Self> {
         let free = config.login_free_failures;
@@ -115,8 +198,10 @@ impl Limits {
             governor::RateLimiter::keyed(Quota::with_period(per).expect("non-zero period").allow_burst(n))
         });
         Arc::new(Limits {
+            ipv4_prefix: config.ipv4_prefix,
+            ipv6_prefix: config.ipv6_prefix,
             login_pair: Backoff::new(free),
-            login_ip: Backoff::new(free.saturating_mul(4)),
+            login_address: Backoff::new(free.saturating_mul(4)),
             login_account: Backoff::new(free.saturating_mul(2)),
             register,
             unauthenticated: DashMap::new(),
@@ -124,29 +209,36 @@ impl Limits {
         })
     }
 
-    /// Whether a login for `account` (normalised email, if it is one) from `ip` may try now.
-    pub fn login_allowed(&self, account: Option<&str>, ip: Option<IpAddr>, now: Millis) -> Result<(), RetryAfter> {
-        let mut wait = 0;
-        if let Some(ip) = ip {
-            wait = wait.max(self.login_ip.blocked_for(&ip, now));
+    /// The key every per-address control uses for `ip` (see the module doc).
+    pub fn key(&self, ip: IpAddr) -> AddressKey {
+        AddressKey::new(ip, self.ipv4_prefix, self.ipv6_prefix)
+    }
+
+    /// Where a login (or password check) for `account` (normalised email, if it is one) from
+    /// `ip` stands now. Memory only; [`check_login`] adds the proof lookup.
+    pub fn login_gate(&self, account: Option<&str>, ip: Option<IpAddr>, now: Millis) -> LoginGate {
+        let mut own = 0;
+        if let Some(key) = ip.map(|ip| self.key(ip)) {
+            own = own.max(self.login_address.blocked_for(&key, now));
             if let Some(a) = account {
-                wait = wait.max(self.login_pair.blocked_for(&(a.to_string(), ip), now));
+                own = own.max(self.login_pair.blocked_for(&(a.to_string(), key), now));
             }
         }
-        if let Some(a) = account {
-            wait = wait.max(self.login_account.blocked_for(&a.to_string(), now));
+        if own > 0 {
+            // Only the caller's own wait: the account's would be an oracle for its block.
+            return LoginGate::Blocked(retry_after(own));
         }
-        if wait > 0 {
-            return Err(retry_after(wait));
+        match account {
+            Some(a) if self.login_account.blocked_for(&a.to_string(), now) > 0 => LoginGate::AccountBlocked,
+            _ => LoginGate::Open,
         }
-        Ok(())
     }
 
     pub fn login_failed(&self, account: Option<&str>, ip: Option<IpAddr>, now: Millis) {
-        if let Some(ip) = ip {
-            self.login_ip.failed(ip, now);
+        if let Some(key) = ip.map(|ip| self.key(ip)) {
+            self.login_address.failed(key, now);
             if let Some(a) = account {
-                self.login_pair.failed((a.to_string(), ip), now);
+                self.login_pair.failed((a.to_string(), key), now);
             }
         }
         if let Some(a) = account {
@@ -154,49 +246,52 @@ impl Limits {
         }
     }
 
+    /// The password was right: the pair starts over (the address and account keys do not, see
+    /// the module doc).
     pub fn login_succeeded(&self, account: &str, ip: Option<IpAddr>) {
-        if let Some(ip) = ip {
-            self.login_pair.clear(&(account.to_string(), ip));
+        if let Some(key) = ip.map(|ip| self.key(ip)) {
+            self.login_pair.clear(&(account.to_string(), key));
         }
-        self.login_account.clear(&account.to_string());
     }
 
     /// One registration attempt from `ip`.
     pub fn register_allowed(&self, ip: Option<IpAddr>) -> Result<(), RetryAfter> {
         let (Some(limiter), Some(ip)) = (&self.register, ip) else { return Ok(()) };
-        // Bounded between sweeps too: many addresses (IPv6 makes that cheap) cannot grow the
-        // keyed state past MAX_KEYS without first dropping the idle ones.
+        // Bounded between sweeps too: many keys cannot grow the keyed state past MAX_KEYS
+        // without first dropping the idle ones.
         if limiter.len() >= MAX_KEYS {
             limiter.retain_recent();
         }
-        limiter.check_key(&ip).map_err(|not_until| {
+        limiter.check_key(&self.key(ip)).map_err(|not_until| {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
             retry_after(wait.as_millis().min(MAX_BLOCK_MS as u128) as Millis)
         })
     }
 
-    /// A slot for one more unauthenticated socket from `ip`, or `None` at the cap. Boxed: it
-    /// travels through every layer of a socket's task state, and is freed on authentication,
-    /// so an idle authenticated socket keeps one pointer-sized hole instead of the guard.
+    /// A slot for one more unauthenticated socket from `ip`'s address key, or `None` at the
+    /// cap. Boxed: it travels through every layer of a socket's task state, and is freed on
+    /// authentication, so an idle authenticated socket keeps one pointer-sized hole instead.
     pub fn unauthenticated_socket(self: &Arc<Self>, ip: Option<IpAddr>) -> Option<UnauthenticatedGuard> {
-        let Some(ip) = ip else { return Some(UnauthenticatedGuard(Box::new((self.clone(), None)))) };
-        let mut n = self.unauthenticated.entry(ip).or_insert(0);
+        let Some(key) = ip.map(|ip| self.key(ip)) else {
+            return Some(UnauthenticatedGuard(Box::new((self.clone(), None))));
+        };
+        let mut n = self.unauthenticated.entry(key).or_insert(0);
         if *n >= self.max_unauthenticated {
             return None;
         }
         *n += 1;
-        Some(UnauthenticatedGuard(Box::new((self.clone(), Some(ip)))))
+        Some(UnauthenticatedGuard(Box::new((self.clone(), Some(key)))))
     }
 
-    /// Unauthenticated sockets open from `ip` now.
+    /// Unauthenticated sockets open from `ip`'s address key now.
     pub fn unauthenticated_from(&self, ip: IpAddr) -> usize {
-        self.unauthenticated.get(&ip).map_or(0, |n| *n)
+        self.unauthenticated.get(&self.key(ip)).map_or(0, |n| *n)
     }
 
     /// Forgets idle keys (called by the periodic sweep).
     pub fn prune(&self, now: Millis) {
         self.login_pair.prune(now, false);
-        self.login_ip.prune(now, false);
+        self.login_address.prune(now, false);
         self.login_account.prune(now, false);
         if let Some(r) = &self.register {
             r.retain_recent();
@@ -205,14 +300,61 @@ impl Limits {
     }
 }
 
+/// The login throttle of the module doc, before any password work: `Ok` to go on, else `429
+/// rate_limited` (exact `Retry-After` for the caller's own block; the cap for an unproven
+/// client blocked by the account key alone). `cookie` is a refresh cookie sent along (login
+/// only). Reads the database only when the account key is what blocks.
+pub async fn check_login(
+    state: &AppState,
+    account: Option<&str>,
+    ip: Option<IpAddr>,
+    cookie: Option<&RefreshToken>,
+) -> Result<(), AppError> {
+    match state.limits.login_gate(account, ip, state.clock.now_ms()) {
+        LoginGate::Open => Ok(()),
+        LoginGate::Blocked(wait) => Err(AppError::RateLimited { retry_after_secs: wait.0 }),
+        LoginGate::AccountBlocked => {
+            let proven = match account {
+                Some(a) => proven(state, a, ip, cookie).await?,
+                None => false,
+            };
+            if proven {
+                return Ok(());
+            }
+            Err(AppError::RateLimited { retry_after_secs: retry_after(MAX_BLOCK_MS).0 })
+        }
+    }
+}
+
+/// Whether the client has proven itself for `account` (module doc): the refresh cookie of a
+/// live session of it, or a session of it created recently from the same address key.
+async fn proven(
+    state: &AppState,
+    account: &str,
+    ip: Option<IpAddr>,
+    cookie: Option<&RefreshToken>,
+) -> Result<bool, AppError> {
+    let Some(user) = state.store.user_by_email(account).await? else { return Ok(false) };
+    let now = state.clock.now_ms();
+    if let Some(token) = cookie {
+        if state.store.live_session_user_of_refresh(&token.digest(), now).await?.as_deref() == Some(&user.id) {
+            return Ok(true);
+        }
+    }
+    let Some(key) = ip.map(|ip| state.limits.key(ip)) else { return Ok(false) };
+    let ips = state.store.session_ips_since(&user.id, now - PROVEN_ADDRESS_MS, PROVEN_ADDRESS_SESSIONS).await?;
+    // Stored as text; compared as keys, so a user's other address in the same /64 counts.
+    Ok(ips.iter().filter_map(|s| s.parse::<IpAddr>().ok()).any(|ip| state.limits.key(ip) == key))
+}
+
 /// Holds one unauthenticated-socket slot; released on drop (authenticated, or closed).
-pub struct UnauthenticatedGuard(Box<(Arc<Limits>, Option<IpAddr>)>);
+pub struct UnauthenticatedGuard(Box<(Arc<Limits>, Option<AddressKey>)>);
 
 impl Drop for UnauthenticatedGuard {
     fn drop(&mut self) {
-        let (limits, ip) = &*self.0;
-        let Some(ip) = *ip else { return };
-        let remove = match limits.unauthenticated.get_mut(&ip) {
+        let (limits, key) = &*self.0;
+        let Some(key) = *key else { return };
+        let remove = match limits.unauthenticated.get_mut(&key) {
             Some(mut n) => {
                 *n = n.saturating_sub(1);
                 *n == 0
@@ -220,7 +362,7 @@ impl Drop for UnauthenticatedGuard {
             None => false,
         };
         if remove {
-            limits.unauthenticated.remove_if(&ip, |_, n| *n == 0);
+            limits.unauthenticated.remove_if(&key, |_, n| *n == 0);
         }
     }
 }
@@ -312,6 +454,50 @@ mod tests {
         assert_eq!(b.blocked_for(&"k", later), 0);
         b.prune(later + FORGET_AFTER_MS + 1, false);
         assert!(b.map.is_empty());
+    }
+
+    #[test]
+    fn rt8_address_keys_group_ipv6_by_64_and_ipv4_by_32() {
+        let key = |s: &str, v4, v6| AddressKey::new(s.parse().unwrap(), v4, v6);
+        // IPv6: the /64 is the key; another /64 is another key.
+        assert_eq!(key("2001:db8:1:2::1", 32, 64), key("2001:db8:1:2:ffff:ffff:ffff:ffff", 32, 64));
+        assert_ne!(key("2001:db8:1:2::1", 32, 64), key("2001:db8:1:3::1", 32, 64));
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 32, 64).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 32, 56).to_string(), "2001:db8:1::/56");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 32, 128).to_string(), "2001:db8:1:2:3:4:5:6/128");
+        // IPv4: each address alone by default, a network with a shorter prefix.
+        assert_ne!(key("192.0.2.1", 32, 64), key("192.0.2.2", 32, 64));
+        assert_eq!(key("192.0.2.1", 24, 64), key("192.0.2.254", 24, 64));
+        assert_eq!(key("192.0.2.77", 24, 64).to_string(), "192.0.2.0/24");
+        // IPv4-mapped IPv6 is IPv4 (a dual-stack socket reports IPv4 clients that way) and is
+        // not masked by the IPv6 prefix, which would put all of IPv4 in one key.
+        assert_eq!(key("::ffff:192.0.2.1", 32, 64), key("192.0.2.1", 32, 64));
+        assert_ne!(key("::ffff:192.0.2.1", 32, 64), key("::ffff:192.0.2.2", 32, 64));
+        // Out-of-range prefixes are clamped (the config refuses them anyway).
+        assert_eq!(key("192.0.2.1", 99, 200), key("192.0.2.1", 32, 128));
+    }
+
+    #[test]
+    fn rt7_the_account_key_alone_blocks_without_its_remaining_time() {
+        let mut c = Config::defaults();
+        c.login_free_failures = 1; // pair 1, address 4, account 2 free failures
+        let limits = Limits::new(&c);
+        let now = 1_000_000;
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let d: IpAddr = "192.0.2.3".parse().unwrap();
+        limits.login_failed(Some("u@x"), Some(a), now);
+        limits.login_failed(Some("u@x"), Some(b), now);
+        limits.login_failed(Some("u@x"), Some(d), now); // account: 3 > 2 free, blocked 1 s
+        assert_eq!(limits.login_gate(Some("u@x"), Some("192.0.2.9".parse().unwrap()), now), LoginGate::AccountBlocked);
+        assert_eq!(limits.login_gate(Some("other@x"), Some(a), now), LoginGate::Open);
+        // `a` fails again: its pair (2 > 1 free) blocks it, with the pair's own time.
+        limits.login_failed(Some("u@x"), Some(a), now);
+        assert_eq!(limits.login_gate(Some("u@x"), Some(a), now), LoginGate::Blocked(RetryAfter(1)));
+        // A success clears the pair only; the account key runs its course.
+        limits.login_succeeded("u@x", Some(a));
+        assert_eq!(limits.login_gate(Some("u@x"), Some(a), now), LoginGate::AccountBlocked);
+        assert_eq!(limits.login_gate(Some("u@x"), Some(a), now + 2_000), LoginGate::Open);
     }
 
     #[test]

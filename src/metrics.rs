@@ -81,6 +81,9 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub logins: Family<OutcomeLabels, Counter>,
     pub refreshes: Family<OutcomeLabels, Counter>,
+    /// `POST /v1/auth/password` attempts: `success`, `invalid_credentials`, `rate_limited`,
+    /// `invalid_request` (a right current password with an unacceptable new one).
+    pub password_changes: Family<OutcomeLabels, Counter>,
     pub revocations: Family<ReasonLabels, Counter>,
     pub active_sessions: Gauge,
     pub denylist_entries: Gauge,
@@ -112,6 +115,7 @@ impl Metrics {
         let http_requests = Family::<HttpLabels, Counter>::default();
         let logins = Family::<OutcomeLabels, Counter>::default();
         let refreshes = Family::<OutcomeLabels, Counter>::default();
+        let password_changes = Family::<OutcomeLabels, Counter>::default();
         let revocations = Family::<ReasonLabels, Counter>::default();
         let active_sessions = Gauge::default();
         let denylist_entries = Gauge::default();
@@ -128,6 +132,7 @@ impl Metrics {
         registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
         registry.register("logins", "Login attempts by outcome", logins.clone());
         registry.register("refreshes", "Refresh requests by outcome", refreshes.clone());
+        registry.register("password_changes", "Password change attempts by outcome", password_changes.clone());
         registry.register("sessions_revoked", "Sessions ended, by reason", revocations.clone());
         registry.register(
             "active_sessions",
@@ -166,6 +171,7 @@ impl Metrics {
             http_requests,
             logins,
             refreshes,
+            password_changes,
             revocations,
             active_sessions,
             denylist_entries,
@@ -185,6 +191,10 @@ impl Metrics {
 
     pub fn refresh(&self, outcome: &'static str) {
         self.refreshes.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn password_change(&self, outcome: &'static str) {
+        self.password_changes.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     pub fn ws_refused(&self, cap: &'static str) {

@@ -51,6 +51,9 @@ pub struct ClientInfo {
     pub ip: Option<String>,
     /// The client address rate limits are keyed on (after `--trusted-proxies`).
     pub addr: Option<std::net::IpAddr>,
+    /// A refresh cookie sent along with a login: proof that lifts the account-wide backoff
+    /// when it is a live session of the same account (`limits::check_login`).
+    pub refresh_cookie: Option<RefreshToken>,
 }
 
 impl ClientInfo {
@@ -68,9 +71,11 @@ impl ClientInfo {
 ///
 /// Not a secret (the session row already holds the address and user agent); it only has to be
 /// equal for the racing tabs of one browser and unequal for a thief elsewhere.
-pub fn client_binding(addr: Option<std::net::IpAddr>, user_agent: Option<&str>) -> [u8; 32] {
+/// The address part is the client's [`AddressKey`](crate::limits::AddressKey) (its /64 on
+/// IPv6, so a privacy-address change inside one network does not count as another client).
+pub fn client_binding(addr: Option<crate::limits::AddressKey>, user_agent: Option<&str>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let addr = addr.map(|a| a.to_canonical().to_string()).unwrap_or_default();
+    let addr = addr.map(|a| a.to_string()).unwrap_or_default();
     let ua = user_agent.unwrap_or_default();
     let mut h = Sha256::new();
     h.update(b"sessiond client binding v1\0");
@@ -104,7 +109,7 @@ pub fn normalize_email(email: &str) -> Result<String> {
 pub async fn register(state: &AppState, email: &str, password: String, admin: bool, who: &Who) -> Result<String> {
     let email = normalize_email(email)?;
     crate::password::validate(&password)?;
-    let hash = state.passwords.hash(password).await?;
+    let hash = state.passwords.hash(password, addr_of(who).map(|a| state.limits.key(a))).await?;
     let id = uuid::Uuid::now_v7().to_string();
     let now = state.clock.now_ms();
     state.store.create_user(&id, &email, &hash, admin, now).await?;
@@ -115,17 +120,21 @@ pub async fn register(state: &AppState, email: &str, password: String, admin: bo
 
 /// Verifies the password and starts a new session (never reuses one: no fixation).
 ///
-/// Throttled before any password work (see [`crate::limits`]): `429` while the account, the IP
-/// or the pair is in backoff. Unknown, disabled and wrong-password logins all fail the same way,
-/// after the same work, and count the same way.
+/// Throttled before any password work (see [`crate::limits`]): `429` while the pair or the
+/// address is in backoff, or the account is and the client is not proven. Unknown, disabled and
+/// wrong-password logins all fail the same way, after the same work, and count the same way.
 pub async fn login(state: &AppState, email: &str, password: String, client: ClientInfo) -> Result<TokenResponse> {
     // Malformed email or password length: same answer as a wrong password, after the same work.
     let email = normalize_email(email).ok();
     let now = state.clock.now_ms();
-    if let Err(wait) = state.limits.login_allowed(email.as_deref(), client.addr, now) {
-        state.metrics.login("rate_limited");
-        tracing::info!(ip = client.ip.as_deref(), "login throttled");
-        return Err(AppError::RateLimited { retry_after_secs: wait.0 });
+    if let Err(e) =
+        crate::limits::check_login(state, email.as_deref(), client.addr, client.refresh_cookie.as_ref()).await
+    {
+        if let AppError::RateLimited { .. } = e {
+            state.metrics.login("rate_limited");
+            tracing::info!(ip = client.ip.as_deref(), "login throttled");
+        }
+        return Err(e);
     }
     let user = match &email {
         Some(e) => state.store.user_by_email(e).await?,
@@ -134,7 +143,7 @@ pub async fn login(state: &AppState, email: &str, password: String, client: Clie
     let hash = user.as_ref().filter(|u| u.disabled_at.is_none()).map(|u| u.password_hash.clone());
     let needs_rehash = hash.as_deref().is_some_and(crate::password::needs_rehash);
     let password_for_rehash = needs_rehash.then(|| password.clone());
-    let ok = state.passwords.verify(password, hash).await?;
+    let ok = state.passwords.verify(password, hash, client.addr.map(|a| state.limits.key(a))).await?;
     let Some(user) = user.as_ref().filter(|_| ok) else {
         let detail = user.as_ref().map(|u| (u.id.as_str(), json!({ "disabled": u.disabled_at.is_some() })));
         return Err(login_failed(state, email.as_deref(), &client, now, detail).await);
@@ -203,7 +212,8 @@ async fn login_failed(
 async fn rehash(state: &AppState, user: &UserRow, password: Option<String>) {
     let Some(password) = password else { return };
     let user_id = user.id.as_str();
-    let res = match state.passwords.hash(password).await {
+    // No address share: the login that proved the password has just released its place.
+    let res = match state.passwords.hash(password, None).await {
         Ok(h) => state.store.rehash_password(user_id, &user.password_hash, &h).await.map_err(AppError::from),
         Err(e) => Err(e),
     };
@@ -232,7 +242,7 @@ pub async fn refresh(state: &AppState, presented: &str, client: &ClientInfo) -> 
         grace: ms(cfg.refresh_reuse_grace),
         idle_ttl: ms(cfg.refresh_idle_ttl),
         access_ttl: ms(cfg.access_ttl),
-        client: client_binding(client.addr, client.user_agent.as_deref()),
+        client: client_binding(client.addr.map(|a| state.limits.key(a)), client.user_agent.as_deref()),
     };
     // The transaction, and publishing and auditing what it commits, run detached: if the client
     // disconnects, the rotation still completes or rolls back whole, and a reuse revocation
@@ -421,6 +431,11 @@ pub async fn logout_by_refresh(state: &AppState, presented: &str, who: &Who) -> 
 }
 
 /// Changes the password and ends every other session of the user (`password_changed`).
+///
+/// The current-password check is a login in all but name, so it is throttled exactly like one,
+/// under the same keys (guesses here and at login add up) and before any password work; each
+/// wrong guess is audited (`password_change_failed`) and counted. No session credential counts
+/// as proof against the account-wide backoff here: a stolen session is what this defends against.
 pub async fn change_password(
     state: &AppState,
     user_id: &str,
@@ -430,11 +445,28 @@ pub async fn change_password(
     who: &Who,
 ) -> Result<()> {
     let user = state.store.user_by_id(user_id).await?.ok_or(AppError::InvalidCredentials)?;
-    if !state.passwords.verify(current, Some(user.password_hash)).await? {
+    let addr = addr_of(who);
+    if let Err(e) = crate::limits::check_login(state, Some(&user.email), addr, None).await {
+        if let AppError::RateLimited { .. } = e {
+            state.metrics.password_change("rate_limited");
+        }
+        return Err(e);
+    }
+    let from = addr.map(|a| state.limits.key(a));
+    if !state.passwords.verify(current, Some(user.password_hash), from).await? {
+        let now = state.clock.now_ms();
+        state.limits.login_failed(Some(&user.email), addr, now);
+        state.metrics.password_change("invalid_credentials");
+        let ev = Event::new("password_change_failed").user(user_id).session(session_id);
+        audit::record(&state.store, now, who, ev).await;
         return Err(AppError::InvalidCredentials);
     }
-    crate::password::validate(&new)?;
-    let hash = state.passwords.hash(new).await?;
+    state.limits.login_succeeded(&user.email, addr);
+    if let Err(e) = crate::password::validate(&new) {
+        state.metrics.password_change("invalid_request");
+        return Err(e);
+    }
+    let hash = state.passwords.hash(new, from).await?;
     let (st, uid, sid, who, now) =
         (state.clone(), user_id.to_string(), session_id.to_string(), who.clone(), state.clock.now_ms());
     let verified = user.credential_version;
@@ -443,10 +475,16 @@ pub async fn change_password(
         let revoked =
             st.store.change_password(&uid, verified, &hash, &sid, now).await?.ok_or(AppError::InvalidCredentials)?;
         publish(&st, &revoked);
+        st.metrics.password_change("success");
         audit::record(&st.store, now, &who, Event::new("password_changed").user(&uid).session(&sid)).await;
         Ok(())
     })
     .await
+}
+
+/// The client address of an audited caller (its `ip` is that address as text).
+fn addr_of(who: &Who) -> Option<std::net::IpAddr> {
+    who.ip.as_deref().and_then(|ip| ip.parse().ok())
 }
 
 /// Disables a user and ends every session (`account_disabled`, pushed like every revocation),
@@ -548,12 +586,15 @@ pub async fn rebuild_denylist(state: &AppState) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::client_binding;
+    use crate::limits::AddressKey;
 
     #[test]
     fn rt6_the_client_binding_separates_addresses_and_user_agents() {
-        let a = Some("198.51.100.7".parse().unwrap());
-        let b = Some("203.0.113.66".parse().unwrap());
-        let mapped = Some("::ffff:198.51.100.7".parse().unwrap());
+        let key = |ip: &str| Some(AddressKey::new(ip.parse().unwrap(), 32, 64));
+        let (a, b, mapped) = (key("198.51.100.7"), key("203.0.113.66"), key("::ffff:198.51.100.7"));
+        let (v6, same_64, other_64) = (key("2001:db8:1:2::7"), key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:3::7"));
+        assert_eq!(client_binding(v6, Some("UA/1")), client_binding(same_64, Some("UA/1")), "one /64");
+        assert_ne!(client_binding(v6, Some("UA/1")), client_binding(other_64, Some("UA/1")));
         assert_eq!(client_binding(a, Some("UA/1")), client_binding(a, Some("UA/1")));
         assert_eq!(client_binding(a, Some("UA/1")), client_binding(mapped, Some("UA/1")), "one address, two spellings");
         assert_ne!(client_binding(a, Some("UA/1")), client_binding(b, Some("UA/1")));

@@ -16,6 +16,7 @@ use crate::error::{AppError, Result};
 use crate::sessions::{self, ClientInfo, TokenResponse};
 use crate::state::AppState;
 use crate::store::Selector;
+use crate::tokens::refresh::RefreshToken;
 
 /// Longest `device_name` kept.
 const MAX_DEVICE_NAME: usize = 128;
@@ -112,7 +113,10 @@ problems!(LoginProblems: InvalidRequest, InvalidCredentials, PayloadTooLarge, Ra
 
 /// Logs in.
 ///
-/// Starts a new session (never reuses one). Throttled per account, per IP and per pair.
+/// Starts a new session (never reuses one). Throttled on failures per (account, address),
+/// per address and per account; the account-wide block spares a client that proves itself (a
+/// live refresh cookie of the account, or an address it logged in from recently) and gives
+/// others `Retry-After: 60`.
 ///
 /// A refresh cookie sent along is a session this browser is leaving: it ends once the new one
 /// exists (SECURITY.md S4, ASVS 7.2.4: a login never keeps or adopts a presented session).
@@ -153,6 +157,7 @@ async fn login(
 ) -> Result<Response> {
     let info = ClientInfo {
         device_name: body.device_name.map(|d| device_name(&d)).filter(|d| !d.is_empty()),
+        refresh_cookie: refresh_from_cookie(&headers).as_deref().and_then(RefreshToken::parse),
         ..client.info()
     };
     let tokens = sessions::login(&state, &body.email, body.password, info).await?;
@@ -442,7 +447,9 @@ problems!(PasswordProblems: InvalidRequest, InvalidCredentials, InvalidToken, To
 /// Changes the caller's password.
 ///
 /// 401 `invalid_credentials` when `current_password` is wrong; every other session ends
-/// (reason `password_changed`).
+/// (reason `password_changed`). Wrong current passwords count as failed logins of the account
+/// (the same backoff, then 429 `rate_limited` with `Retry-After`) and are audited
+/// (`password_change_failed`).
 #[utoipa::path(
     post,
     path = "/v1/auth/password",

@@ -182,6 +182,7 @@ impl Client {
             user_agent: self.user_agent.clone(),
             ip: self.ip.clone(),
             addr: self.addr,
+            refresh_cookie: None,
         }
     }
 }

@@ -33,8 +33,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 problems!(
     /// 400 for a request that is not a WebSocket upgrade (no `Connection: upgrade`, `Upgrade:
     /// websocket`, `Sec-WebSocket-Key`, or `Sec-WebSocket-Version: 13`); 403 for a foreign
-    /// `Origin`; 429 when this IP holds too many sockets that have not authenticated yet; 503
-    /// when the instance is full or shutting down.
+    /// `Origin`; 429 when this client's address key (`--ipv4-prefix` / `--ipv6-prefix`: by
+    /// default the IPv4 address or the IPv6 /64) holds too many sockets that have not
+    /// authenticated yet; 503 when the instance is full or shutting down.
     UpgradeProblems: InvalidRequest, Forbidden, RateLimited, Unavailable
 );
 
@@ -81,7 +82,8 @@ async fn upgrade(
         return AppError::Unavailable(anyhow::anyhow!("shutting down")).into_response();
     }
     // Caps (SECURITY.md W3, W7), before the upgrade: sockets on this instance, then sockets of
-    // this IP that have not authenticated yet (a squatter's; authenticated ones count per user).
+    // this address key that have not authenticated yet (a squatter's; authenticated ones count
+    // per user). Keyed by network, not exact address: a neighbouring IPv6 address is no escape.
     if state.hub.open_sockets() >= state.config.ws_max_sockets {
         state.metrics.ws_refused("instance_full");
         return AppError::Unavailable(anyhow::anyhow!("socket cap reached")).into_response();

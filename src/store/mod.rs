@@ -920,6 +920,34 @@ impl Store {
             .await?)
     }
 
+    /// The user of the live session whose *current* (unrotated) refresh token has this digest:
+    /// the cookie proof of the login throttle (`limits::check_login`).
+    pub async fn live_session_user_of_refresh(&self, hash: &[u8; 32], now: Millis) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.user_id FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+             WHERE t.token_hash = $1 AND t.rotated_at IS NULL AND s.revoked_at IS NULL \
+               AND s.idle_expires_at > $2 AND s.absolute_expires_at > $2",
+        )
+        .bind(&hash[..])
+        .bind(now)
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
+    /// The client addresses of a user's sessions created after `since` (ended ones too), newest
+    /// first, at most `limit`: the address proof of the login throttle (`limits::check_login`).
+    pub async fn session_ips_since(&self, user_id: &str, since: Millis, limit: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT ip FROM sessions WHERE user_id = $1 AND created_at > $2 AND ip IS NOT NULL \
+             ORDER BY created_at DESC LIMIT $3",
+        )
+        .bind(user_id)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
     /// (live, rotated) refresh tokens of a session: for tests and diagnostics.
     pub async fn refresh_token_counts(&self, session_id: &str) -> StoreResult<(i64, i64)> {
         let live: i64 =

@@ -79,7 +79,7 @@ async fn raw_sql(app: &TestApp, sql: &str) -> Result<(), sqlx::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rt1_logins_racing_a_password_change_leave_no_live_session() {
     let app = race_app().await;
-    let hash = app.state.passwords.hash(PASSWORD.into()).await.unwrap();
+    let hash = app.state.passwords.hash(PASSWORD.into(), None).await.unwrap();
     for round in 0..50 {
         let (user_id, email) = user_with_hash(&app, &hash, false).await;
         let owner = app.session_of(&email).await;
@@ -101,7 +101,7 @@ async fn rt1_logins_racing_a_password_change_leave_no_live_session() {
 async fn rt1_logins_racing_an_account_disable_leave_no_live_session() {
     let app = race_app().await;
     let admin = app.new_admin().await;
-    let hash = app.state.passwords.hash(PASSWORD.into()).await.unwrap();
+    let hash = app.state.passwords.hash(PASSWORD.into(), None).await.unwrap();
     for round in 0..50 {
         let (user_id, email) = user_with_hash(&app, &hash, false).await;
         let path = format!("/v1/admin/users/{user_id}/disable");
@@ -231,7 +231,7 @@ async fn rt14_demoting_an_admin_ends_their_sessions_at_once() {
 async fn rt14_logins_racing_a_demotion_never_leave_a_live_admin_token() {
     let app = race_app().await;
     let root = app.new_admin().await;
-    let hash = app.state.passwords.hash(PASSWORD.into()).await.unwrap();
+    let hash = app.state.passwords.hash(PASSWORD.into(), None).await.unwrap();
     for round in 0..30 {
         let (user_id, email) = user_with_hash(&app, &hash, true).await;
         let path = format!("/v1/admin/users/{user_id}/admin");

@@ -363,7 +363,10 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p4_200_logins_with_long_passwords_keep_healthz_fast() {
-    let app = spawn_app().await;
+    // The logins come from 200 addresses (X-Forwarded-For behind a trusted proxy): from one
+    // address all but a few would be shed by its share of the hash queue (RT12), and the point
+    // here is the whole queue under load.
+    let app = spawn_app_with(|c| c.trusted_proxies = "127.0.0.1".parse().unwrap()).await;
     // The longest password accepted: 1024 characters.
     let long: String = (0..1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     let email = format!("long-{}@example.com", uuid::Uuid::new_v4().simple());
@@ -398,8 +401,16 @@ async fn p4_200_logins_with_long_passwords_keep_healthz_fast() {
     });
 
     let started = Instant::now();
-    let logins = (0..200).map(|_| async {
-        let r = app.login(&email, &long).await;
+    let (app, email, long) = (&app, &email, &long);
+    let logins = (0..200).map(|i| async move {
+        let r = app
+            .client
+            .post(app.url("/v1/auth/login"))
+            .header("x-forwarded-for", format!("10.0.{}.{}", i / 250, i % 250 + 1))
+            .json(&json!({ "email": email, "password": long }))
+            .send()
+            .await
+            .unwrap();
         let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
         (r.status(), retry_after)
     });

@@ -21,4 +21,5 @@ mod jwt;
 mod keys;
 mod metrics;
 mod refresh;
+mod throttling;
 mod ws;

@@ -33,6 +33,8 @@ mod keys;
 mod metrics;
 #[path = "../api/refresh.rs"]
 mod refresh;
+#[path = "../api/throttling.rs"]
+mod throttling;
 #[path = "../api/ws.rs"]
 mod ws;
 
