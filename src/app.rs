@@ -56,7 +56,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         limits: crate::limits::Limits::new(&config),
         metrics,
         clock,
-        allowed_origins: config.allowed_origins().into(),
+        allowed_origins: Arc::new(crate::state::AllowedOrigins::new(config.allowed_origins())),
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(false)),
     };
@@ -87,6 +87,10 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
         return Ok(());
     };
     if state.store.count_users().await? > 0 {
+        tracing::warn!(
+            "SESSIOND_ADMIN_EMAIL/SESSIOND_ADMIN_PASSWORD ignored: they only create the first admin of an empty \
+             database, and this one has users (add an admin with `sessiond user add --email E --admin`)"
+        );
         return Ok(());
     }
     match sessions::register(state, email, password.0.clone(), true, &crate::audit::Who::system()).await {

@@ -117,12 +117,13 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_ALLOW_REGISTRATION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub allow_registration: bool,
 
-    /// Admin created on the first start on an empty database (with `SESSIOND_ADMIN_PASSWORD`).
-    #[arg(long, env = "SESSIOND_ADMIN_EMAIL", hide = true, global = true)]
+    /// Admin created on the first start on an empty database (with `SESSIOND_ADMIN_PASSWORD`);
+    /// ignored, with a warning, once the database has users (then: `sessiond user add --admin`).
+    #[arg(long, env = "SESSIOND_ADMIN_EMAIL", global = true)]
     pub admin_email: Option<String>,
 
     /// Password of the bootstrap admin. Prefer the environment variable to the flag.
-    #[arg(long, env = "SESSIOND_ADMIN_PASSWORD", hide = true, hide_env_values = true, global = true)]
+    #[arg(long, env = "SESSIOND_ADMIN_PASSWORD", hide_env_values = true, global = true)]
     pub admin_password: Option<Secret>,
 
     /// How many password hashes may run at once (each holds ~19 MiB).

@@ -32,7 +32,7 @@ pub struct AppState {
     /// The PostgreSQL backplane (listener health, acknowledgements); `None` on SQLite.
     pub backplane: Option<Arc<Backplane>>,
     /// `--allowed-origins` resolved once (sockets, cookie refresh, CSRF checks).
-    pub allowed_origins: Arc<[String]>,
+    pub allowed_origins: Arc<AllowedOrigins>,
     /// True once the denylist is rebuilt and the keyset loaded: `/readyz` may answer 200.
     pub ready: Arc<AtomicBool>,
 }
@@ -40,6 +40,43 @@ pub struct AppState {
 impl AppState {
     /// Whether a browser `Origin` header is exactly one of the allowed origins.
     pub fn origin_allowed(&self, origin: &axum::http::HeaderValue) -> bool {
-        origin.to_str().is_ok_and(|o| self.allowed_origins.iter().any(|a| a == o))
+        self.allowed_origins.allows(origin)
+    }
+}
+
+/// The exact browser origins allowed, and a rate-limited warning when one is refused: a
+/// `--listen` or `--issuer` that no longer matches the page's origin otherwise shows only as a
+/// demo stuck on "Connecting…".
+pub struct AllowedOrigins {
+    list: Vec<String>,
+    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// At most one refused-origin warning per this period.
+const ORIGIN_WARNING_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl AllowedOrigins {
+    pub fn new(list: Vec<String>) -> Self {
+        AllowedOrigins { list, last_warning: std::sync::Mutex::new(None) }
+    }
+
+    /// Whether `origin` is exactly one of the allowed origins; a refusal is logged (at most once
+    /// per 10 s) with the allowed list.
+    pub fn allows(&self, origin: &axum::http::HeaderValue) -> bool {
+        if origin.to_str().is_ok_and(|o| self.list.iter().any(|a| a == o)) {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| now.duration_since(t) >= ORIGIN_WARNING_PERIOD) {
+            *last = Some(now);
+            let refused: String = String::from_utf8_lossy(origin.as_bytes()).chars().take(200).collect();
+            tracing::warn!(
+                origin = %refused,
+                allowed = ?self.list,
+                "browser origin refused (403): set --issuer or --allowed-origins to the origin the pages are served from"
+            );
+        }
+        false
     }
 }

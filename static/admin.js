@@ -73,6 +73,7 @@ function render() {
   $("forbidden-help").hidden = !view.forbidden;
   $("socket-state").dataset.state = client.socketState;
   $("socket-text").textContent = SOCKET_TEXT[client.socketState];
+  if (client.socketError && signedIn) showError(client.socketError);
 
   if (signedIn && !view.wasSignedIn) {
     view.wasSignedIn = true;

@@ -29,6 +29,7 @@ function render() {
   const live = $("socket-state");
   live.dataset.state = client.socketState;
   $("socket-text").textContent = SOCKET_TEXT[client.socketState];
+  if (client.socketError && signedIn) showError(client.socketError);
   const socketOpened = client.socketState === "open" && view.socketState !== "open";
   view.socketState = client.socketState;
 

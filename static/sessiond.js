@@ -39,6 +39,9 @@ const CSRF_HEADER = "X-Sessiond-Csrf";
 const REFRESH_MARGIN_MS = 30_000;
 /** Up to this much random extra earliness, so tabs and devices do not refresh in lockstep. */
 const REFRESH_JITTER_MS = 5_000;
+/** Upgrades that fail before the socket ever opens, in a row, before `socketError` is set. */
+const FAILED_UPGRADES_BEFORE_ERROR = 3;
+
 /** Socket reconnect backoff: full jitter over base·2^attempt, capped. */
 const BACKOFF_BASE_MS = 250;
 const BACKOFF_CAP_MS = 10_000;
@@ -227,6 +230,10 @@ export function createClient({ baseUrl, onLogout, onChange, deviceName } = {}) {
   let socketState = "closed";
   let reconnectTimer = 0;
   let reconnectAttempt = 0;
+  /** Upgrades in a row that never opened (a refused Origin looks exactly like this). */
+  let failedUpgrades = 0;
+  /** @type {SessiondError|null} */
+  let socketError = null;
   /** Set while a 4401 close waits for its refresh; the reconnect follows it, with backoff. */
   let awaitingRefresh = false;
   /** Reason of the last `logout` event on the socket, for the 4001 that follows it. */
@@ -547,9 +554,39 @@ export function createClient({ baseUrl, onLogout, onChange, deviceName } = {}) {
     socket = ws;
     lastHeard = Date.now();
     heartbeatTimer = setInterval(() => heartbeat(ws), HEARTBEAT_MS);
-    ws.onopen = () => sendAuth(ws);
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      failedUpgrades = 0;
+      if (socketError) {
+        socketError = null;
+        notifyChange();
+      }
+      sendAuth(ws);
+    };
     ws.onmessage = (e) => onSocketMessage(ws, e);
-    ws.onclose = (e) => onSocketClose(ws, e);
+    ws.onclose = (e) => {
+      if (!opened && ws === socket) noteFailedUpgrade();
+      onSocketClose(ws, e);
+    };
+  }
+
+  /**
+   * A socket closed before it opened. Browsers hide the upgrade's status, so a refused `Origin`
+   * (403) looks like a network failure: after a few in a row, say what usually causes it,
+   * instead of showing "Connecting…" forever.
+   */
+  function noteFailedUpgrade() {
+    failedUpgrades += 1;
+    if (failedUpgrades === FAILED_UPGRADES_BEFORE_ERROR) {
+      socketError = new SessiondError(
+        `The live connection to the server could not be opened (${failedUpgrades} attempts). If the server's log ` +
+          `says "browser origin refused", start it with --issuer (or --allowed-origins) set to ${location.origin}.`,
+        "socket_refused",
+        0,
+      );
+      notifyChange();
+    }
   }
 
   /** Reconnect after a random delay in [0, min(cap, base·2^attempt)) ("full jitter"). */
@@ -691,6 +728,15 @@ export function createClient({ baseUrl, onLogout, onChange, deviceName } = {}) {
       return socketState;
     },
 
+    /**
+     * Why the socket keeps failing to open, after several upgrades in a row closed before
+     * opening (a refused `Origin` is the usual cause); `null` once one opens.
+     * @returns {SessiondError|null}
+     */
+    get socketError() {
+      return socketError;
+    },
+
     /** @returns {string|null} this tab's session id */
     get sessionId() {
       return state.sessionId;
@@ -751,12 +797,25 @@ export function createClient({ baseUrl, onLogout, onChange, deviceName } = {}) {
     /**
      * Called once on page load: gets an access token with the refresh cookie if there is a
      * live session. When the cookie's session ended while the page was closed, `onLogout` is
-     * called with the reason (`invalid_refresh_token` or `refresh_token_reused`).
+     * called with the reason (`invalid_refresh_token` or `refresh_token_reused`); with no cookie
+     * (a first visit, or after signing out) it resolves `false` and calls nothing. Rejects with a
+     * `SessiondError` (status 403) when the server refuses this page's origin.
      * @returns {Promise<boolean>} whether the tab is signed in
      */
     async resume() {
       if (state.token !== null) return true;
-      return refresh();
+      const ok = await refresh();
+      const err = client.lastError;
+      if (!ok && err && err.status === 403) {
+        // The server refuses this page's Origin: every cookie request and the socket will fail.
+        throw new SessiondError(
+          `The server refused this page's origin (${location.origin}): start it with --issuer (or ` +
+            `--allowed-origins) set to this origin. (${err.detail})`,
+          err.code,
+          403,
+        );
+      }
+      return ok;
     },
 
     /**

@@ -11,7 +11,7 @@
 // ONLY (comma list of scenario names to run).
 
 import { spawn } from "node:child_process";
-import { createWriteStream, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import os from "node:os";
@@ -462,6 +462,43 @@ async function firstVisit(s) {
   await gone(page.getByTestId("banner"), "no banner after the user's own sign-out and a reload", 500);
 }
 
+/**
+ * A server whose issuer (so its allowed origin) is not the page's origin, as after changing
+ * --listen: the page says so instead of "Connecting…" forever, and the server log names the
+ * refused origin and the allowed list.
+ */
+async function wrongOrigin(s) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "sessiond-browser-origin-"));
+  const logName = "server-wrong-origin.log";
+  const other = new Server({
+    host: s.server.host,
+    port: await freePort(),
+    dir,
+    env: { SESSIOND_ISSUER: "https://auth.example.test" },
+    logName,
+  });
+  s.cleanups.push(async () => {
+    await other.stop(5000);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await other.start();
+  const base = other.base;
+  await other.call("POST", "/v1/auth/register", { body: { email: "ivan@example.com", password: PASSWORD } });
+  const { page } = await device(s);
+  s.shot = page;
+  await page.goto(base + "/");
+  await hasText(page.getByTestId("error"), /refused this page's origin/, "the page names the refused origin on load");
+  await page.fill("#login-email", "ivan@example.com");
+  await page.fill("#login-password", PASSWORD);
+  await page.click("#login-submit");
+  await shows(page.getByTestId("signed-in"), "signed in (login itself is not origin-bound)");
+  await hasText(page.getByTestId("error"), /live connection to the server could not be opened/, "socket error shown", 8000);
+  await eventually(
+    () => readFileSync(path.join(ARTIFACTS, logName), "utf8").includes("browser origin refused"),
+    "the server log names the refused origin",
+  );
+}
+
 /** Quick checks: the connected dot, CSRF defences on the cookie endpoints, non-admin console. */
 async function quickChecks(s) {
   const { base } = s.server;
@@ -680,6 +717,7 @@ const SCENARIOS = [
   ["sign-out-other-device", signOutOtherDevice, SCENARIO_TIMEOUT_MS],
   ["revoked-while-closed", revokedWhileClosed, SCENARIO_TIMEOUT_MS],
   ["first-visit", firstVisit, SCENARIO_TIMEOUT_MS],
+  ["wrong-origin", wrongOrigin, SCENARIO_TIMEOUT_MS],
   ["quick-checks", quickChecks, SCENARIO_TIMEOUT_MS],
   ["refresh-single-flight", refreshSingleFlight, SCENARIO_TIMEOUT_MS],
   ["proactive-refresh", proactiveRefresh, SCENARIO_TIMEOUT_MS],
