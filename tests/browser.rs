@@ -11,6 +11,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(dead_code)]
+#[path = "support/skip.rs"]
+mod skip;
+
 #[test]
 fn browser_suite() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -22,10 +26,9 @@ fn browser_suite() {
         if std::env::var("SESSIOND_REQUIRE_BROWSER").as_deref() == Ok("1") {
             panic!("SESSIOND_REQUIRE_BROWSER=1 but the browser tests cannot run ({why})");
         }
-        eprintln!(
-            "\n{0}\n!!! skipped: browser tests did NOT run ({why}).\n!!! apt-get install chromium; cd tests/browser && npm ci\n{0}\n",
-            "!".repeat(78)
-        );
+        skip::report(&format!(
+            "browser tests did NOT run ({why}): apt-get install chromium; cd tests/browser && npm ci"
+        ));
         return;
     }
     let mut child = Command::new("node")

@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[allow(dead_code)]
+#[path = "support/skip.rs"]
+mod skip;
+
 const ADMIN_EMAIL: &str = "schemathesis-admin@example.com";
 const ADMIN_PASSWORD: &str = "schemathesis-admin-password";
 /// The version `.ci/run` installs.
@@ -274,11 +278,9 @@ fn schemathesis_finds_no_failure() {
         if std::env::var("SESSIOND_REQUIRE_SCHEMATHESIS").as_deref() == Ok("1") {
             panic!("SESSIOND_REQUIRE_SCHEMATHESIS=1 but schemathesis is not installed");
         }
-        eprintln!(
-            "\n{0}\n!!! skipped: schemathesis did NOT run (not on PATH, nor `python3 -m schemathesis.cli`).\n\
-             !!! pip install 'schemathesis=={TESTED_VERSION}'\n{0}\n",
-            "!".repeat(78)
-        );
+        skip::report(&format!(
+            "schemathesis did NOT run (not on PATH, nor `python3 -m schemathesis.cli`): pip install 'schemathesis=={TESTED_VERSION}'"
+        ));
         return;
     };
     let server = Server::start();
@@ -350,16 +352,24 @@ fn schemathesis_finds_no_failure() {
     assert!(!log.contains("internal error"), "the server logged internal errors:\n{log}");
 }
 
-/// Runs schemathesis to the end (10 minutes at most) and fails the test on any failure.
+/// Runs schemathesis to the end (10 minutes at most) and fails the test on any failure. Its
+/// output (pages of progress and warnings) goes to `target/schemathesis/<name>.log`, and is
+/// shown only when the run fails.
 fn run(cmd: &[String], args: &[String], dir: &Path, server: &Server) {
+    let reports = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/schemathesis");
+    std::fs::create_dir_all(&reports).unwrap();
+    let name = args.iter().position(|a| a == "--report-junit-path").and_then(|i| args.get(i + 1));
+    let name = name.and_then(|p| Path::new(p).file_stem()).map_or("run".into(), |s| s.to_string_lossy().to_string());
+    let log_path = reports.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
     eprintln!("$ {} {}", cmd.join(" "), args.join(" "));
     // From a temp dir: schemathesis keeps its example database in the working directory.
     let mut child = Command::new(&cmd[0])
         .args(&cmd[1..])
         .args(args)
         .current_dir(dir)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .expect("schemathesis starts");
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -375,7 +385,9 @@ fn run(cmd: &[String], args: &[String], dir: &Path, server: &Server) {
     };
     assert!(
         status.success(),
-        "schemathesis found failures (see its report above and target/schemathesis/); server log:\n{}",
+        "schemathesis found failures; its output ({}):\n{}\nserver log:\n{}",
+        log_path.display(),
+        std::fs::read_to_string(&log_path).unwrap_or_default(),
         server.log_text()
     );
 }

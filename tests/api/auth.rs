@@ -7,7 +7,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn register_login_and_me() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let r = app.register("  Alice@Example.COM ", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let user_id = r.json::<Value>().await.unwrap()["user_id"].as_str().unwrap().to_string();
@@ -35,7 +35,7 @@ async fn register_login_and_me() {
 
 #[tokio::test]
 async fn register_rejects_duplicates_bad_input_and_closed_registration() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     assert_problem(app.register(&email.to_uppercase(), PASSWORD).await, StatusCode::CONFLICT, "email_taken").await;
     assert_problem(app.register("not-an-email", PASSWORD).await, StatusCode::BAD_REQUEST, "invalid_request").await;
@@ -47,14 +47,14 @@ async fn register_rejects_duplicates_bad_input_and_closed_registration() {
     assert_eq!(app.register("eight@example.com", "ééééééé1").await.status(), StatusCode::CREATED);
     assert_eq!(app.register("max@example.com", &"é".repeat(1024)).await.status(), StatusCode::CREATED);
 
-    let closed = spawn_app_with(|c| c.allow_registration = false).await;
+    let Some(closed) = spawn_app_with(|c| c.allow_registration = false).await else { return };
     assert_problem(closed.register("x@example.com", PASSWORD).await, StatusCode::FORBIDDEN, "registration_disabled")
         .await;
 }
 
 #[tokio::test]
 async fn p2_wrong_password_and_unknown_email_look_the_same() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let a = app.login(&email, "wrong password!").await;
     let b = app.login("nobody@example.com", "wrong password!").await;
@@ -73,7 +73,7 @@ async fn p2_unknown_email_costs_a_password_hash() {
     // Timing: an unknown email is verified against a dummy argon2 hash, so it takes about as
     // long as a wrong password (medians within a generous factor on a shared 2-core box; without
     // the dummy hash an unknown email answers ~20x faster).
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let mut known = Vec::new();
     let mut unknown = Vec::new();
@@ -93,7 +93,7 @@ async fn p2_unknown_email_costs_a_password_hash() {
 
 #[tokio::test]
 async fn s3_logout_with_bearer_refuses_the_access_token_at_once() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t = app.new_session().await;
     assert_eq!(app.me(&t.access).await.status(), StatusCode::OK);
     let r = app.post_auth("/v1/auth/logout", &t.access, None).await;
@@ -108,7 +108,7 @@ async fn s3_logout_with_bearer_refuses_the_access_token_at_once() {
 
 #[tokio::test]
 async fn logout_with_refresh_token_is_idempotent() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t = app.new_session().await;
     let r = app.post_json("/v1/auth/logout", json!({"refresh_token": t.refresh})).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -128,7 +128,7 @@ async fn logout_with_refresh_token_is_idempotent() {
 
 #[tokio::test]
 async fn s1_logout_all_and_logout_others() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let a = app.session_of(&email).await;
     let b = app.session_of(&email).await;
@@ -156,7 +156,7 @@ async fn s1_logout_all_and_logout_others() {
 
 #[tokio::test]
 async fn s1_sessions_list_and_revoke_one() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let a = app.session_of(&email).await;
     let r = app
@@ -205,7 +205,7 @@ async fn s1_sessions_list_and_revoke_one() {
 
 #[tokio::test]
 async fn r9_password_change_revokes_every_other_session() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let a = app.session_of(&email).await;
     let b = app.session_of(&email).await;
@@ -231,7 +231,7 @@ async fn r9_password_change_revokes_every_other_session() {
 
 #[tokio::test]
 async fn s4_every_login_starts_a_new_session() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let a = app.session_of(&email).await;
     let b = app.session_of(&email).await;

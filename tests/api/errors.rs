@@ -6,7 +6,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn malformed_bodies_are_invalid_request() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let cases: Vec<(&str, Option<&str>)> = vec![
         ("{not json", Some("application/json")),
         ("[\"a@b.c\", \"password1\"]", Some("application/json")),
@@ -34,7 +34,7 @@ async fn malformed_bodies_are_invalid_request() {
 
 #[tokio::test]
 async fn oversized_bodies_are_413() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let big = format!("{{\"email\":\"a@b.c\",\"password\":\"{}\"}}", "x".repeat(70 * 1024));
     let r = app
         .client
@@ -60,7 +60,7 @@ async fn oversized_bodies_are_413() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_are_problems() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let r = app.client.get(app.url("/v1/nope")).send().await.unwrap();
     assert_problem(r, StatusCode::NOT_FOUND, "not_found").await;
     let r = app.client.put(app.url("/v1/auth/login")).send().await.unwrap();
@@ -69,7 +69,7 @@ async fn unknown_routes_and_methods_are_problems() {
 
 #[tokio::test]
 async fn equal_errors_have_identical_bodies() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let a = app.me("abc.def.ghi").await.bytes().await.unwrap();
     let b = app.me("xyz.uvw.rst").await.bytes().await.unwrap();
     assert_eq!(a, b);
@@ -77,7 +77,7 @@ async fn equal_errors_have_identical_bodies() {
 
 #[tokio::test]
 async fn health_ready_and_metrics() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
     assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
     let t = app.new_session().await;

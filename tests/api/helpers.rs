@@ -63,23 +63,28 @@ pub fn test_config(dir: &TempDir) -> Config {
     c
 }
 
-pub async fn spawn_app() -> TestApp {
+/// A server on this binary's backend, or `None` when that backend cannot be had (no
+/// PostgreSQL reachable and none required): the test then ends at once, and the skip has been
+/// reported where `cargo test` shows it. Tests start with
+/// `let Some(app) = spawn_app().await else { return };`.
+pub async fn spawn_app() -> Option<TestApp> {
     spawn_app_with(|_| {}).await
 }
 
-pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+/// [`spawn_app`] with the default test configuration changed by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = test_config(&dir);
     let db = match crate::BACKEND {
         Backend::Sqlite => None,
         Backend::Postgres => {
-            let db = crate::pg::TestDatabase::create().await;
+            let db = crate::pg::TestDatabase::create().await?;
             config.database_url = db.url.clone();
             Some(Arc::new(db))
         }
     };
     tweak(&mut config);
-    start_on(config, dir, Clock::system(), db).await
+    Some(start_on(config, dir, Clock::system(), db).await)
 }
 
 /// Starts a server for `config` on the SQLite database in `dir`.

