@@ -174,7 +174,7 @@ mod tests {
     fn headers_follow_rfc_6750_and_9110() {
         let invalid =
             [("content-type", "application/problem+json"), ("www-authenticate", "Bearer error=\"invalid_token\"")];
-        let h = |r: Rejection| r.headers().into_iter().map(|(k, v)| (k, v)).collect::<Vec<_>>();
+        let h = |r: Rejection| r.headers();
         let own = |v: &[(&'static str, &str)]| v.iter().map(|(k, v)| (*k, v.to_string())).collect::<Vec<_>>();
         assert_eq!(h(Rejection::InvalidToken { presented: true }), own(&invalid));
         assert_eq!(h(Rejection::TokenExpired), own(&invalid));
