@@ -5,12 +5,12 @@
 //! session can still be valid (its last token's `exp` plus the leeway). A token is accepted
 //! while `exp + leeway >= now` in whole seconds, so an entry must deny while `now <= until`
 //! in the same whole seconds (`until` rounded up), and is useless after: it is then ignored on
-//! lookup and dropped by [`Denylist::prune`]. Both sides compare against the same local clock,
+//! lookup and dropped by `Denylist::prune`. Both sides compare against the same local clock,
 //! so clock skew between sessiond and this process cannot open a gap.
 //!
 //! Memory is bounded by `max` entries. When it is full even after pruning, the entry with the
 //! nearest `until` is dropped and its `until` is remembered as an *overflow watermark*: until
-//! that instant the list may be missing a live revocation, so [`Denylist::overflowed`] is true
+//! that instant the list may be missing a live revocation, so `Denylist::overflowed` is true
 //! and the verifier fails closed exactly as when the feed is down. It never silently forgets.
 
 use std::collections::{BTreeSet, HashMap};

@@ -1,5 +1,5 @@
 //! The revocation-feed follower (API.md §9): one long-lived `GET {issuer}/v1/revocations/stream`
-//! that fills the local [`Denylist`], resumed from its last cursor after any disconnect.
+//! that fills the local denylist, resumed from its last cursor after any disconnect.
 //!
 //! - First connect (and after a 400 on resume: the cursor is unknown, e.g. sessiond's database
 //!   was restored): no `Last-Event-ID`, so sessiond sends a snapshot of every revocation still
@@ -9,7 +9,7 @@
 //! - 401/403: the service credential is wrong or lacks `revocations:read`; logged as an error
 //!   and retried slowly, since an operator has to act.
 //! - Health: bytes received on a connection that has delivered `synced` prove the denylist is
-//!   current. [`Feed::is_live`] is false once none have come for the staleness bound; since
+//!   current. `Feed::is_live` is false once none have come for the staleness bound; since
 //!   the last byte of a connection always precedes its disconnect, this counts from the earlier
 //!   of the two, and a connected but silent stream (no keep-alive for that long) counts as down.
 

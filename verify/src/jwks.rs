@@ -31,6 +31,9 @@ pub const JWKS_MIN_TTL: Duration = Duration::from_secs(30);
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// After a failed fetch, the next periodic attempt comes this much later.
 pub const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+/// The same while no fetch has ever succeeded: until then no token can be verified, so a
+/// sessiond that starts a moment after this process is picked up quickly.
+pub const JWKS_RETRY_BEFORE_FIRST: Duration = Duration::from_secs(1);
 /// One fetch, connection to last byte.
 pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest JWKS document read (sessiond's is ~0.5 KiB).
@@ -163,7 +166,8 @@ impl JwksCache {
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                (JWKS_RETRY_AFTER_FAILURE, Err(e))
+                let retry = if self.loaded() { JWKS_RETRY_AFTER_FAILURE } else { JWKS_RETRY_BEFORE_FIRST };
+                (retry, Err(e))
             }
         };
         self.schedule.lock().unwrap_or_else(|p| p.into_inner()).due_at = started + due_in;

@@ -22,6 +22,9 @@ async fn cache_control_max_age_is_honoured_within_bounds() {
     let (cache, clock) = cache(&fake).await;
     assert!(!cache.loaded());
     assert_eq!(cache.due_in(), Duration::ZERO, "due at once before the first fetch");
+    fake.break_jwks();
+    cache.refresh_if_due().await;
+    assert_eq!(due_secs(&cache), JWKS_RETRY_BEFORE_FIRST.as_secs(), "retried quickly until one fetch succeeds");
 
     let cases = [
         (None, 300),
@@ -41,6 +44,7 @@ async fn cache_control_max_age_is_honoured_within_bounds() {
         let before = fake.jwks_fetches();
         cache.refresh_if_due().await;
         assert_eq!(fake.jwks_fetches(), before + 1, "{header:?}: one fetch");
+        assert!(cache.loaded());
         assert_eq!(due_secs(&cache), secs, "{header:?}");
     }
     assert!(cache.loaded());
