@@ -19,6 +19,7 @@
 //! # Quick start (axum)
 //!
 //! ```no_run
+//! # #[cfg(feature = "axum")] mod example {
 //! use axum::{routing::get, Json, Router};
 //! use serde_json::{json, Value};
 //! use sessiond_verify::{Authenticated, Verifier};
@@ -41,6 +42,8 @@
 //! async fn me(Authenticated(claims): Authenticated) -> Json<Value> {
 //!     Json(json!({ "user_id": claims.sub, "session_id": claims.sid, "roles": claims.roles }))
 //! }
+//! # }
+//! # fn main() {}
 //! ```
 //!
 //! [`Authenticated`] finds the verifier through `FromRef`, so with a larger state give it a
@@ -49,12 +52,14 @@
 //! [`Authenticated`], at no extra cost):
 //!
 //! ```no_run
+//! # #[cfg(feature = "axum")] mod example {
 //! # use axum::{routing::get, Extension, Router};
 //! # use sessiond_verify::{Claims, Verifier};
 //! # fn app(verifier: Verifier) -> Router {
 //! Router::new()
 //!     .route("/notes", get(|Extension(claims): Extension<Claims>| async move { claims.sub }))
 //!     .layer(verifier.layer())
+//! # }
 //! # }
 //! ```
 //!
