@@ -292,3 +292,15 @@ fn the_builder_refuses_unusable_settings() {
     let debug = format!("{:?}", ok());
     assert!(!debug.contains("sk_abc"), "the credential is never printed: {debug}");
 }
+
+#[tokio::test]
+async fn a_silent_stream_is_cut_and_resumed() {
+    let s = Setup::new(|b| b.timing(Timing { silence: Duration::from_millis(200), ..fast() })).await;
+    s.fake.revoke("a", now_secs() + 300);
+    s.fake.set_keepalive(None);
+    s.verifier.start();
+    s.ready().await;
+    // No byte for 200 ms (three missed keep-alives in production): reconnect from the cursor.
+    let requests = within(s.fake.wait_for_stream_requests(2)).await;
+    assert_eq!(requests, [None, Some("1".to_string())]);
+}
