@@ -30,7 +30,7 @@ use crate::store::{Kind, Store};
 use crate::tokens::jwt::{self, Keys};
 use crate::{http, sessions};
 
-/// Largest request body (API.md: 413 `payload_too_large` above it).
+/// Largest request body (docs/API.md: 413 `payload_too_large` above it).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Accept backlog: tokio's default of 1024 is too small for reconnect storms.
 pub const LISTEN_BACKLOG: u32 = 4096;

@@ -1,4 +1,4 @@
-//! The multi-instance backplane (PostgreSQL only, API.md §6): every instance `LISTEN`s for the
+//! The multi-instance backplane (PostgreSQL only, docs/API.md §6): every instance `LISTEN`s for the
 //! revocations other instances commit, applies them exactly like a local revocation (denylist,
 //! then the hub closes local sockets), and publishes its socket presence.
 //!

@@ -1,4 +1,4 @@
-//! The subcommands of API.md §1: `serve` (default), `user add`, `keys rotate`, `migrate`.
+//! The subcommands of docs/API.md §1: `serve` (default), `user add`, `keys rotate`, `migrate`.
 
 use std::io::BufRead;
 

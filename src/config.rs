@@ -1,4 +1,4 @@
-//! Command line and environment configuration (API.md §1).
+//! Command line and environment configuration (docs/API.md §1).
 //!
 //! One flat clap struct: every flag also reads `SESSIOND_<FLAG>`, except the database, which is
 //! `DATABASE_URL`. Durations accept `30s`, `5m`, `14d` (humantime).
@@ -207,7 +207,7 @@ pub struct Config {
     #[arg(long, env = "SESSIOND_METRICS_TOKEN", hide_env_values = true, global = true)]
     pub metrics_token: Option<Secret>,
 
-    /// How often the signing keyset is re-read from the database (≤ 60 s per API.md §1).
+    /// How often the signing keyset is re-read from the database (≤ 60 s per docs/API.md §1).
     #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
     pub keys_reload_interval: Duration,
 }

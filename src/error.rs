@@ -1,4 +1,4 @@
-//! Every error the HTTP API returns, as RFC 9457 problem+json with a stable `code` (API.md §2).
+//! Every error the HTTP API returns, as RFC 9457 problem+json with a stable `code` (docs/API.md §2).
 //!
 //! Bodies hold no per-request fields, so equal errors have byte-identical bodies, and nothing
 //! from the request (a password, a token, a serde message quoting the input) is ever echoed.
@@ -163,7 +163,7 @@ impl AppError {
 /// list of variants and wire names, so the three cannot drift apart.
 macro_rules! problem_codes {
     ($($variant:ident => $name:literal),+ $(,)?) => {
-        /// The stable, machine-readable `code` of every error body (API.md §2). The OpenAPI
+        /// The stable, machine-readable `code` of every error body (docs/API.md §2). The OpenAPI
         /// document publishes this enum, and each operation lists the codes it can answer with.
         ///
         /// (`rename_all` rather than a per-variant rename: utoipa's schema ignores the latter.

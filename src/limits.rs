@@ -64,7 +64,7 @@ use crate::error::AppError;
 use crate::state::AppState;
 use crate::tokens::refresh::RefreshToken;
 
-/// The longest block, and so the largest `Retry-After` (API.md §4: never more than 60 s).
+/// The longest block, and so the largest `Retry-After` (docs/API.md §4: never more than 60 s).
 pub const MAX_BLOCK_MS: Millis = 60_000;
 /// A key with no failure for this long starts over.
 const FORGET_AFTER_MS: Millis = 15 * 60_000;

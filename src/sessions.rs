@@ -24,10 +24,10 @@ use crate::state::AppState;
 use crate::store::{NewRefresh, NewSession, Revoked, RotateOutcome, Rotation, Selector, SessionRow, UserRow};
 use crate::tokens::refresh::RefreshToken;
 
-/// `TokenResponse` of API.md §4.
+/// `TokenResponse` of docs/API.md §4.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
-    /// An EdDSA JWT (API.md §3.1).
+    /// An EdDSA JWT (docs/API.md §3.1).
     pub access_token: String,
     #[schema(value_type = String, pattern = "^Bearer$")]
     pub token_type: &'static str,
@@ -224,7 +224,7 @@ async fn rehash(state: &AppState, user: &UserRow, password: Option<String>) {
     }
 }
 
-/// One refresh (API.md §3.3). `client` is who presents the token: inside the grace window only
+/// One refresh (docs/API.md §3.3). `client` is who presents the token: inside the grace window only
 /// the client that rotated the token converges on its successor ([`client_binding`]).
 pub async fn refresh(state: &AppState, presented: &str, client: &ClientInfo) -> Result<TokenResponse> {
     let Some(presented) = RefreshToken::parse(presented) else {

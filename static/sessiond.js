@@ -24,7 +24,7 @@
  *   that token instead of rotating the cookie again. (Without Web Locks, the server's reuse
  *   grace window still makes racing tabs converge.)
  *
- * Server contract: API.md §4 (endpoints, problem+json errors) and §5 (the socket).
+ * Server contract: docs/API.md §4 (endpoints, problem+json errors) and §5 (the socket).
  *
  * @module sessiond
  */
@@ -137,7 +137,7 @@ export function describeUserAgent(ua = globalThis.navigator?.userAgent || "") {
   return os ? `${browser} on ${os}` : browser;
 }
 
-/** Sentences for the logout reasons of API.md §5.5 (and the refresh failures). */
+/** Sentences for the logout reasons of docs/API.md §5.5 (and the refresh failures). */
 const REASONS = {
   logout: "This device was signed out.",
   logout_all: "All devices of this account were signed out.",
@@ -168,7 +168,7 @@ export function describeReason(reason) {
  * @property {(reason: string, info: {source: "server"|"tab"|"resume"|"refresh"}) => void} [onLogout]
  *   called once when the session ends **other than by a call made in this tab** (`logout()`,
  *   `logoutEverywhere()`, `revokeSession(own id)` resolve instead). `reason` is the server's
- *   reason (`admin_logout`, `session_revoked`, `logout`, `refresh_token_reused`, …; API.md §5.5),
+ *   reason (`admin_logout`, `session_revoked`, `logout`, `refresh_token_reused`, …; docs/API.md §5.5),
  *   or the refresh error code (`invalid_refresh_token`) when a refresh found the session over.
  *   `source` says how this tab learnt it: its socket, another tab, `resume()`, or a refresh.
  * @property {() => void} [onChange] called whenever the signed-in state, the session or the
@@ -177,7 +177,7 @@ export function describeReason(reason) {
  */
 
 /**
- * @typedef {object} Session  one device's session (API.md §4 `Session`)
+ * @typedef {object} Session  one device's session (docs/API.md §4 `Session`)
  * @property {string} id
  * @property {string|null} device_name
  * @property {string|null} user_agent

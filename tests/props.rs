@@ -252,7 +252,7 @@ fn arb_claims_input() -> impl Strategy<Value = (String, String, Vec<String>)> {
 }
 
 /// What `verify` must answer for a JSON payload signed by a loaded key under an acceptable
-/// header, by the contract (API.md §3.1).
+/// header, by the contract (docs/API.md §3.1).
 #[derive(Debug)]
 enum Verdict {
     Accept(Claims),
@@ -592,7 +592,7 @@ fn p_verify_refuses_non_canonical_trailing_bits_in_every_segment() {
 // WebSocket messages
 // ---------------------------------------------------------------------------------------------
 
-/// What `parse` must answer for a JSON value (API.md §5).
+/// What `parse` must answer for a JSON value (docs/API.md §5).
 fn expected_message(v: &Value) -> Result<ClientMessage, ParseError> {
     let Some(obj) = v.as_object() else { return Err(ParseError::Violation) };
     match obj.get("type").and_then(Value::as_str) {

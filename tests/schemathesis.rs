@@ -5,7 +5,7 @@
 //! and login backoff out of reach (`SESSIOND_LOGIN_FREE_FAILURES=100000`): schemathesis registers
 //! and logs in (with wrong passwords, mostly) far more often than one client should.
 //!
-//! - `openapi_document_describes_the_api` checks the document itself: every endpoint of API.md
+//! - `openapi_document_describes_the_api` checks the document itself: every endpoint of docs/API.md
 //!   §4 plus the admin and operational ones, the Bearer scheme, the problem schema, and the
 //!   headers of 401 and 429. It needs nothing but the binary.
 //! - `schemathesis_finds_no_failure` runs `schemathesis run <url>/openapi.json --checks all`
@@ -159,7 +159,7 @@ fn openapi_document_describes_the_api() {
     .collect();
     assert_eq!(operations(&doc), expected);
 
-    // The problem schema and its codes (API.md §2).
+    // The problem schema and its codes (docs/API.md §2).
     let codes: BTreeSet<&str> = doc["components"]["schemas"]["ProblemCode"]["enum"]
         .as_array()
         .expect("ProblemCode enum")

@@ -225,7 +225,7 @@ problems!(RefreshProblems: InvalidRequest, InvalidRefreshToken, RefreshTokenReus
 
 /// Refreshes: rotates a refresh token.
 ///
-/// API.md §3.3: the presented token is consumed and a new pair returned. The token comes from the body (any client) or, in cookie mode (browsers), from the
+/// docs/API.md §3.3: the presented token is consumed and a new pair returned. The token comes from the body (any client) or, in cookie mode (browsers), from the
 /// `__Host-sessiond_refresh` cookie; a cookie request must come from an allowed `Origin` and
 /// carry `X-Sessiond-Csrf` (else 403, before the body is read).
 #[utoipa::path(

@@ -195,7 +195,7 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
-/// A resource id from the path (`{id}`). Ids are opaque URL-safe strings (API.md §2), so any
+/// A resource id from the path (`{id}`). Ids are opaque URL-safe strings (docs/API.md §2), so any
 /// other value (not UTF-8, too long, or holding characters such as NUL that PostgreSQL cannot
 /// even compare) names nothing: 404 at once, without a database round trip.
 pub struct PathId(pub String);

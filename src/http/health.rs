@@ -151,7 +151,7 @@ struct Jwks {
 /// The JSON Web Key Set.
 ///
 /// Every key that may still have live tokens, public parts only; cacheable for a short time
-/// (API.md §7): a new key is published at least this long before it signs.
+/// (docs/API.md §7): a new key is published at least this long before it signs.
 #[utoipa::path(
     get,
     path = "/.well-known/jwks.json",

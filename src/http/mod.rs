@@ -1,4 +1,4 @@
-//! The HTTP API (API.md §4): one router per area, merged by [`crate::app::router`]. Each area's
+//! The HTTP API (docs/API.md §4): one router per area, merged by [`crate::app::router`]. Each area's
 //! router is a `utoipa_axum::OpenApiRouter`, so it also builds the area's part of the OpenAPI
 //! document ([`openapi`]).
 
@@ -34,7 +34,7 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
 }
 
-/// `Session` of API.md §4.
+/// `Session` of docs/API.md §4.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = Session)]
 pub struct SessionView {

@@ -55,7 +55,7 @@ macro_rules! problems {
     info(
         title = "sessiond",
         description = "Session and token service with instant, verifiable revocation. The contract \
-            is API.md (errors §2, tokens §3, endpoints §4, the WebSocket protocol §5); this document is \
+            is docs/API.md (errors §2, tokens §3, endpoints §4, the WebSocket protocol §5); this document is \
             generated from the server's code. Every error is `application/problem+json` with a stable \
             `code`. The browser pages (`/`, `/admin`, `/static/*`) are not described here.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
@@ -63,17 +63,17 @@ macro_rules! problems {
     components(schemas(crate::error::Problem, ProblemCode)),
     modifiers(&Security),
     tags(
-        (name = "auth", description = "Accounts, tokens and the caller's own sessions (API.md §3, §4)."),
+        (name = "auth", description = "Accounts, tokens and the caller's own sessions (docs/API.md §3, §4)."),
         (name = "me", description = "The model protected resource."),
         (name = "admin", description = "Administration: needs an access token with the `admin` role, \
             checked in the database on every call."),
-        (name = "realtime", description = "The WebSocket (API.md §5)."),
+        (name = "realtime", description = "The WebSocket (docs/API.md §5)."),
         (name = "operations", description = "Health, readiness, metrics, keys and this document."),
     )
 )]
 struct ApiDoc;
 
-/// The Bearer scheme (access tokens: EdDSA JWTs, API.md §3.1).
+/// The Bearer scheme (access tokens: EdDSA JWTs, docs/API.md §3.1).
 struct Security;
 
 impl Modify for Security {

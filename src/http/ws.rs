@@ -1,6 +1,6 @@
 //! `GET /v1/ws`: the upgrade. The Origin check happens here, before the upgrade (a browser
 //! cannot be trusted to enforce it for WebSockets); authentication is the first message, never
-//! the URL (API.md §5).
+//! the URL (docs/API.md §5).
 
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap};
@@ -43,7 +43,7 @@ problems!(
 ///
 /// A WebSocket upgrade (RFC 6455). The protocol on the socket
 /// (an `auth` message first, `ready`, `logout` events, `ping`/`pong`, close codes 4001, 4401,
-/// 4408, 4429, 1012…) is API.md §5; tokens are never accepted in the URL.
+/// 4408, 4429, 1012…) is docs/API.md §5; tokens are never accepted in the URL.
 #[utoipa::path(
     get,
     path = "/v1/ws",
@@ -59,7 +59,7 @@ problems!(
     ),
     responses(
         (status = 101, description = "Switching Protocols: the socket is open; send \
-            `{\"type\":\"auth\",\"access_token\":\"…\"}` within 10 s (API.md §5)."),
+            `{\"type\":\"auth\",\"access_token\":\"…\"}` within 10 s (docs/API.md §5)."),
         (status = 426, description = "`invalid_request`: the connection cannot be upgraded.",
             body = crate::error::Problem, content_type = "application/problem+json"),
         UpgradeProblems,

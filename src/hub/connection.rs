@@ -19,7 +19,7 @@ use crate::http::extract::{check_live, verify_token};
 use crate::limits::UnauthenticatedGuard;
 use crate::state::AppState;
 
-/// Largest inbound message the protocol accepts (API.md §5.7).
+/// Largest inbound message the protocol accepts (docs/API.md §5.7).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// A write that takes longer than this means a dead or hostile reader.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);

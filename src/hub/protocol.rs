@@ -1,8 +1,8 @@
-//! The WebSocket wire protocol of API.md §5: what clients send and what the server sends.
+//! The WebSocket wire protocol of docs/API.md §5: what clients send and what the server sends.
 
 use serde::Serialize;
 
-/// Close codes (API.md §5).
+/// Close codes (docs/API.md §5).
 pub mod close {
     /// Logged out: drop every token now.
     pub const LOGGED_OUT: u16 = 4001;

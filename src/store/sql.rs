@@ -42,7 +42,7 @@ pub struct NoteTag<'a> {
     pub request: Option<&'a str>,
 }
 
-/// The decision of one refresh, inside the caller's write transaction (API.md §3.3).
+/// The decision of one refresh, inside the caller's write transaction (docs/API.md §3.3).
 pub(super) async fn rotate_in(
     tx: &mut Tx,
     kind: Kind,

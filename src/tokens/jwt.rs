@@ -22,17 +22,17 @@ use crate::store::{KeyRow, Store, StoreResult};
 
 /// Verification leeway for `exp`/`iat`, identical on every instance (≤ 30 s per the contract).
 pub const LEEWAY_SECS: i64 = 30;
-/// `Cache-Control: max-age` of the JWKS (API.md §7: ≤ 5 min).
+/// `Cache-Control: max-age` of the JWKS (docs/API.md §7: ≤ 5 min).
 pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// A rotated-in key signs only after every JWKS cache (max-age) and every instance (reload
-/// bound of 60 s, API.md §1) has seen it.
+/// bound of 60 s, docs/API.md §1) has seen it.
 pub const ACTIVATION_DELAY: Duration = Duration::from_secs(300 + 60);
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 4096;
 /// The only header parameters we emit, and so the only ones we accept.
 const ALLOWED_HEADER_PARAMS: [&str; 3] = ["alg", "typ", "kid"];
 
-/// Access-token claims (API.md §3.1). `aud` is a single string: multi-audience tokens are not
+/// Access-token claims (docs/API.md §3.1). `aud` is a single string: multi-audience tokens are not
 /// ours and fail to deserialize.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {

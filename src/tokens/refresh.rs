@@ -1,4 +1,4 @@
-//! Opaque refresh tokens: generation, digest, and sealing of the successor (API.md §3.2–3.3).
+//! Opaque refresh tokens: generation, digest, and sealing of the successor (docs/API.md §3.2–3.3).
 //!
 //! A token is `rt_` + 43 base64url characters (32 random bytes, 256 bits). The database keeps
 //! only `SHA-256(token)`. When a token is rotated, its successor is kept sealed with

@@ -1,4 +1,4 @@
-//! Refresh rotation and the reuse policy of API.md §3.3 (SECURITY.md R1–R7).
+//! Refresh rotation and the reuse policy of docs/API.md §3.3 (SECURITY.md R1–R7).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The WebSocket hub over real sockets with tokio-tungstenite (API.md §5, SECURITY.md W*).
+//! The WebSocket hub over real sockets with tokio-tungstenite (docs/API.md §5, SECURITY.md W*).
 //! "Must not arrive" is shown by a ping answered with a pong: the server writes a queued logout
 //! before it reads the next message, so a pong first means no logout was queued.
 

@@ -1,4 +1,4 @@
-//! Several instances on one PostgreSQL database (API.md §6): tokens work everywhere, a
+//! Several instances on one PostgreSQL database (docs/API.md §6): tokens work everywhere, a
 //! revocation on one instance closes sockets and refuses tokens on every other, the listener
 //! survives `pg_terminate_backend`, restarts rebuild the denylist, presence is cluster-wide.
 

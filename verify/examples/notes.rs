@@ -1,4 +1,4 @@
-//! A notes API protected by sessiond-verify: the whole integration in one file (API.md §12).
+//! A notes API protected by sessiond-verify: the whole integration in one file (docs/API.md §12).
 //!
 //! ```text
 //! sessiond service add notes --scope revocations:read     # prints sk_…

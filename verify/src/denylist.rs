@@ -1,7 +1,7 @@
 //! The local denylist: session id → `until`, filled by the revocation feed, read on every
 //! request, so a revoked session's still-unexpired token is refused with no call to sessiond.
 //!
-//! The `until` rule (API.md §9): `until` is the instant after which no access token of the
+//! The `until` rule (docs/API.md §9): `until` is the instant after which no access token of the
 //! session can still be valid (its last token's `exp` plus the leeway). A token is accepted
 //! while `exp + leeway >= now` in whole seconds, so an entry must deny while `now <= until`
 //! in the same whole seconds (`until` rounded up), and is useless after: it is then ignored on

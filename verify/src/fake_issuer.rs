@@ -1,5 +1,5 @@
-//! A stand-in for sessiond in the crate's own tests, on 127.0.0.1:0: the JWKS (API.md §7) and
-//! the revocation stream (API.md §9), written from the contract, with knobs to break them.
+//! A stand-in for sessiond in the crate's own tests, on 127.0.0.1:0: the JWKS (docs/API.md §7) and
+//! the revocation stream (docs/API.md §9), written from the contract, with knobs to break them.
 //!
 //! The stream follows §9: authenticated with `Authorization: Bearer sk_…` (401 `invalid_token`
 //! for a wrong key, 403 `forbidden` for one without the scope); without `Last-Event-ID` (or

@@ -1,4 +1,4 @@
-//! The revocation-feed follower (API.md §9): one long-lived `GET {issuer}/v1/revocations/stream`
+//! The revocation-feed follower (docs/API.md §9): one long-lived `GET {issuer}/v1/revocations/stream`
 //! that fills the local denylist, resumed from its last cursor after any disconnect.
 //!
 //! - First connect (and after a 400 on resume: the cursor is unknown, e.g. sessiond's database
@@ -92,7 +92,7 @@ enum Outcome {
     Failed(String),
 }
 
-/// `data:` of a `revocation` event (API.md §9). Only the fields the denylist needs are required.
+/// `data:` of a `revocation` event (docs/API.md §9). Only the fields the denylist needs are required.
 #[derive(Deserialize)]
 struct Revocation {
     cursor: Option<String>,

@@ -1,5 +1,5 @@
 //! The JWKS cache: sessiond's public keys, fetched from `{issuer}/.well-known/jwks.json`, kept
-//! for as long as its `Cache-Control: max-age` allows (API.md §7), refetched early when a token
+//! for as long as its `Cache-Control: max-age` allows (docs/API.md §7), refetched early when a token
 //! names an unknown `kid` (a key rotated in), at most once every
 //! [`UNKNOWN_KID_REFETCH_INTERVAL`], and kept when a fetch fails.
 //!
@@ -20,14 +20,14 @@ use crate::keys::{KeyError, KeySet};
 
 /// Where sessiond publishes its keys, under the issuer.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
-/// Lifetime of a fetched keyset without `Cache-Control: max-age` (API.md §7's upper bound).
+/// Lifetime of a fetched keyset without `Cache-Control: max-age` (docs/API.md §7's upper bound).
 pub const JWKS_DEFAULT_TTL: Duration = Duration::from_secs(300);
-/// Longest lifetime honoured, whatever `max-age` says (API.md §7: ≤ 5 min).
+/// Longest lifetime honoured, whatever `max-age` says (docs/API.md §7: ≤ 5 min).
 pub const JWKS_MAX_TTL: Duration = Duration::from_secs(300);
 /// Shortest lifetime honoured (`max-age=0`, `no-cache`, `no-store`): sessiond is not asked more
 /// often than this by the periodic refresh.
 pub const JWKS_MIN_TTL: Duration = Duration::from_secs(30);
-/// The unknown-kid refetch happens at most this often (API.md §12).
+/// The unknown-kid refetch happens at most this often (docs/API.md §12).
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// After a failed fetch, the next periodic attempt comes this much later.
 pub const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);

@@ -1,5 +1,5 @@
 //! Accept sessiond's access tokens in your own service, and refuse revoked ones at once, with
-//! no call to sessiond per request (API.md §12).
+//! no call to sessiond per request (docs/API.md §12).
 //!
 //! sessiond's access tokens are short-lived EdDSA JWTs: anyone can verify one offline with the
 //! public keys of its JWKS. Offline verification alone cannot know that a session has ended,

@@ -1,5 +1,5 @@
 //! The answers a protected resource gives when it refuses a request: sessiond's own RFC 9457
-//! problem+json bodies and headers (API.md §2), byte for byte, so a client handles a refusal
+//! problem+json bodies and headers (docs/API.md §2), byte for byte, so a client handles a refusal
 //! from any resource server exactly as one from sessiond.
 //!
 //! Bodies hold no per-request fields: equal refusals have byte-identical bodies, and nothing
@@ -61,7 +61,7 @@ impl Rejection {
         }
     }
 
-    /// The stable machine-readable `code` (API.md §2).
+    /// The stable machine-readable `code` (docs/API.md §2).
     pub fn code(&self) -> &'static str {
         match self {
             Rejection::InvalidToken { .. } => "invalid_token",

@@ -1,4 +1,4 @@
-//! The verification rule for sessiond's access tokens (API.md §3.1): one pure function,
+//! The verification rule for sessiond's access tokens (docs/API.md §3.1): one pure function,
 //! [`verify`], of a token, a [`KeySet`], a [`Policy`] and the time.
 //!
 //! This is the single implementation of the rule, shared by sessiond and by every resource
@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::KeySet;
 
-/// Verification leeway for `exp`, `nbf` and `iat`, identical everywhere (API.md §3.1: ≤ 30 s).
+/// Verification leeway for `exp`, `nbf` and `iat`, identical everywhere (docs/API.md §3.1: ≤ 30 s).
 pub const LEEWAY_SECS: i64 = 30;
-/// The largest leeway a [`Policy`] accepts (API.md §3.1); larger values are clamped.
+/// The largest leeway a [`Policy`] accepts (docs/API.md §3.1); larger values are clamped.
 pub const MAX_LEEWAY_SECS: i64 = 30;
 /// Tokens longer than this are refused before any parsing (sessiond's tokens are ~0.5 KiB).
 pub const MAX_TOKEN_LEN: usize = 4096;
@@ -30,7 +30,7 @@ const ALLOWED_HEADER_PARAMS: [&str; 3] = ["alg", "typ", "kid"];
 /// refusal a JWKS refetch can cure (see [`VerifyError::is_unknown_kid`]).
 pub const UNKNOWN_KID: &str = "unknown kid";
 
-/// Access-token claims (API.md §3.1). `aud` is a single string: multi-audience tokens are not
+/// Access-token claims (docs/API.md §3.1). `aud` is a single string: multi-audience tokens are not
 /// sessiond's and fail to deserialize.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {

@@ -20,9 +20,9 @@ use crate::jwks::JwksCache;
 use crate::problem::Rejection;
 use crate::token::{Claims, Policy};
 
-/// Default bound on feed downtime before requests fail closed (API.md §12).
+/// Default bound on feed downtime before requests fail closed (docs/API.md §12).
 pub const DEFAULT_STALENESS: Duration = Duration::from_secs(10);
-/// The audience sessiond puts in its tokens unless configured otherwise (API.md §1).
+/// The audience sessiond puts in its tokens unless configured otherwise (docs/API.md §1).
 pub const DEFAULT_AUDIENCE: &str = "sessiond";
 /// How often expired denylist entries are dropped (lookups ignore them already).
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(30);

@@ -1,0 +1,138 @@
+//! sessiond-bench: starts sessiond itself (as child processes), drives it over loopback with
+//! bounded counts and time, stops by itself, and prints markdown tables (BENCHMARKS.md).
+//!
+//! ```text
+//! cargo run --release -p sessiond-bench -- <scenario> [flags]
+//!   idle      server RSS per idle authenticated socket          --sizes 1000,5000,10000,19000
+//!   everyone  admin logout-everyone: call → last socket's frame --sizes 1000,5000,10000,19000
+//!   revoke    one logout → its socket's frame, N idle held      --revokes 1000 --rate 100 --idle 10000
+//!   revoke-under-login   the same while 8 clients log in flat out
+//!   cluster   revoke across instances (PostgreSQL NOTIFY)       --revokes 1000 --rate 100 --idle 10000
+//!   churn     reconnect storm after a restart                   --sizes 19000
+//!   refresh   refreshes/s from pre-minted tokens, SQLite + PG   --count 20000 --concurrency 64
+//!   refresh-store  the rotation transaction alone, in process   --count 5000
+//!   verify    /v1/me and /healthz req/s + in-process verify µs  --seconds 10 --concurrency 64
+//!   login     argon2 logins/s                                   --seconds 10
+//!   peers     idle + everyone vs Node ws, Socket.IO, Python websockets, fastwebsockets
+//!                                                               --sizes 5000 (bench/peers/setup.sh first)
+//!   --database-url postgres://postgres@127.0.0.1:5432/test  (admin URL; a throwaway DB is made)
+//! ```
+//!
+//! Sockets are held by worker processes (this binary's hidden `worker` scenario, ≤ 9,500
+//! sockets each: one process may hold ~20k files here), the server runs as this binary's hidden
+//! `server` scenario (exactly `sessiond serve`) so its RSS is its own. Timestamps are
+//! CLOCK_MONOTONIC, shared by all processes; latency histograms are HDR; revocations follow an
+//! open-loop schedule (send times fixed in advance, no coordinated omission).
+
+mod cluster;
+mod common;
+mod scenarios;
+mod worker;
+
+use clap::Parser;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The scenarios (BENCHMARKS.md has what each measures and its results).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Server RSS per idle authenticated socket (--sizes).
+    Idle,
+    /// Admin logout-everyone: the call to the last socket's frame (--sizes).
+    Everyone,
+    /// One logout to its socket's frame, with --idle sockets held (--revokes, --rate).
+    Revoke,
+    /// The same while 8 clients log in flat out.
+    RevokeUnderLogin,
+    /// Revoke across instances through PostgreSQL NOTIFY (--revokes, --rate, --idle).
+    Cluster,
+    /// Reconnect storm after a restart (--sizes).
+    Churn,
+    /// Refreshes/s from pre-minted tokens, SQLite and PostgreSQL (--count, --concurrency).
+    Refresh,
+    /// The rotation transaction alone, in process (--count).
+    RefreshStore,
+    /// /v1/me and /healthz req/s, and in-process verification µs (--seconds, --concurrency).
+    Verify,
+    /// Argon2 logins/s (--seconds).
+    Login,
+    /// Idle and everyone against the peers (bench/peers/setup.sh first) (--sizes).
+    Peers,
+    /// Internal: a socket-holding worker process.
+    #[value(hide = true)]
+    Worker,
+    /// Internal: the server process (exactly `sessiond serve`).
+    #[value(hide = true)]
+    Server,
+}
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "sessiond-bench", about = "Drives sessiond (and its peers) over loopback and prints markdown tables")]
+pub struct Args {
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Logouts to time (revoke, cluster).
+    #[arg(long, default_value_t = 1000)]
+    pub revokes: usize,
+    /// Logouts per second, open loop (revoke, cluster).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Idle sockets held meanwhile (revoke, cluster).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle: usize,
+    /// Socket counts, comma separated (idle, everyone, churn, peers).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000, 10_000, 19_000])]
+    pub sizes: Vec<usize>,
+    /// Operations (refresh, refresh-store).
+    #[arg(long, default_value_t = 20_000)]
+    pub count: usize,
+    /// Concurrent clients (refresh, verify).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Duration of a timed scenario (verify, login).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// PostgreSQL admin URL; a throwaway database is created in it.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub database_url: String,
+    /// Internal: the arguments of the worker process.
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub rest: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if args.scenario == Scenario::Server {
+        let cli = sessiond::config::Cli::parse_from(["sessiond", "serve"]);
+        sessiond::telemetry::init();
+        rt.block_on(sessiond::cli::run(cli)).expect("server");
+        return;
+    }
+    if args.scenario == Scenario::Worker {
+        let (url, file, mode) = (args.rest[0].clone(), args.rest[1].clone(), args.rest[2].clone());
+        let framing = common::Framing::parse(args.rest.get(3).map_or("plain", String::as_str));
+        rt.block_on(worker::run(url, file, mode, framing));
+        return;
+    }
+    let out = rt.block_on(async {
+        match args.scenario {
+            Scenario::Idle => scenarios::idle(&args).await,
+            Scenario::Everyone => scenarios::everyone(&args).await,
+            Scenario::Revoke => scenarios::revoke(&args, false).await,
+            Scenario::RevokeUnderLogin => scenarios::revoke(&args, true).await,
+            Scenario::Cluster => cluster::run(&args).await,
+            Scenario::Churn => scenarios::churn(&args).await,
+            Scenario::Refresh => scenarios::refresh(&args).await,
+            Scenario::RefreshStore => scenarios::refresh_store(&args).await,
+            Scenario::Verify => scenarios::verify(&args).await,
+            Scenario::Login => scenarios::login(&args).await,
+            Scenario::Peers => scenarios::peers(&args).await,
+            Scenario::Worker | Scenario::Server => unreachable!("handled above"),
+        }
+    });
+    println!("\n## {:?}\n", args.scenario);
+    for line in out {
+        println!("{line}");
+    }
+}
