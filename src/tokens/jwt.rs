@@ -1,83 +1,52 @@
 //! Access tokens: EdDSA (Ed25519) JWTs, the in-memory keyset, the JWKS, and key rotation.
 //!
-//! Verification follows RFC 8725 and the pipeline of SECURITY.md §0: our own header policy
-//! first (only `alg`, `typ`, `kid`; `alg` must be `EdDSA`, `typ` `at+jwt`, `kid` known), then the
-//! key and algorithm come from *our* keyset entry, never from the token, then `jsonwebtoken`
-//! checks the signature, `iss`, `aud`, `exp` (all required), then we check `iat` and `sid`.
-//! No database, file or network lookup happens here: the keyset is reloaded in the background.
+//! Verification is the rule of the `sessiond-verify` crate (`verify/`), the same code the app's
+//! other services run offline: our own header policy first (only `alg`, `typ`, `kid`; `alg`
+//! must be `EdDSA`, `typ` `at+jwt`, `kid` known), then the key and algorithm come from *our*
+//! keyset entry, never from the token, then `jsonwebtoken` checks the signature, `iss`, `aud`,
+//! `exp` (all required), then `iat` and `sid`. One implementation, so sessiond and every
+//! resource server accept exactly the same tokens. No database, file or network lookup happens
+//! here: the keyset is reloaded in the background.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use sessiond_verify::{KeySet, Policy, VerifiedCache};
 use sha2::{Digest, Sha256};
 
 use crate::clock::{ms, Clock, Millis};
 use crate::store::{KeyRow, Store, StoreResult};
 
-/// Verification leeway for `exp`/`iat`, identical on every instance (≤ 30 s per the contract).
-pub const LEEWAY_SECS: i64 = 30;
+pub use sessiond_verify::{Claims, VerifyError, LEEWAY_SECS, MAX_TOKEN_LEN};
 /// `Cache-Control: max-age` of the JWKS (docs/API.md §7: ≤ 5 min).
 pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// A rotated-in key signs only after every JWKS cache (max-age) and every instance (reload
 /// bound of 60 s, docs/API.md §1) has seen it.
 pub const ACTIVATION_DELAY: Duration = Duration::from_secs(300 + 60);
-/// Tokens longer than this are refused before any parsing.
-pub const MAX_TOKEN_LEN: usize = 4096;
-/// The only header parameters we emit, and so the only ones we accept.
-const ALLOWED_HEADER_PARAMS: [&str; 3] = ["alg", "typ", "kid"];
-
-/// Access-token claims (docs/API.md §3.1). `aud` is a single string: multi-audience tokens are not
-/// ours and fail to deserialize.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Claims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub sid: String,
-    pub jti: String,
-    pub iat: i64,
-    pub exp: i64,
-    pub roles: Vec<String>,
-}
-
-/// Why a token was refused. Deliberately coarse: the reason is logged at debug, never returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerifyError {
-    Invalid(&'static str),
-    Expired,
-}
-
 /// One loaded keyset; replaced whole on reload.
 struct Keyset {
     /// kid → verifying key. Every entry is Ed25519/EdDSA: the algorithm is pinned per key.
-    verify: HashMap<String, DecodingKey>,
+    verify: KeySet,
     /// The newest active key.
     signer: Option<(String, EncodingKey)>,
     /// The JWKS document, pre-rendered.
     jwks: Arc<str>,
 }
 
-/// Most verified tokens remembered (see [`Keys::verify`]); the cache is emptied when full.
-const VERIFIED_CACHE_MAX: usize = 16_384;
-
-/// A verified token's kid and claims.
-type Verified = (String, Claims);
-
 /// The shared keyset handle. Clones share the keyset.
 #[derive(Clone)]
 pub struct Keys {
     set: Arc<RwLock<Arc<Keyset>>>,
-    /// SHA-256 of a whole token that passed the full pipeline → its kid and claims. A token
-    /// seen again skips the header parse and the Ed25519 check (~60 µs here), like Envoy's
-    /// `jwt_cache_config`; its kid must still be published and its times are checked again.
-    /// Only tokens that verified are stored, so the cache holds nothing an attacker can forge.
-    verified: Arc<dashmap::DashMap<[u8; 32], Arc<Verified>>>,
+    /// Tokens that passed the whole rule, by SHA-256: a token seen again skips the header parse
+    /// and the Ed25519 check (~60 µs here); its kid must still be published and its times are
+    /// checked again. Bounded, evicting (see [`VerifiedCache`]).
+    verified: VerifiedCache,
+    /// What a token must say (issuer, audience, leeway).
+    policy: Arc<Policy>,
     issuer: Arc<str>,
     audience: Arc<str>,
     access_ttl: Duration,
@@ -119,10 +88,11 @@ pub async fn rotate(store: &Store, clock: &Clock, now: bool) -> StoreResult<(Str
 
 impl Keys {
     pub fn new(issuer: &str, audience: &str, access_ttl: Duration) -> Self {
-        let empty = Keyset { verify: HashMap::new(), signer: None, jwks: Arc::from(r#"{"keys":[]}"#) };
+        let empty = Keyset { verify: KeySet::new(), signer: None, jwks: Arc::from(r#"{"keys":[]}"#) };
         Keys {
             set: Arc::new(RwLock::new(Arc::new(empty))),
-            verified: Arc::default(),
+            verified: VerifiedCache::new(),
+            policy: Arc::new(Policy::new(issuer, audience)),
             issuer: issuer.into(),
             audience: audience.into(),
             access_ttl,
@@ -151,7 +121,7 @@ impl Keys {
     /// [`Keys::reload`] does after reading the rows; public for property tests and fuzzing.
     pub fn load(&self, rows: &[KeyRow], now: Millis) {
         let retire_after = ms(self.access_ttl) + LEEWAY_SECS * 1000;
-        let mut verify = HashMap::new();
+        let mut verify = KeySet::new();
         let mut jwks = Vec::new();
         let mut signer = None;
         for (i, row) in rows.iter().enumerate() {
@@ -160,8 +130,9 @@ impl Keys {
             if superseded_at.is_some_and(|s| now > s + retire_after) {
                 continue;
             }
-            let Ok(dk) = DecodingKey::from_ed_components(&row.public_x) else { continue };
-            verify.insert(row.kid.clone(), dk);
+            if verify.insert_ed25519(&row.kid, &row.public_x).is_err() {
+                continue;
+            }
             jwks.push(serde_json::json!({
                 "kty": "OKP", "crv": "Ed25519", "x": row.public_x,
                 "kid": row.kid, "alg": "EdDSA", "use": "sig",
@@ -185,7 +156,7 @@ impl Keys {
 
     /// Kids currently accepted.
     pub fn kids(&self) -> Vec<String> {
-        self.current().verify.keys().cloned().collect()
+        self.current().verify.kids().map(str::to_string).collect()
     }
 
     /// Signs an access token for a session. `exp_ms` is already capped at the session expiry.
@@ -226,87 +197,13 @@ impl Keys {
     /// As [`Keys::verify`], remembering the token only with `remember` (a socket presents its
     /// token once: caching it would only add ~0.5 KiB to every idle socket).
     pub fn verify_with(&self, token: &str, now_secs: i64, remember: bool) -> Result<Claims, VerifyError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(VerifyError::Invalid("too long"));
-        }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let hit = self.verified.get(&digest).map(|e| Arc::clone(e.value()));
-        if let Some(hit) = hit {
-            let (kid, claims) = &*hit;
-            if self.current().verify.contains_key(kid) {
-                return check_times(claims.clone(), now_secs);
-            }
-        }
-        let (kid, claims) = self.verify_uncached(token, now_secs)?;
-        if !remember {
-            return Ok(claims);
-        }
-        if self.verified.len() >= VERIFIED_CACHE_MAX {
-            self.verified.clear();
-        }
-        self.verified.insert(digest, Arc::new((kid, claims.clone())));
-        Ok(claims)
-    }
-
-    /// The whole pipeline; returns the kid with the claims.
-    fn verify_uncached(&self, token: &str, now_secs: i64) -> Result<(String, Claims), VerifyError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(VerifyError::Invalid("not three segments"));
-        };
-        let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| VerifyError::Invalid("header encoding"))?;
-        let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|_| VerifyError::Invalid("header json"))?;
-        if header.keys().any(|k| !ALLOWED_HEADER_PARAMS.contains(&k.as_str())) {
-            return Err(VerifyError::Invalid("header parameter not allowed"));
-        }
-        if header.get("alg").and_then(|v| v.as_str()) != Some("EdDSA") {
-            return Err(VerifyError::Invalid("alg"));
-        }
-        let typ_ok = header
-            .get("typ")
-            .and_then(|v| v.as_str())
-            .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
-        if !typ_ok {
-            return Err(VerifyError::Invalid("typ"));
-        }
-        let Some(kid) = header.get("kid").and_then(|v| v.as_str()) else {
-            return Err(VerifyError::Invalid("kid missing"));
-        };
         let set = self.current();
-        let Some(key) = set.verify.get(kid) else { return Err(VerifyError::Invalid("unknown kid")) };
-
-        // The algorithm is pinned by our keyset entry (every key is Ed25519).
-        let mut v = Validation::new(Algorithm::EdDSA);
-        v.set_issuer(&[&*self.issuer]);
-        v.set_audience(&[&*self.audience]);
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        v.leeway = LEEWAY_SECS as u64;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.validate_aud = true;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => VerifyError::Expired,
-            _ => VerifyError::Invalid("signature or claims"),
-        })?;
-        let c = data.claims;
-        if c.sid.is_empty() || c.sub.is_empty() || c.jti.is_empty() {
-            return Err(VerifyError::Invalid("empty sid/sub/jti"));
+        if remember {
+            self.verified.verify(token, &set.verify, &self.policy, now_secs)
+        } else {
+            sessiond_verify::verify(token, &set.verify, &self.policy, now_secs).map(|v| v.claims)
         }
-        Ok((kid.to_string(), check_times(c, now_secs)?))
     }
-}
-
-/// Our own clock decides `exp` and `iat` (it is the one sessions and tests use), on every
-/// verification, cached or not.
-fn check_times(c: Claims, now_secs: i64) -> Result<Claims, VerifyError> {
-    if c.exp.saturating_add(LEEWAY_SECS) < now_secs {
-        return Err(VerifyError::Expired);
-    }
-    if c.iat > now_secs + LEEWAY_SECS {
-        return Err(VerifyError::Invalid("iat in the future"));
-    }
-    Ok(c)
 }
 
 #[cfg(test)]

@@ -6,22 +6,22 @@
 //! only tokens that verified are stored (nothing an attacker can forge gets in), a hit is
 //! served only while its `kid` is still in the keyset, and [`check_times`] runs on every hit.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::keys::KeySet;
 use crate::token::{check_times, verify, Claims, Policy, Verified, VerifyError, MAX_TOKEN_LEN};
 
-/// Most tokens remembered; the memo is emptied when full (~0.5 KiB each, so ≤ ~8 MiB).
+/// Most tokens remembered (~0.5 KiB each, so ≤ ~8 MiB). Past it the least useful entries are
+/// evicted ([`quick_cache`]'s CLOCK-Pro: a token seen once makes way before one seen often), so
+/// a flood of distinct tokens never empties the memo of the clients that keep coming back.
 pub const VERIFIED_CACHE_MAX: usize = 16_384;
 
 /// Shared by clones. Use one cache per [`Policy`]: a hit re-checks the times, not the claims.
 #[derive(Clone)]
 pub struct VerifiedCache {
-    entries: Arc<RwLock<HashMap<[u8; 32], Arc<Verified>>>>,
-    max: usize,
+    entries: Arc<quick_cache::sync::Cache<[u8; 32], Arc<Verified>>>,
 }
 
 impl Default for VerifiedCache {
@@ -37,7 +37,7 @@ impl VerifiedCache {
 
     /// A cache of at most `max` tokens (at least one).
     pub fn with_capacity(max: usize) -> Self {
-        VerifiedCache { entries: Arc::default(), max: max.max(1) }
+        VerifiedCache { entries: Arc::new(quick_cache::sync::Cache::new(max.max(1))) }
     }
 
     /// [`verify`], served from the memo when the same token verified before.
@@ -46,8 +46,7 @@ impl VerifiedCache {
             return Err(VerifyError::Invalid("too long"));
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let hit = self.read().get(&digest).cloned();
-        if let Some(hit) = hit {
+        if let Some(hit) = self.entries.get(&digest) {
             if keys.contains(&hit.kid) {
                 check_times(&hit.claims, policy, now_secs)?;
                 return Ok(hit.claims.clone());
@@ -55,31 +54,17 @@ impl VerifiedCache {
         }
         let verified = verify(token, keys, policy, now_secs)?;
         let claims = verified.claims.clone();
-        let mut entries = match self.entries.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if entries.len() >= self.max {
-            entries.clear();
-        }
-        entries.insert(digest, Arc::new(verified));
+        self.entries.insert(digest, Arc::new(verified));
         Ok(claims)
     }
 
     /// Tokens remembered now.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 32], Arc<Verified>>> {
-        match self.entries.read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
     }
 }
 
@@ -126,6 +111,7 @@ mod tests {
             cache.verify(&key.token(&c), &keys, &policy, now).unwrap();
             assert!(cache.len() <= 3);
         }
+        assert!(!cache.is_empty(), "a full cache evicts, it does not empty itself");
         // Refused tokens are never stored.
         let before = cache.len();
         assert!(cache.verify("x.y.z", &keys, &policy, now).is_err());

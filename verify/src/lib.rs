@@ -183,7 +183,7 @@ pub use bearer::bearer_token;
 pub use cache::VerifiedCache;
 pub use keys::{KeyError, KeySet};
 pub use problem::Rejection;
-pub use token::{check_times, verify, Claims, Policy, Verified, VerifyError};
+pub use token::{check_times, verify, Claims, Policy, Verified, VerifyError, LEEWAY_SECS, MAX_TOKEN_LEN};
 
 #[cfg(feature = "client")]
 pub use verifier::{
