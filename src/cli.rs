@@ -12,18 +12,18 @@ use crate::{app, audit, password, sessions, tokens};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config).await,
-        Command::Migrate => {
-            let store = Store::connect(&config.database_url).await?;
+    match cli.command {
+        None | Some(Command::Serve(_)) => serve(config).await,
+        Some(Command::Migrate(db)) => {
+            let store = Store::connect(db.url(&config)).await?;
             store.migrate().await?;
             store.close().await;
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::User(UserCommand::Add { email, admin }) => add_user(config, &email, admin).await,
-        Command::Keys(KeysCommand::Rotate { now }) => {
-            let store = Store::connect(&config.database_url).await?;
+        Some(Command::User(UserCommand::Add { email, admin, db })) => add_user(db.url(&config), &email, admin).await,
+        Some(Command::Keys(KeysCommand::Rotate { now, db })) => {
+            let store = Store::connect(db.url(&config)).await?;
             store.migrate().await?;
             let clock = Clock::system();
             let (kid, at) = tokens::jwt::rotate(&store, &clock, now).await?;
@@ -45,14 +45,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sessiond user add --email E [--admin]`, password on stdin (one line).
-async fn add_user(config: Config, email: &str, admin: bool) -> anyhow::Result<()> {
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
-    let password = line.trim_end_matches(['\n', '\r']).to_string();
+/// `sessiond user add --email E [--admin]`, password on stdin (one line), or asked for twice
+/// without echo at a terminal.
+async fn add_user(database_url: &str, email: &str, admin: bool) -> anyhow::Result<()> {
+    let password = read_password(email)?;
     password::validate(&password).map_err(|_| anyhow::anyhow!("the password must have 8 to 1024 characters"))?;
     let email = sessions::normalize_email(email).map_err(|_| anyhow::anyhow!("the email address is not valid"))?;
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect(database_url).await?;
     store.migrate().await?;
     let hash = Passwords::new(1).hash(password, None).await?;
     let id = uuid::Uuid::now_v7().to_string();
@@ -72,4 +71,22 @@ async fn add_user(config: Config, email: &str, admin: bool) -> anyhow::Result<()
         Err(crate::store::StoreError::EmailTaken) => anyhow::bail!("a user with this email already exists"),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The new user's password: asked for (twice, no echo) at a terminal, else one line of stdin.
+fn read_password(email: &str) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {email}: ")).context("reading the password")?;
+        let again = rpassword::prompt_password("The same password again: ").context("reading the password")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        return Ok(first);
+    }
+    let mut line = String::new();
+    let n = std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+    anyhow::ensure!(
+        n > 0,
+        "no password on stdin: pipe one line, e.g. `sessiond user add --email {email} <<< 'a long password'`"
+    );
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }

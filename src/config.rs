@@ -37,10 +37,44 @@ pub struct Cli {
     pub config: Config,
 }
 
+impl Cli {
+    /// Parses the process's command line (see [`Cli::parse_args_from`]).
+    pub fn parse_args() -> Cli {
+        Cli::parse_args_from(std::env::args_os().collect())
+    }
+
+    /// Parses a command line. The server's flags may stand before or after `serve`
+    /// (`sessiond --listen A serve --issuer B`): they belong to the root command (so the other
+    /// subcommands' help lists only their own options) and to `serve` (so `sessiond serve
+    /// --help` lists them), and for `serve` the line is parsed again without the `serve` word,
+    /// so that every flag lands in one [`Config`].
+    pub fn parse_args_from(args: Vec<std::ffi::OsString>) -> Cli {
+        let cli = Cli::parse_from(&args);
+        if !matches!(cli.command, Some(Command::Serve(_))) {
+            return cli;
+        }
+        // Every root flag takes a value (`--flag value` or `--flag=value`): skip them to find
+        // the subcommand word itself, not a flag's value that happens to spell `serve`.
+        let mut i = 1;
+        while i < args.len() {
+            let tok = args[i].to_string_lossy();
+            if tok == "serve" {
+                let mut rest = args.clone();
+                rest.remove(i);
+                let mut all = Cli::parse_from(rest);
+                all.command = Some(Command::Serve(Box::new(ServeArgs { config: all.config.clone() })));
+                return all;
+            }
+            i += if tok.starts_with("--") && !tok.contains('=') { 2 } else { 1 };
+        }
+        cli
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server (the default).
-    Serve,
+    /// Run the server (the default). Takes every server flag, before or after `serve`.
+    Serve(Box<ServeArgs>),
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -48,167 +82,197 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Apply database migrations and exit.
-    Migrate,
+    Migrate(DbArgs),
+}
+
+/// The server's flags, as `sessiond serve` shows them in its help.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// The database of an administrative subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// `sqlite://…` or `postgres://…` (default: `DATABASE_URL`, else `sqlite://sessiond.db`).
+    #[arg(long = "database-url")]
+    pub database_url: Option<String>,
+}
+
+impl DbArgs {
+    /// This subcommand's database: its own flag, else the server configuration's.
+    pub fn url<'a>(&'a self, config: &'a Config) -> &'a str {
+        self.database_url.as_deref().unwrap_or(&config.database_url)
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Create a user; the password is read from stdin (one line).
+    /// Create a user and print its id. The password is read from stdin (one line); at a
+    /// terminal it is asked for, twice, without echo.
     Add {
+        /// The user's email address (stored trimmed and lower-cased).
         #[arg(long)]
         email: String,
         /// Give the user the admin role.
         #[arg(long)]
         admin: bool,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Publish a new signing key. It starts signing once every JWKS cache has seen it, or at once
-    /// with `--now`.
+    /// Publish a new signing key. It starts signing once every JWKS cache has seen it (6
+    /// minutes), or at once with `--now`; the old key keeps verifying until its tokens expired.
     Rotate {
+        /// Sign with the new key at once (after a leak: then log everyone out). Verifiers that
+        /// cached the JWKS refuse its tokens until they refetch it.
         #[arg(long)]
         now: bool,
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 
-/// Server configuration. Flags are global so they may precede or follow the subcommand.
+/// Server configuration: the root command's flags (see [`Cli::parse_args_from`]).
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// HTTP + WebSocket listen address.
-    #[arg(long, env = "SESSIOND_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(long, env = "SESSIOND_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// `sqlite://…` (embedded, single instance) or `postgres://…` (shared, many instances).
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "sqlite://sessiond.db", global = true)]
+    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "sqlite://sessiond.db")]
     pub database_url: String,
 
     /// `iss` of every token.
-    #[arg(long, env = "SESSIOND_ISSUER", default_value = "http://localhost:8080", global = true)]
+    #[arg(long, env = "SESSIOND_ISSUER", default_value = "http://localhost:8080")]
     pub issuer: String,
 
     /// `aud` of every access token.
-    #[arg(long, env = "SESSIOND_AUDIENCE", default_value = "sessiond", global = true)]
+    #[arg(long, env = "SESSIOND_AUDIENCE", default_value = "sessiond")]
     pub audience: String,
 
     /// Access-token lifetime.
-    #[arg(long, env = "SESSIOND_ACCESS_TTL", default_value = "5m", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_ACCESS_TTL", default_value = "5m", value_parser = parse_duration)]
     pub access_ttl: Duration,
 
     /// A session unused for this long expires.
-    #[arg(long, env = "SESSIOND_REFRESH_IDLE_TTL", default_value = "14d", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_REFRESH_IDLE_TTL", default_value = "14d", value_parser = parse_duration)]
     pub refresh_idle_ttl: Duration,
 
     /// Absolute session lifetime, however active.
-    #[arg(long, env = "SESSIOND_SESSION_MAX_AGE", default_value = "30d", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_SESSION_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
     pub session_max_age: Duration,
 
     /// How long the immediately previous refresh token still converges on its successor.
-    #[arg(long, env = "SESSIOND_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_REFRESH_REUSE_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub refresh_reuse_grace: Duration,
 
     /// Comma list of browser origins allowed to open sockets and use cookie refresh
     /// (default: the issuer's origin).
-    #[arg(long, env = "SESSIOND_ALLOWED_ORIGINS", value_parser = parse_origins, global = true)]
+    #[arg(long, env = "SESSIOND_ALLOWED_ORIGINS", value_parser = parse_origins)]
     pub allowed_origins: Option<Origins>,
 
     /// Whether `POST /v1/auth/register` is open.
-    #[arg(long, env = "SESSIOND_ALLOW_REGISTRATION", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    #[arg(long, env = "SESSIOND_ALLOW_REGISTRATION", default_value_t = true, action = clap::ArgAction::Set)]
     pub allow_registration: bool,
 
     /// Admin created on the first start on an empty database (with `SESSIOND_ADMIN_PASSWORD`);
     /// ignored, with a warning, once the database has users (then: `sessiond user add --admin`).
-    #[arg(long, env = "SESSIOND_ADMIN_EMAIL", global = true)]
+    #[arg(long, env = "SESSIOND_ADMIN_EMAIL")]
     pub admin_email: Option<String>,
 
     /// Password of the bootstrap admin. Prefer the environment variable to the flag.
-    #[arg(long, env = "SESSIOND_ADMIN_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(long, env = "SESSIOND_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<Secret>,
 
     /// How many password hashes may run at once (each holds ~19 MiB).
-    #[arg(long, env = "SESSIOND_PASSWORD_HASH_CONCURRENCY", default_value_t = 2, global = true)]
+    #[arg(long, env = "SESSIOND_PASSWORD_HASH_CONCURRENCY", default_value_t = 2)]
     pub password_hash_concurrency: usize,
 
     /// How often expired sessions are swept (and, later, pushed as `session_expired`).
-    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
 
     /// Authenticated sockets one user may hold on this instance. At the cap a new socket is
     /// admitted and the oldest socket of the user's session holding the most is closed with 4429.
-    #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS_PER_USER", default_value_t = 64, global = true)]
+    #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS_PER_USER", default_value_t = 64)]
     pub ws_max_sockets_per_user: usize,
 
     /// How long a new socket may take to send its `auth` message (else close 4408).
-    #[arg(long, env = "SESSIOND_WS_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_WS_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub ws_auth_timeout: Duration,
 
     /// Protocol ping period; a socket that misses two pongs is closed.
-    #[arg(long, env = "SESSIOND_WS_PING_INTERVAL", default_value = "25s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_WS_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
     pub ws_ping_interval: Duration,
 
     /// On shutdown, how long to wait for sockets to close before exiting.
-    #[arg(long, env = "SESSIOND_SHUTDOWN_DRAIN", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_SHUTDOWN_DRAIN", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
 
     /// Directory of the browser pages and `sessiond.js` (default: `./static`, else the
     /// source checkout's `static/`).
-    #[arg(long, env = "SESSIOND_STATIC_DIR", global = true)]
+    #[arg(long, env = "SESSIOND_STATIC_DIR")]
     pub static_dir: Option<std::path::PathBuf>,
 
     /// Reverse proxies (comma list of IPs or CIDR networks) whose `X-Forwarded-For` is believed;
     /// from anyone else the header is ignored.
-    #[arg(long, env = "SESSIOND_TRUSTED_PROXIES", default_value = "", global = true)]
+    #[arg(long, env = "SESSIOND_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: crate::limits::TrustedProxies,
 
     /// Failed logins per account and address before exponential backoff (1 s doubling to 60 s,
     /// with `429` + `Retry-After`). One address over all accounts gets 4× as many, one account
     /// over all addresses 2× (that last block spares proven clients: see `limits`). Failed
     /// current-password checks of `POST /v1/auth/password` count as failed logins.
-    #[arg(long, env = "SESSIOND_LOGIN_FREE_FAILURES", default_value_t = 10, global = true)]
+    #[arg(long, env = "SESSIOND_LOGIN_FREE_FAILURES", default_value_t = 10)]
     pub login_free_failures: u32,
 
     /// Per-address limits (login backoff, registrations, unauthenticated sockets, the
     /// password-hash share) group IPv4 clients by this prefix length: 32 keys each address
     /// alone; shorter prefixes make a whole network share one allowance (16–32).
     #[arg(long, env = "SESSIOND_IPV4_PREFIX", default_value_t = 32,
-        value_parser = clap::value_parser!(u8).range(16..=32), global = true)]
+        value_parser = clap::value_parser!(u8).range(16..=32))]
     pub ipv4_prefix: u8,
 
     /// The same for IPv6 (32–128). 64 by default: one host or subscriber usually holds a whole
     /// /64, so keying on the exact address would let it start every limit over at will.
     #[arg(long, env = "SESSIOND_IPV6_PREFIX", default_value_t = 64,
-        value_parser = clap::value_parser!(u8).range(32..=128), global = true)]
+        value_parser = clap::value_parser!(u8).range(32..=128))]
     pub ipv6_prefix: u8,
 
     /// Registrations per address key (IPv4 address, IPv6 /64 by default) per hour, all of which
     /// may come at once (0 = unlimited).
-    #[arg(long, env = "SESSIOND_REGISTER_PER_IP_PER_HOUR", default_value_t = 60, global = true)]
+    #[arg(long, env = "SESSIOND_REGISTER_PER_IP_PER_HOUR", default_value_t = 60)]
     pub register_per_ip_per_hour: u32,
 
     /// Sockets one address key (IPv4 address, IPv6 /64 by default) may hold open before they
     /// authenticate; the next upgrade gets 429.
-    #[arg(long, env = "SESSIOND_WS_MAX_UNAUTHENTICATED_PER_IP", default_value_t = 64, global = true)]
+    #[arg(long, env = "SESSIOND_WS_MAX_UNAUTHENTICATED_PER_IP", default_value_t = 64)]
     pub ws_max_unauthenticated_per_ip: usize,
 
     /// Sockets this instance holds at most (keep it under the open-files limit); past it an
     /// upgrade gets 503 `unavailable` with `Retry-After: 1`.
-    #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS", default_value_t = 50_000, global = true)]
+    #[arg(long, env = "SESSIOND_WS_MAX_SOCKETS", default_value_t = 50_000)]
     pub ws_max_sockets: usize,
 
     /// A second listener that serves only `GET /metrics`, without authentication (for a
     /// Prometheus on a private network or loopback). Unset: no second listener.
-    #[arg(long, env = "SESSIOND_METRICS_LISTEN", global = true)]
+    #[arg(long, env = "SESSIOND_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Bearer token that `GET /metrics` on the main listener requires (Prometheus:
     /// `authorization: {credentials: …}`). Unset: the main listener serves `/metrics` only to
     /// loopback clients (after `--trusted-proxies`). Prefer the environment variable.
-    #[arg(long, env = "SESSIOND_METRICS_TOKEN", hide_env_values = true, global = true)]
+    #[arg(long, env = "SESSIOND_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
 
     /// How often the signing keyset is re-read from the database (≤ 60 s per docs/API.md §1).
-    #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub keys_reload_interval: Duration,
 }
 
@@ -312,6 +376,39 @@ mod tests {
         {
             assert!(parse(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn server_flags_stand_before_or_after_serve_and_stay_out_of_other_subcommands() {
+        let parse = |args: &[&str]| Cli::parse_args_from(args.iter().map(Into::into).collect());
+        let cli = parse(&["sessiond", "--listen", "127.0.0.1:1", "serve", "--issuer=https://a.example"]);
+        assert!(matches!(cli.command, Some(Command::Serve(_))));
+        assert_eq!(cli.config.listen.port(), 1);
+        assert_eq!(cli.config.issuer, "https://a.example");
+        // A flag's value that spells the subcommand is not the subcommand.
+        let cli = parse(&["sessiond", "--audience", "serve", "serve", "--listen", "127.0.0.1:2"]);
+        assert_eq!((cli.config.audience.as_str(), cli.config.listen.port()), ("serve", 2));
+        assert_eq!(parse(&["sessiond", "--listen", "127.0.0.1:3"]).config.listen.port(), 3);
+        // `user add --help` lists its own options only.
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let add = cmd.find_subcommand_mut("user").unwrap().find_subcommand_mut("add").unwrap();
+        let help = add.render_long_help().to_string();
+        assert!(help.contains("--email") && help.contains("--database-url"), "{help}");
+        assert!(!help.contains("--listen") && !help.contains("--access-ttl"), "{help}");
+        // `user add --database-url` wins over the root's.
+        let cli = parse(&[
+            "sessiond",
+            "--database-url",
+            "sqlite://a.db",
+            "user",
+            "add",
+            "--email",
+            "e@x",
+            "--database-url",
+            "sqlite://b.db",
+        ]);
+        let Some(Command::User(UserCommand::Add { db, .. })) = &cli.command else { panic!() };
+        assert_eq!(db.url(&cli.config), "sqlite://b.db");
     }
 
     #[test]

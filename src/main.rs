@@ -1,10 +1,8 @@
 //! Thin entry point: parse the command line, start logging, run the command.
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = sessiond::config::Cli::parse();
+    let cli = sessiond::config::Cli::parse_args();
     sessiond::telemetry::init();
     match sessiond::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

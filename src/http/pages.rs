@@ -14,6 +14,13 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
 
 pub fn router(state: &AppState) -> Router<AppState> {
     let dir = state.config.static_dir();
+    if !dir.join("index.html").is_file() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "no browser pages here: / and /admin will answer 404 (the API works); point --static-dir \
+             (SESSIOND_STATIC_DIR) at the repository's static/ directory"
+        );
+    }
     Router::new()
         .route_service("/", ServeFile::new(dir.join("index.html")))
         .route_service("/admin", ServeFile::new(dir.join("admin.html")))

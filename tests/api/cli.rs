@@ -70,6 +70,27 @@ async fn migrate_user_add_and_keys_rotate() {
     assert_eq!(app.me(&t.access).await.status(), StatusCode::OK);
 }
 
+/// The first hour of a newcomer: `user add` without a password says so, its help lists its own
+/// options only, and the server's flags work on either side of `serve`.
+#[tokio::test]
+async fn user_add_explains_a_missing_password_and_help_stays_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("help.db");
+    let out = sessiond(&db).args(["user", "add", "--email", "a@example.com"]).stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no password on stdin"), "{err}");
+
+    let out = sessiond(&db).args(["user", "add", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--email") && help.contains("The user's email address"), "{help}");
+    assert!(!help.contains("--listen") && !help.contains("--refresh-reuse-grace"), "server flags leak into:\n{help}");
+    let out = sessiond(&db).args(["keys", "rotate", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Sign with the new key at once"));
+    let out = sessiond(&db).args(["serve", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--refresh-reuse-grace"));
+}
+
 /// A `sessiond serve` child on a free port; its stderr is collected.
 struct Server {
     child: Child,
