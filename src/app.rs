@@ -26,7 +26,7 @@ use crate::hub::Hub;
 use crate::metrics::{method_label, HttpLabels, Metrics};
 use crate::password::Passwords;
 use crate::state::AppState;
-use crate::store::{Kind, Store};
+use crate::store::Store;
 use crate::tokens::jwt::{self, Keys};
 use crate::{http, sessions};
 
@@ -44,7 +44,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
     jwt::ensure_initial_key(&store, &clock).await?;
     keys.reload(&store, clock.now_ms()).await?;
     let metrics = Arc::new(Metrics::new());
-    let backplane = (store.kind() == Kind::Postgres).then(|| Arc::new(Backplane::new(clock.now_ms())));
+    let backplane = store.postgres().is_some().then(|| Arc::new(Backplane::new(clock.now_ms())));
     let state = AppState {
         instance_id: store.instance_id().into(),
         backplane,

@@ -13,6 +13,11 @@
 //! drops its connection and starts over (LISTEN, then the full resync, which re-applies the
 //! unread range too). So "down" always ends by itself: either the read succeeds or the
 //! reconnect resyncs; the listener is never left connected but marked down (SECURITY.md RT4).
+//!
+//! Notifications that are already queued when the listener wakes are handled as one batch: the
+//! id ranges of the other instances' notes are merged and read in one query, then applied note
+//! by note (so each admin logout's acknowledgement counts its own sockets). A burst of
+//! revocations elsewhere costs this instance one read, not one per revocation.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,17 +25,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use futures::FutureExt;
 use serde::Deserialize;
-use std::str::FromStr;
-
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgNotification};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Millis;
 use crate::state::AppState;
-use crate::store::sql::REVOCATIONS_CHANNEL;
-use crate::store::Revoked;
+use crate::store::postgres::REVOCATIONS_CHANNEL;
+use crate::store::{PgStore, Revoked};
 
 /// Channel on which instances acknowledge a revocation with the number of sockets they told.
 pub const ACKS_CHANNEL: &str = "sessiond_acks";
@@ -53,6 +57,8 @@ const NOTIFIED_READ_BACKOFF: [Duration; NOTIFIED_READ_ATTEMPTS - 1] =
 const NOTIFIED_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// First pause before a reconnect; doubles up to 2 s, and starts over once the listener was up.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most notifications handled as one batch (one read of the log).
+const MAX_BATCH: usize = 512;
 
 /// Listener health and pending acknowledgements, shared with handlers.
 pub struct Backplane {
@@ -132,10 +138,10 @@ pub fn listener_name(instance_id: &str) -> String {
 
 /// Runs the listener until `stop`, reconnecting with backoff.
 pub async fn run_listener(state: AppState, stop: CancellationToken) {
-    let Some(bp) = state.backplane.clone() else { return };
+    let (Some(bp), Some(pg)) = (state.backplane.clone(), state.store.postgres().cloned()) else { return };
     let mut backoff = RECONNECT_BACKOFF;
     loop {
-        match listen_once(&state, &bp, &stop, &mut backoff).await {
+        match listen_once(&state, &pg, &bp, &stop, &mut backoff).await {
             Ok(()) => break,
             Err(_) if stop.is_cancelled() => break,
             Err(e) => {
@@ -156,15 +162,12 @@ pub async fn run_listener(state: AppState, stop: CancellationToken) {
 /// or a notified range cannot be read (then the caller starts over, and the resync covers it).
 async fn listen_once(
     state: &AppState,
+    pg: &PgStore,
     bp: &Backplane,
     stop: &CancellationToken,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
-    // A dedicated connection (not from the request pool), named so operators and tests can
-    // find it in pg_stat_activity.
-    let opts = PgConnectOptions::from_str(state.store.url())?.application_name(&listener_name(&state.instance_id));
-    let pool = PgPoolOptions::new().max_connections(1).connect_with(opts).await?;
-    let mut listener = PgListener::connect_with(&pool).await?;
+    let mut listener = pg.listener(&listener_name(&state.instance_id)).await?;
     listener.listen_all([REVOCATIONS_CHANNEL, ACKS_CHANNEL]).await?;
     let n = crate::sessions::rebuild_denylist(state).await?;
     bp.set_up();
@@ -180,45 +183,96 @@ async fn listen_once(
         };
         // `None`: the connection was lost. Start over: a new connection, LISTEN, resync.
         let Some(note) = note else { anyhow::bail!("listener connection lost") };
-        match note.channel() {
-            REVOCATIONS_CHANNEL => on_revocation(state, bp, note.payload()).await?,
-            ACKS_CHANNEL => on_ack(bp, note.payload()),
-            _ => {}
+        let (batch, lost) = drain_queued(&mut listener, note)?;
+        let mut revocations = Vec::new();
+        for note in &batch {
+            match note.channel() {
+                REVOCATIONS_CHANNEL => revocations.push(note.payload()),
+                ACKS_CHANNEL => on_ack(bp, note.payload()),
+                _ => {}
+            }
+        }
+        on_revocations(state, pg, bp, &revocations).await?;
+        if lost {
+            anyhow::bail!("listener connection lost");
         }
     }
 }
 
-/// Applies another instance's revocation. Errs only when its log rows stay unreadable: the
-/// listener must then reconnect and resync.
-async fn on_revocation(state: &AppState, bp: &Backplane, payload: &str) -> anyhow::Result<()> {
-    let Ok(note) = serde_json::from_str::<RevocationNote>(payload) else {
-        tracing::warn!("malformed revocation notification ignored");
-        return Ok(());
-    };
-    if note.origin == *state.instance_id {
-        return Ok(()); // this instance made it and already published it
+/// `first` and the notifications already received behind it (at most [`MAX_BATCH`]), without
+/// waiting for more; and whether the connection was found lost meanwhile. Polling `try_recv`
+/// once is cancel-safe: sqlx keeps a partly read message in the connection's buffer.
+fn drain_queued(listener: &mut PgListener, first: PgNotification) -> anyhow::Result<(Vec<PgNotification>, bool)> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match listener.try_recv().now_or_never() {
+            Some(Ok(Some(note))) => batch.push(note),
+            Some(Ok(None)) => return Ok((batch, true)),
+            Some(Err(e)) => return Err(e.into()),
+            None => break,
+        }
     }
-    let revoked = read_notified(state, bp, note.from, note.to).await?;
-    let n = crate::sessions::apply(state, &revoked);
+    Ok((batch, false))
+}
+
+/// The revocation notes of a batch that this instance must apply: well-formed, and made by
+/// another instance (the origin has applied and published its own already).
+fn foreign_notes(payloads: &[&str], instance_id: &str) -> Vec<RevocationNote> {
+    let mut notes = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        match serde_json::from_str::<RevocationNote>(payload) {
+            Ok(note) if note.origin == instance_id => {}
+            Ok(note) => notes.push(note),
+            Err(_) => tracing::warn!("malformed revocation notification ignored"),
+        }
+    }
+    notes
+}
+
+/// Applies other instances' revocations: one read of every notified range, then each note's
+/// rows in turn, acknowledging those that carry a request id with the sockets told here. Errs
+/// only when the log rows stay unreadable: the listener must then reconnect and resync.
+async fn on_revocations(state: &AppState, pg: &PgStore, bp: &Backplane, payloads: &[&str]) -> anyhow::Result<()> {
+    let notes = foreign_notes(payloads, &state.instance_id);
+    if notes.is_empty() {
+        return Ok(());
+    }
+    let ranges: Vec<(i64, i64)> = notes.iter().map(|n| (n.from, n.to)).collect();
+    let rows = read_notified(state, pg, bp, &ranges).await?;
+    let mut acks = Vec::new();
+    for note in notes {
+        // Rows come in id order: a note's rows are one slice.
+        let start = rows.partition_point(|(id, _)| *id < note.from);
+        let end = rows.partition_point(|(id, _)| *id <= note.to).max(start);
+        let revoked: Vec<Revoked> = rows[start..end].iter().map(|(_, r)| r.clone()).collect();
+        let n = crate::sessions::apply(state, &revoked);
+        if let Some(req) = note.req {
+            acks.push(AckNote { req, instance: state.instance_id.to_string(), n: n as i64 });
+        }
+    }
     // Current again (a no-op unless a failed attempt made it fail closed).
     bp.set_up();
-    if let Some(req) = note.req {
-        let ack = AckNote { req, instance: state.instance_id.to_string(), n: n as i64 };
+    for ack in acks {
         let payload = serde_json::to_string(&ack).unwrap_or_default();
-        if let Err(e) = state.store.notify(ACKS_CHANNEL, &payload).await {
+        if let Err(e) = pg.notify(ACKS_CHANNEL, &payload).await {
             tracing::warn!(error = %e, "acknowledging a revocation failed");
         }
     }
     Ok(())
 }
 
-/// Reads the notified log range, retrying a failed read briefly. From the first failure until
+/// Reads the notified log ranges, retrying a failed read briefly. From the first failure until
 /// the rows are applied (or the reconnect resyncs) the instance fails closed: its denylist
 /// lacks a committed revocation.
-async fn read_notified(state: &AppState, bp: &Backplane, from: i64, to: i64) -> anyhow::Result<Vec<Revoked>> {
+async fn read_notified(
+    state: &AppState,
+    pg: &PgStore,
+    bp: &Backplane,
+    ranges: &[(i64, i64)],
+) -> anyhow::Result<Vec<(i64, Revoked)>> {
     let mut attempt = 0;
     loop {
-        let error = match tokio::time::timeout(NOTIFIED_READ_TIMEOUT, state.store.revocations_between(from, to)).await {
+        let error = match tokio::time::timeout(NOTIFIED_READ_TIMEOUT, pg.revocations_in(ranges)).await {
             Ok(Ok(rows)) => return Ok(rows),
             Ok(Err(e)) => anyhow::Error::from(e),
             Err(_) => anyhow::anyhow!("timed out after {NOTIFIED_READ_TIMEOUT:?}"),
@@ -242,9 +296,7 @@ fn on_ack(bp: &Backplane, payload: &str) {
 
 /// Publishes this instance's sessions with open sockets, every second, with a heartbeat.
 pub async fn run_presence(state: AppState, stop: CancellationToken) {
-    if state.backplane.is_none() {
-        return;
-    }
+    let (Some(_), Some(pg)) = (&state.backplane, state.store.postgres()) else { return };
     let mut synced: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(PRESENCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -258,19 +310,19 @@ pub async fn run_presence(state: AppState, stop: CancellationToken) {
         let current: HashSet<String> = state.hub.sessions().into_iter().collect();
         let added: Vec<String> = current.difference(&synced).cloned().collect();
         let removed: Vec<String> = synced.difference(&current).cloned().collect();
-        match state.store.sync_presence(&state.instance_id, &added, &removed, now).await {
+        match pg.sync_presence(&state.instance_id, &added, &removed, now).await {
             Ok(()) => synced = current,
             Err(e) => tracing::warn!(error = %e, "presence sync failed"),
         }
         round += 1;
         if round % 10 == 0 {
-            if let Err(e) = state.store.forget_instances(now - INSTANCE_FORGET_MS, None).await {
+            if let Err(e) = pg.forget_silent_instances(now - INSTANCE_FORGET_MS).await {
                 tracing::warn!(error = %e, "forgetting dead instances failed");
             }
-            let _ = state.store.prune_revocation_log(now - 24 * 3600 * 1000).await;
+            let _ = pg.prune_revocation_log(now - 24 * 3600 * 1000).await;
         }
     }
-    let _ = state.store.forget_instances(i64::MIN, Some(&state.instance_id)).await;
+    let _ = pg.forget_instance(&state.instance_id).await;
 }
 
 /// Sockets told on other instances about request `req` (waits at most `wait`).
@@ -312,5 +364,16 @@ mod tests {
         assert!(!bp.is_up(), "fails closed at once");
         assert!(bp.is_ready(60_000 + READY_GRACE_MS - 1), "ready for 5 s while reconnecting");
         assert!(!bp.is_ready(60_000 + READY_GRACE_MS), "503 after 5 s down");
+    }
+
+    #[test]
+    fn a_batch_applies_only_other_instances_well_formed_notes() {
+        let note = |from: i64, to: i64, origin: &str, req: Option<&str>| {
+            serde_json::json!({ "from": from, "to": to, "origin": origin, "req": req }).to_string()
+        };
+        let (a, mine, b) = (note(1, 3, "other", None), note(4, 9, "me", None), note(10, 10, "third", Some("r1")));
+        let notes = foreign_notes(&[&a, &mine, "not json", &b], "me");
+        let seen: Vec<_> = notes.iter().map(|n| (n.from, n.to, n.origin.as_str(), n.req.as_deref())).collect();
+        assert_eq!(seen, [(1, 3, "other", None), (10, 10, "third", Some("r1"))], "own and malformed notes skipped");
     }
 }

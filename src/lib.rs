@@ -7,7 +7,7 @@
 //! - [`http`]: the endpoints, one router per area, and the extractors.
 //! - [`sessions`]: login, refresh, logout and every revocation path ([`sessions::publish`]).
 //! - [`tokens`]: access-token JWTs and keyset ([`tokens::jwt`]), opaque refresh tokens ([`tokens::refresh`]).
-//! - [`store`]: the database behind one API (SQLite or PostgreSQL, one SQL through sqlx `Any`).
+//! - [`store`]: the database behind one API (a typed backend each for SQLite and PostgreSQL).
 //! - [`backplane`]: PostgreSQL LISTEN/NOTIFY fan-out between instances, resync, presence.
 //! - [`hub`]: the WebSocket registry and logout push ([`hub::connection`] is one socket's task).
 //! - [`denylist`]: revoked session ids held in memory until their tokens expire.

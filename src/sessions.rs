@@ -390,10 +390,10 @@ async fn revoke_and_publish(
     count_cluster: bool,
     now: Millis,
 ) -> Result<(Vec<Revoked>, usize)> {
-    let cluster = match (&st.backplane, count_cluster) {
-        (Some(bp), true) => {
+    let cluster = match (&st.backplane, st.store.postgres(), count_cluster) {
+        (Some(bp), Some(pg), true) => {
             let alive_after = now - crate::backplane::INSTANCE_TTL_MS;
-            let others = st.store.other_instances(&st.instance_id, alive_after).await?;
+            let others = pg.other_instances(&st.instance_id, alive_after).await?;
             let req = uuid::Uuid::new_v4().simple().to_string();
             Some((bp.clone(), bp.expect_acks(&req), req, others))
         }

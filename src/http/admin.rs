@@ -133,7 +133,7 @@ async fn list_users(
         .map(|u| UserView {
             user_id: u.id.clone(),
             email: u.email.clone(),
-            roles: if u.is_admin != 0 { vec!["admin"] } else { vec![] },
+            roles: if u.is_admin { vec!["admin"] } else { vec![] },
             created_at: rfc3339(u.created_at),
             active_sessions: u.active_sessions,
         })

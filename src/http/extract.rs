@@ -129,7 +129,7 @@ impl FromRequestParts<AppState> for AdminUser {
         // The token's role is a claim of when it was issued; the database decides now, so a
         // revoked admin role (or a disabled admin) stops working at once (SECURITY.md S2).
         match state.store.user_by_id(&user.user_id).await? {
-            Some(u) if u.is_admin != 0 && u.disabled_at.is_none() => Ok(AdminUser(user)),
+            Some(u) if u.is_admin && u.disabled_at.is_none() => Ok(AdminUser(user)),
             _ => Err(AppError::Forbidden),
         }
     }

@@ -76,13 +76,10 @@ pub async fn session_views(
 ) -> crate::error::Result<Vec<SessionView>> {
     let now = state.clock.now_ms();
     let rows = state.store.live_sessions(user_id, now).await?;
-    let elsewhere: HashSet<String> = match state.backplane {
-        Some(_) => state
-            .store
-            .connected_sessions(user_id, now - crate::backplane::INSTANCE_TTL_MS)
-            .await?
-            .into_iter()
-            .collect(),
+    let elsewhere: HashSet<String> = match state.store.postgres() {
+        Some(pg) => {
+            pg.connected_sessions(user_id, now - crate::backplane::INSTANCE_TTL_MS).await?.into_iter().collect()
+        }
         None => HashSet::new(),
     };
     Ok(rows.iter().map(|s| session_json(state, s, Some(caller_session), &elsewhere, now)).collect())
@@ -160,8 +157,9 @@ mod tests {
     }
 
     /// Uses at irregular gaps (many inside one grace window, some far apart), each applied with
-    /// the store's rule (`store::sql::settle`): a use never changes what a listing shows at that
-    /// instant, and what it shows is never younger than the grace window (or the creation).
+    /// the store's rule (`use_session` in `store/shared.rs`): a use never changes what a listing
+    /// shows at that instant, and what it shows is never younger than the grace window (or the
+    /// creation).
     #[test]
     fn rt6_a_use_never_changes_what_a_listing_shows() {
         let (grace, idle) = (10_000, 3_600_000);

@@ -290,3 +290,36 @@ async fn r8_secrets_stay_out_of_logs_and_the_database() {
         }
     }
 }
+
+/// A database that cannot be opened is named in the error, with SQLite's reason (issue 12).
+#[tokio::test]
+async fn i12_an_sqlite_database_that_cannot_be_opened_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("no-such-dir").join("sessiond.db");
+    let out = sessiond(&db).arg("migrate").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot open the SQLite database at {}: ", db.display())), "{err}");
+    assert!(err.contains("unable to open database file"), "{err}");
+}
+
+/// PostgreSQL down: the error names host:port and the reason at once (not "pool timed out"
+/// after the pool's acquire timeout), and never the password of the URL (issue 12).
+#[tokio::test]
+async fn i12_an_unreachable_postgres_is_named_with_the_reason_and_without_the_password() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = sessiond(&dir.path().join("unused.db"))
+        .env("DATABASE_URL", format!("postgres://sessiond:pw-never-printed@127.0.0.1:{port}/sessiond"))
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot connect to PostgreSQL at 127.0.0.1:{port} (database sessiond): ")), "{err}");
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    assert!(!err.contains("pw-never-printed"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+}

@@ -67,13 +67,7 @@ async fn assert_dead(app: &TestApp, t: &Tokens) {
 
 /// Runs one SQL statement on the test's database, outside sessiond (a second client of it).
 async fn raw_sql(app: &TestApp, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::any::install_default_drivers();
-    let url = match crate::BACKEND {
-        Backend::Sqlite => format!("sqlite://{}", app.db_path().display()),
-        Backend::Postgres => app.config.database_url.clone(),
-    };
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?;
-    sqlx::query(sql).execute(&mut conn).await.map(|_| ())
+    app.raw_db().await.execute(sql).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +117,7 @@ async fn rt1_a_refresh_of_a_disabled_account_is_refused_and_ends_the_session() {
     let t = app.new_session().await;
     // A disabled account with a live session: what the flag alone (without the revocation of
     // its transaction) would leave behind.
-    raw_sql(&app, &format!("UPDATE users SET disabled_at = 1 WHERE id = '{}'", t.user_id)).await.unwrap();
+    raw_sql(&app, &format!("UPDATE users SET disabled_at = {} WHERE id = '{}'", sql_time(1), t.user_id)).await.unwrap();
     assert_problem(app.refresh(&t.refresh).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
     let s = app.state.store.session(&t.session_id).await.unwrap().unwrap();
     assert_eq!(s.revoked_reason.as_deref(), Some("account_disabled"));

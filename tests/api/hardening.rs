@@ -369,14 +369,9 @@ async fn s2_the_audit_log_pages_and_is_append_only() {
     assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
 
     // The database refuses to change or delete audit rows.
-    sqlx::any::install_default_drivers();
-    let url = match crate::BACKEND {
-        Backend::Sqlite => format!("sqlite://{}", app.db_path().display()),
-        Backend::Postgres => app.config.database_url.clone(),
-    };
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let mut db = app.raw_db().await;
     for sql in ["UPDATE audit_log SET event = 'nothing'", "DELETE FROM audit_log"] {
-        let r = sqlx::query(sql).execute(&mut conn).await;
+        let r = db.execute(sql).await;
         assert!(r.is_err(), "{sql} must fail");
     }
     let v = audit(&app, &admin.access, "?limit=500").await;

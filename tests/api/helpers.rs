@@ -73,6 +73,15 @@ pub async fn spawn_app() -> Option<TestApp> {
 
 /// [`spawn_app`] with the default test configuration changed by `tweak`.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let (mut config, dir, db) = fresh_database().await?;
+    tweak(&mut config);
+    Some(start_on(config, dir, Clock::system(), db).await)
+}
+
+/// A fresh empty database of this binary's backend and the test configuration pointing at it,
+/// for a test that prepares the database before a server starts on it ([`start_on`]); `None`
+/// (reported as a skip) like [`spawn_app`].
+pub async fn fresh_database() -> Option<(Config, Arc<TempDir>, Option<Arc<crate::pg::TestDatabase>>)> {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut config = test_config(&dir);
     let db = match crate::BACKEND {
@@ -83,8 +92,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> Option<TestApp> 
             Some(Arc::new(db))
         }
     };
-    tweak(&mut config);
-    Some(start_on(config, dir, Clock::system(), db).await)
+    Some((config, dir, db))
 }
 
 /// Starts a server for `config` on the SQLite database in `dir`.
@@ -276,6 +284,66 @@ impl From<Value> for Tokens {
             user_id: v["user_id"].as_str().unwrap().to_string(),
             raw: v,
         }
+    }
+}
+
+/// A connection to a test's database outside sessiond (a second client of it), for what a test
+/// must do behind the server's back: old-format rows, direct edits, refused statements.
+pub enum RawDb {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl RawDb {
+    /// Connects to `url` (creating an SQLite file that does not exist yet).
+    pub async fn connect(url: &str) -> Result<RawDb, sqlx::Error> {
+        use sqlx::{ConnectOptions, Connection};
+        Ok(if url.starts_with("sqlite:") {
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+            RawDb::Sqlite(options.create_if_missing(true).connect().await?)
+        } else {
+            RawDb::Postgres(sqlx::PgConnection::connect(url).await?)
+        })
+    }
+
+    /// Runs `sql` (one or more statements, no parameters).
+    pub async fn execute(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        match self {
+            RawDb::Sqlite(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+            RawDb::Postgres(c) => sqlx::raw_sql(sql).execute(c).await.map(|_| ()),
+        }
+    }
+
+    /// Applies `migrator` (e.g. an older sessiond's migrations).
+    pub async fn migrate(&mut self, migrator: &sqlx::migrate::Migrator) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            RawDb::Sqlite(c) => migrator.run(c).await,
+            RawDb::Postgres(c) => migrator.run(c).await,
+        }
+    }
+}
+
+/// Bytes as an SQL literal of this backend's blob columns.
+pub fn sql_blob(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match crate::BACKEND {
+        Backend::Sqlite => format!("X'{hex}'"),
+        Backend::Postgres => format!("'\\x{hex}'::bytea"),
+    }
+}
+
+/// A time (ms since the epoch) as an SQL literal of this backend's time columns.
+pub fn sql_time(ms: i64) -> String {
+    match crate::BACKEND {
+        Backend::Sqlite => ms.to_string(),
+        Backend::Postgres => format!("to_timestamp({ms} / 1000.0)"),
+    }
+}
+
+impl TestApp {
+    /// A second client of this app's database.
+    pub async fn raw_db(&self) -> RawDb {
+        RawDb::connect(&self.config.database_url).await.expect("connect to the test database")
     }
 }
 

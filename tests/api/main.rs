@@ -25,4 +25,5 @@ mod keys;
 mod metrics;
 mod refresh;
 mod throttling;
+mod upgrade;
 mod ws;

@@ -30,7 +30,8 @@ where
 async fn sees_instances(app: &TestApp, n: usize) {
     wait_until("instance heartbeats", || async {
         let alive_after = app.clock.now_ms() - 15_000;
-        app.state.store.other_instances(&app.state.instance_id, alive_after).await.unwrap().len() == n
+        app.state.store.postgres().unwrap().other_instances(&app.state.instance_id, alive_after).await.unwrap().len()
+            == n
     })
     .await;
 }
@@ -210,7 +211,13 @@ async fn presence_is_cluster_wide() {
 
     // A crashed instance (no heartbeat for 15 s) no longer counts.
     let stale = a.clock.now_ms() - 20_000;
-    a.state.store.sync_presence("crashed-instance", std::slice::from_ref(&s2.session_id), &[], stale).await.unwrap();
+    a.state
+        .store
+        .postgres()
+        .unwrap()
+        .sync_presence("crashed-instance", std::slice::from_ref(&s2.session_id), &[], stale)
+        .await
+        .unwrap();
     assert!(!connected_on_a(s2.session_id.clone()).await);
 }
 
@@ -307,4 +314,75 @@ async fn f3_a_listener_down_for_long_fails_closed_and_reports_not_ready() {
     // Connections allowed again: the listener comes back and B is ready.
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut admin).await.unwrap();
     b.wait_ready().await;
+}
+
+/// Revocations that reach an instance together (here: twenty, committed in one transaction
+/// elsewhere, each with its own log row and notification) are applied with one read of the log
+/// for the whole queue, not one per notification (issue 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i12_queued_revocation_notes_are_applied_with_one_read() {
+    use sessiond::store::failpoint::REVOCATIONS_READ;
+    use sessiond::store::{NewRefresh, NewSession};
+    const NOTES: usize = 20;
+    let Some(a) = spawn_app().await else { return };
+    let b = another_instance(&a).await;
+    let user_id = a.session_of(&a.new_user().await).await.user_id;
+    // Sessions straight from the store (no password hashing), with their access tokens.
+    let mut sessions = Vec::new();
+    for _ in 0..NOTES {
+        let now = a.clock.now_ms();
+        let id = uuid::Uuid::now_v7().to_string();
+        let refresh = NewRefresh { id: uuid::Uuid::now_v7().to_string(), hash: rand::random() };
+        let new = NewSession {
+            id: id.clone(),
+            user_id: user_id.clone(),
+            device_name: None,
+            user_agent: None,
+            ip: None,
+            now,
+            idle_ttl: 3_600_000,
+            max_age: 3_600_000,
+            access_ttl: 600_000,
+            refresh,
+            credential_version: 0,
+        };
+        let (_, s) = a.state.store.create_session(new).await.unwrap().expect("session created");
+        let (access, _) = a.state.keys.issue(&user_id, &id, vec![], now, s.access_expires_at).unwrap();
+        assert_eq!(b.me(&access).await.status(), StatusCode::OK);
+        sessions.push((id, access));
+    }
+
+    let mut db = PgConnection::connect(&a.config.database_url).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    for (id, _) in &sessions {
+        let log_id: i64 = sqlx::query_scalar(
+            "WITH r AS (UPDATE sessions SET revoked_at = now(), revoked_reason = 'logout' WHERE id = $1 \
+                        RETURNING id, user_id, revoked_at, access_expires_at) \
+             INSERT INTO revocations (session_id, user_id, reason, at, access_expires_at) \
+             SELECT id, user_id, 'logout', revoked_at, access_expires_at FROM r RETURNING id",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        let note = serde_json::json!({ "from": log_id, "to": log_id, "origin": "elsewhere", "req": null });
+        sqlx::query("SELECT pg_notify('sessiond_revocations', $1)")
+            .bind(note.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    let reads_before = b.state.store.failpoint_passes(REVOCATIONS_READ);
+    tx.commit().await.unwrap();
+
+    for (_, access) in &sessions {
+        wait_until("B refuses a revoked session's token", || async {
+            b.me(access).await.status() == StatusCode::UNAUTHORIZED
+        })
+        .await;
+        assert_problem(b.me(access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
+    }
+    let reads = b.state.store.failpoint_passes(REVOCATIONS_READ) - reads_before;
+    // One read for the queue; a second at most if the notes arrived split across two socket reads.
+    assert!(reads <= 2, "{reads} reads of the log for {NOTES} queued notifications");
 }

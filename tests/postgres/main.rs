@@ -38,6 +38,8 @@ mod metrics;
 mod refresh;
 #[path = "../api/throttling.rs"]
 mod throttling;
+#[path = "../api/upgrade.rs"]
+mod upgrade;
 #[path = "../api/ws.rs"]
 mod ws;
 

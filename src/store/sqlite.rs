@@ -1,0 +1,183 @@
+//! The SQLite backend: one embedded database file for one instance.
+//!
+//! SQLite allows one writer at a time. Every write transaction goes through a pool of exactly
+//! one connection (our own writers queue fairly in the pool instead of spinning in SQLite's busy
+//! handler) and starts with `BEGIN IMMEDIATE`, which takes the write lock up front: a deferred
+//! transaction that reads then writes fails with SQLITE_BUSY_SNAPSHOT when another process
+//! (e.g. `sessiond user add`) wrote in between. Holding the write lock from the start, a
+//! transaction's reads need no row locks: nothing else writes until it commits. WAL lets a pool
+//! of readers run beside the writer, and a background task checkpoints the WAL off the write
+//! path. Times are INTEGER milliseconds, flags INTEGER 0/1 (sqlx decodes `bool` from them).
+//!
+//! The statements and transactions shared with PostgreSQL are expanded here from
+//! [`shared_store!`](super::shared::shared_store); this file holds what is SQLite's own.
+
+use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+use super::shared::{
+    revoke_update, shared_store, Presented, RevokedRow, TokenRow, ADMIN_FLAG, TOKEN_COLS, USER_FOR_SESSION,
+};
+use super::{Millis, OptTs, Revoked, Selector, SessionRow, StoreError, StoreResult, UserRow};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The SQLite store. Clones share the pools.
+#[derive(Clone)]
+pub struct SqliteStore {
+    /// Exactly one connection: every write transaction (see the module doc).
+    writer: SqlitePool,
+    /// Readers, beside the writer (WAL).
+    reader: SqlitePool,
+    #[cfg(any(test, feature = "test-util"))]
+    pub(super) failpoints: super::failpoint::Failpoints,
+}
+
+impl SqliteStore {
+    /// Opens (creating it unless the URL says `mode=`) the database file named by `url`.
+    pub(super) async fn connect(url: &str) -> StoreResult<Self> {
+        let mut opts = SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL with NORMAL: commits do not sync; checkpoints do (in the background task).
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true)
+            // Checkpoints (and their fsyncs) run in the background task below, off the write
+            // path; this is the backstop.
+            .pragma("wal_autocheckpoint", "10000");
+        if !url.contains("mode=") {
+            opts = opts.create_if_missing(true);
+        }
+        let target = || format!("open the SQLite database at {}", opts.get_filename().display());
+        let pool = |n| SqlitePoolOptions::new().max_connections(n).acquire_timeout(Duration::from_secs(10));
+        let writer = pool(1)
+            .connect_with(opts.clone())
+            .await
+            .map_err(|error| StoreError::Connect { target: target(), error })?;
+        let reader = pool(4)
+            .connect_with(opts.clone())
+            .await
+            .map_err(|error| StoreError::Connect { target: target(), error })?;
+        spawn_checkpointer(reader.clone());
+        Ok(SqliteStore {
+            writer,
+            reader,
+            #[cfg(any(test, feature = "test-util"))]
+            failpoints: Default::default(),
+        })
+    }
+
+    pub(super) async fn migrate(&self) -> StoreResult<()> {
+        Ok(MIGRATOR.run(&self.writer).await?)
+    }
+
+    pub(super) async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    pub(super) async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// A write transaction holding the database's write lock from its first statement.
+    async fn begin(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Ends the selected sessions. There is no log to append and no one to notify: the one
+    /// instance publishes its own revocations.
+    async fn revoke_in(
+        &self,
+        tx: &mut SqliteConnection,
+        sel: &Selector,
+        reason: &str,
+        now: Millis,
+        _request: Option<&str>,
+    ) -> StoreResult<Vec<Revoked>> {
+        let sql = revoke_update(sel, reason);
+        let rows: Vec<RevokedRow> = shared::bind_selector(&sql, sel, reason, now).fetch_all(&mut *tx).await?;
+        Ok(rows.into_iter().map(|r| r.revoked(reason, now)).collect())
+    }
+
+    /// One round trip reads the token, its session and the user: the write lock is held already.
+    async fn read_presented(&self, tx: &mut SqliteConnection, hash: &[u8; 32]) -> StoreResult<Option<Presented>> {
+        #[derive(sqlx::FromRow)]
+        struct Joined {
+            #[sqlx(flatten)]
+            session: SessionRow,
+            #[sqlx(flatten)]
+            token: TokenRow,
+            #[sqlx(try_from = "OptTs")]
+            u_disabled_at: Option<Millis>,
+        }
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT s.*, {TOKEN_COLS}, u.disabled_at AS u_disabled_at \
+                 FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id \
+                 WHERE t.token_hash = $1"
+            )
+        });
+        let row: Option<Joined> = sqlx::query_as(&SQL).bind(&hash[..]).fetch_optional(&mut *tx).await?;
+        Ok(row.map(|j| Presented { session: j.session, token: j.token, disabled: j.u_disabled_at.is_some() }))
+    }
+
+    /// Session creation's credential check. `BEGIN IMMEDIATE` serialises it with every writer
+    /// (password change, disable, demotion), so the row cannot change before the commit.
+    async fn user_for_session(
+        &self,
+        tx: &mut SqliteConnection,
+        user_id: &str,
+        version: i64,
+    ) -> StoreResult<Option<UserRow>> {
+        Ok(sqlx::query_as(USER_FOR_SESSION).bind(user_id).bind(version).fetch_optional(&mut *tx).await?)
+    }
+
+    /// Demotion's read of the admin flag (under the write lock).
+    async fn admin_flag_for_update(&self, tx: &mut SqliteConnection, id: &str) -> StoreResult<Option<bool>> {
+        Ok(sqlx::query_scalar(ADMIN_FLAG).bind(id).fetch_optional(&mut *tx).await?)
+    }
+
+    /// First-key creation is serialised by the write lock already.
+    async fn lock_signing_keys(&self, _tx: &mut SqliteConnection) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+shared_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection);
+
+/// Copies the WAL back into the database every 250 ms with a passive checkpoint on a reader
+/// connection, so that writers never pay for the checkpoint's page writes and fsync (in WAL
+/// mode with `synchronous = NORMAL`, commits do not sync; checkpoints do). Passive checkpoints
+/// never wait for or block writers. Stops when the pool is closed.
+fn spawn_checkpointer(reader: SqlitePool) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if reader.is_closed() {
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&reader).await {
+                if reader.is_closed() {
+                    return;
+                }
+                tracing::debug!(error = %e, "background WAL checkpoint failed");
+            }
+        }
+    });
+}
