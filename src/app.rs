@@ -17,18 +17,20 @@ use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::backplane::Backplane;
+use crate::accounts::{Accounts, Via};
 use crate::clock::Clock;
+use crate::cluster::Link;
 use crate::config::Config;
 use crate::denylist::Denylist;
 use crate::error::{problem, AppError};
+use crate::http;
 use crate::hub::Hub;
 use crate::metrics::{method_label, HttpLabels, Metrics};
 use crate::password::Passwords;
+use crate::sessions::Sessions;
 use crate::state::AppState;
 use crate::store::Store;
 use crate::tokens::jwt::{self, Keys};
-use crate::{http, sessions};
 
 /// Largest request body (docs/API.md: 413 `payload_too_large` above it).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -44,26 +46,42 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
     jwt::ensure_initial_key(&store, &clock).await?;
     keys.reload(&store, clock.now_ms()).await?;
     let metrics = Arc::new(Metrics::new());
-    let backplane = store.postgres().is_some().then(|| Arc::new(Backplane::new(clock.now_ms())));
-    let state = AppState {
+    let link = store.postgres().is_some().then(|| Arc::new(Link::new(clock.now_ms())));
+    let config = Arc::new(config);
+    let limits = crate::limits::Limits::new(&config);
+    let passwords = Passwords::new(config.password_hash_concurrency);
+    let hub = Hub::new(metrics.clone());
+    let sessions = Sessions::new(crate::sessions::Parts {
         instance_id: store.instance_id().into(),
-        backplane,
+        store: store.clone(),
+        keys: keys.clone(),
+        denylist: Denylist::default(),
+        hub: hub.clone(),
+        passwords: passwords.clone(),
+        limits: limits.clone(),
+        metrics: metrics.clone(),
+        clock: clock.clone(),
+        config: config.clone(),
+        link: link.clone(),
+    });
+    let state = AppState {
+        accounts: Accounts::new(store.clone(), passwords, limits.clone(), clock.clone()),
+        sessions,
         store,
         keys,
-        denylist: Denylist::default(),
-        hub: Hub::new(metrics.clone()),
-        passwords: Passwords::new(config.password_hash_concurrency),
-        limits: crate::limits::Limits::new(&config),
+        hub,
+        limits,
         metrics,
         clock,
+        link,
         allowed_origins: Arc::new(crate::state::AllowedOrigins::new(config.allowed_origins())),
-        config: Arc::new(config),
+        config,
         ready: Arc::new(AtomicBool::new(false)),
     };
     self_test(&state)?;
     bootstrap_admin(&state).await?;
-    let n = sessions::rebuild_denylist(&state).await?;
-    sessions::count_live_sessions(&state).await;
+    let n = state.sessions.rebuild_denylist().await?;
+    state.sessions.count_live_sessions().await;
     tracing::info!(denylisted = n, kids = ?state.keys.kids(), "state ready");
     state.ready.store(true, Ordering::Release);
     Ok(state)
@@ -93,7 +111,8 @@ async fn bootstrap_admin(state: &AppState) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    match sessions::register(state, email, password.0.clone(), true, &crate::audit::Who::system()).await {
+    let who = crate::audit::Who::system();
+    match state.accounts.register(email, password.0.clone(), true, &who, Via::Bootstrap).await {
         Ok(id) => tracing::info!(user_id = %id, "bootstrap admin created"),
         Err(AppError::EmailTaken) => {}
         Err(e) => anyhow::bail!("creating the bootstrap admin failed: {e}"),
@@ -213,7 +232,7 @@ fn serve_metrics(listener: TcpListener, state: AppState, stop: CancellationToken
     let app = Router::new()
         .route(
             "/metrics",
-            axum::routing::get(|State(s): State<AppState>| async move { http::health::render_metrics(&s) }),
+            axum::routing::get(|State(s): State<Sessions>| async move { http::health::render_metrics(&s) }),
         )
         .fallback(|| async { AppError::NotFound })
         .with_state(state);
@@ -242,7 +261,7 @@ fn spawn_background(state: &AppState, stop: CancellationToken) -> Vec<tokio::tas
         every(state.config.sweep_interval, stop.clone(), move || {
             let state = state.clone();
             async move {
-                match sessions::sweep(&state).await {
+                match state.sessions.sweep().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "expired sessions ended"),
                     Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
@@ -250,8 +269,8 @@ fn spawn_background(state: &AppState, stop: CancellationToken) -> Vec<tokio::tas
             }
         })
     };
-    let listener = tokio::spawn(crate::backplane::run_listener(state.clone(), stop.clone()));
-    let presence = tokio::spawn(crate::backplane::run_presence(state.clone(), stop));
+    let listener = tokio::spawn(crate::backplane::run_listener(state.sessions.clone(), stop.clone()));
+    let presence = tokio::spawn(crate::backplane::run_presence(state.sessions.clone(), stop));
     vec![reload, sweep, listener, presence]
 }
 

@@ -20,30 +20,19 @@
 //! revocations elsewhere costs this instance one read, not one per revocation.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use futures::FutureExt;
 use serde::Deserialize;
 use sqlx::postgres::{PgListener, PgNotification};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Millis;
-use crate::state::AppState;
+use crate::cluster::Link;
+pub use crate::cluster::{ACKS_CHANNEL, INSTANCE_FORGET_MS, INSTANCE_TTL_MS, READY_GRACE_MS};
+use crate::sessions::Sessions;
 use crate::store::postgres::REVOCATIONS_CHANNEL;
 use crate::store::{PgStore, Revoked};
 
-/// Channel on which instances acknowledge a revocation with the number of sockets they told.
-pub const ACKS_CHANNEL: &str = "sessiond_acks";
-/// How long the listener may be down before `/readyz` reports 503.
-pub const READY_GRACE_MS: Millis = 5_000;
-/// An instance whose heartbeat is older than this no longer counts (presence, acks).
-pub const INSTANCE_TTL_MS: Millis = 15_000;
-/// Presence rows of instances silent for this long are deleted.
-pub const INSTANCE_FORGET_MS: Millis = 30_000;
 /// Presence sync period.
 pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Reads of a notified range before the listener gives up and reconnects + resyncs.
@@ -60,18 +49,6 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most notifications handled as one batch (one read of the log).
 const MAX_BATCH: usize = 512;
 
-/// Listener health and pending acknowledgements, shared with handlers.
-pub struct Backplane {
-    /// True while the listener is connected and resynced.
-    listening: AtomicBool,
-    /// When the listener went down (ms); meaningful while not listening.
-    down_since: AtomicI64,
-    /// The first LISTEN + resync has completed.
-    synced_once: AtomicBool,
-    /// request id → where acknowledgements go.
-    acks: DashMap<String, mpsc::Sender<(String, i64)>>,
-}
-
 #[derive(Deserialize)]
 struct RevocationNote {
     from: i64,
@@ -87,65 +64,21 @@ struct AckNote {
     n: i64,
 }
 
-impl Backplane {
-    pub fn new(now: Millis) -> Self {
-        Backplane {
-            listening: AtomicBool::new(false),
-            down_since: AtomicI64::new(now),
-            synced_once: AtomicBool::new(false),
-            acks: DashMap::new(),
-        }
-    }
-
-    /// The listener is connected and resynced: the denylist is current.
-    pub fn is_up(&self) -> bool {
-        self.listening.load(Ordering::Acquire)
-    }
-
-    /// Ready: the first sync is done and the listener is not down for longer than 5 s.
-    pub fn is_ready(&self, now: Millis) -> bool {
-        self.synced_once.load(Ordering::Acquire)
-            && (self.is_up() || now - self.down_since.load(Ordering::Acquire) < READY_GRACE_MS)
-    }
-
-    fn set_down(&self, now: Millis) {
-        if self.listening.swap(false, Ordering::AcqRel) {
-            self.down_since.store(now, Ordering::Release);
-        }
-    }
-
-    /// Connected and resynced (or the range that made it fail closed is applied after all).
-    fn set_up(&self) {
-        self.listening.store(true, Ordering::Release);
-    }
-
-    /// Registers a request id; acknowledgements of it arrive on the receiver.
-    pub fn expect_acks(&self, req: &str) -> mpsc::Receiver<(String, i64)> {
-        let (tx, rx) = mpsc::channel(64);
-        self.acks.insert(req.to_string(), tx);
-        rx
-    }
-
-    pub fn forget_acks(&self, req: &str) {
-        self.acks.remove(req);
-    }
-}
-
 /// The `application_name` of an instance's listener connection.
 pub fn listener_name(instance_id: &str) -> String {
     format!("sessiond-listener-{instance_id}")
 }
 
 /// Runs the listener until `stop`, reconnecting with backoff.
-pub async fn run_listener(state: AppState, stop: CancellationToken) {
-    let (Some(bp), Some(pg)) = (state.backplane.clone(), state.store.postgres().cloned()) else { return };
+pub async fn run_listener(sessions: Sessions, stop: CancellationToken) {
+    let (Some(bp), Some(pg)) = (sessions.link.clone(), sessions.store.postgres().cloned()) else { return };
     let mut backoff = RECONNECT_BACKOFF;
     loop {
-        match listen_once(&state, &pg, &bp, &stop, &mut backoff).await {
+        match listen_once(&sessions, &pg, &bp, &stop, &mut backoff).await {
             Ok(()) => break,
             Err(_) if stop.is_cancelled() => break,
             Err(e) => {
-                bp.set_down(state.clock.now_ms());
+                bp.set_down(sessions.clock.now_ms());
                 tracing::warn!(error = %e, retry_in = ?backoff, "revocation listener down; failing closed");
             }
         }
@@ -155,23 +88,23 @@ pub async fn run_listener(state: AppState, stop: CancellationToken) {
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
-    bp.set_down(state.clock.now_ms());
+    bp.set_down(sessions.clock.now_ms());
 }
 
 /// One connection's life: LISTEN, resync, then apply notifications until the connection drops
 /// or a notified range cannot be read (then the caller starts over, and the resync covers it).
 async fn listen_once(
-    state: &AppState,
+    sessions: &Sessions,
     pg: &PgStore,
-    bp: &Backplane,
+    bp: &Link,
     stop: &CancellationToken,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
-    let mut listener = pg.listener(&listener_name(&state.instance_id)).await?;
+    let mut listener = pg.listener(&listener_name(&sessions.instance_id)).await?;
     listener.listen_all([REVOCATIONS_CHANNEL, ACKS_CHANNEL]).await?;
-    let n = crate::sessions::rebuild_denylist(state).await?;
+    let n = sessions.rebuild_denylist().await?;
     bp.set_up();
-    bp.synced_once.store(true, Ordering::Release);
+    bp.set_synced();
     // A forced resync is routine, not a sign of a database that refuses connections: the next
     // reconnect starts at the short pause again.
     *backoff = RECONNECT_BACKOFF;
@@ -192,7 +125,7 @@ async fn listen_once(
                 _ => {}
             }
         }
-        on_revocations(state, pg, bp, &revocations).await?;
+        on_revocations(sessions, pg, bp, &revocations).await?;
         if lost {
             anyhow::bail!("listener connection lost");
         }
@@ -232,22 +165,22 @@ fn foreign_notes(payloads: &[&str], instance_id: &str) -> Vec<RevocationNote> {
 /// Applies other instances' revocations: one read of every notified range, then each note's
 /// rows in turn, acknowledging those that carry a request id with the sockets told here. Errs
 /// only when the log rows stay unreadable: the listener must then reconnect and resync.
-async fn on_revocations(state: &AppState, pg: &PgStore, bp: &Backplane, payloads: &[&str]) -> anyhow::Result<()> {
-    let notes = foreign_notes(payloads, &state.instance_id);
+async fn on_revocations(sessions: &Sessions, pg: &PgStore, bp: &Link, payloads: &[&str]) -> anyhow::Result<()> {
+    let notes = foreign_notes(payloads, &sessions.instance_id);
     if notes.is_empty() {
         return Ok(());
     }
     let ranges: Vec<(i64, i64)> = notes.iter().map(|n| (n.from, n.to)).collect();
-    let rows = read_notified(state, pg, bp, &ranges).await?;
+    let rows = read_notified(sessions, pg, bp, &ranges).await?;
     let mut acks = Vec::new();
     for note in notes {
         // Rows come in id order: a note's rows are one slice.
         let start = rows.partition_point(|(id, _)| *id < note.from);
         let end = rows.partition_point(|(id, _)| *id <= note.to).max(start);
         let revoked: Vec<Revoked> = rows[start..end].iter().map(|(_, r)| r.clone()).collect();
-        let n = crate::sessions::apply(state, &revoked);
+        let n = sessions.apply(&revoked);
         if let Some(req) = note.req {
-            acks.push(AckNote { req, instance: state.instance_id.to_string(), n: n as i64 });
+            acks.push(AckNote { req, instance: sessions.instance_id.to_string(), n: n as i64 });
         }
     }
     // Current again (a no-op unless a failed attempt made it fail closed).
@@ -265,9 +198,9 @@ async fn on_revocations(state: &AppState, pg: &PgStore, bp: &Backplane, payloads
 /// the rows are applied (or the reconnect resyncs) the instance fails closed: its denylist
 /// lacks a committed revocation.
 async fn read_notified(
-    state: &AppState,
+    sessions: &Sessions,
     pg: &PgStore,
-    bp: &Backplane,
+    bp: &Link,
     ranges: &[(i64, i64)],
 ) -> anyhow::Result<Vec<(i64, Revoked)>> {
     let mut attempt = 0;
@@ -277,7 +210,7 @@ async fn read_notified(
             Ok(Err(e)) => anyhow::Error::from(e),
             Err(_) => anyhow::anyhow!("timed out after {NOTIFIED_READ_TIMEOUT:?}"),
         };
-        bp.set_down(state.clock.now_ms());
+        bp.set_down(sessions.clock.now_ms());
         let Some(pause) = NOTIFIED_READ_BACKOFF.get(attempt) else {
             return Err(error.context("reading notified revocations failed; reconnecting to resync"));
         };
@@ -287,16 +220,14 @@ async fn read_notified(
     }
 }
 
-fn on_ack(bp: &Backplane, payload: &str) {
+fn on_ack(bp: &Link, payload: &str) {
     let Ok(ack) = serde_json::from_str::<AckNote>(payload) else { return };
-    if let Some(tx) = bp.acks.get(&ack.req) {
-        let _ = tx.try_send((ack.instance, ack.n));
-    }
+    bp.on_ack(&ack.req, ack.instance, ack.n);
 }
 
 /// Publishes this instance's sessions with open sockets, every second, with a heartbeat.
-pub async fn run_presence(state: AppState, stop: CancellationToken) {
-    let (Some(_), Some(pg)) = (&state.backplane, state.store.postgres()) else { return };
+pub async fn run_presence(sessions: Sessions, stop: CancellationToken) {
+    let (Some(_), Some(pg)) = (&sessions.link, sessions.store.postgres()) else { return };
     let mut synced: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(PRESENCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -306,11 +237,11 @@ pub async fn run_presence(state: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let now = state.clock.now_ms();
-        let current: HashSet<String> = state.hub.sessions().into_iter().collect();
+        let now = sessions.clock.now_ms();
+        let current: HashSet<String> = sessions.hub.sessions().into_iter().collect();
         let added: Vec<String> = current.difference(&synced).cloned().collect();
         let removed: Vec<String> = synced.difference(&current).cloned().collect();
-        match pg.sync_presence(&state.instance_id, &added, &removed, now).await {
+        match pg.sync_presence(&sessions.instance_id, &added, &removed, now).await {
             Ok(()) => synced = current,
             Err(e) => tracing::warn!(error = %e, "presence sync failed"),
         }
@@ -322,49 +253,12 @@ pub async fn run_presence(state: AppState, stop: CancellationToken) {
             let _ = pg.prune_revocation_log(now - 24 * 3600 * 1000).await;
         }
     }
-    let _ = pg.forget_instance(&state.instance_id).await;
+    let _ = pg.forget_instance(&sessions.instance_id).await;
 }
-
-/// Sockets told on other instances about request `req` (waits at most `wait`).
-pub async fn collect_acks(mut rx: mpsc::Receiver<(String, i64)>, expected: HashSet<String>, wait: Duration) -> i64 {
-    let mut pending = expected;
-    let mut total = 0;
-    let deadline = tokio::time::Instant::now() + wait;
-    while !pending.is_empty() {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((instance, n))) => {
-                if pending.remove(&instance) {
-                    total += n;
-                }
-            }
-            _ => break,
-        }
-    }
-    if !pending.is_empty() {
-        tracing::warn!(missing = pending.len(), "some instances did not acknowledge in time");
-    }
-    total
-}
-
-/// Shared handle type in the state.
-pub type SharedBackplane = Arc<Backplane>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn readiness_follows_the_listener() {
-        let bp = Backplane::new(1_000);
-        assert!(!bp.is_ready(1_000), "not ready before the first LISTEN + resync");
-        bp.listening.store(true, Ordering::Release);
-        bp.synced_once.store(true, Ordering::Release);
-        assert!(bp.is_ready(50_000));
-        bp.set_down(60_000);
-        assert!(!bp.is_up(), "fails closed at once");
-        assert!(bp.is_ready(60_000 + READY_GRACE_MS - 1), "ready for 5 s while reconnecting");
-        assert!(!bp.is_ready(60_000 + READY_GRACE_MS), "503 after 5 s down");
-    }
 
     #[test]
     fn a_batch_applies_only_other_instances_well_formed_notes() {

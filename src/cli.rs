@@ -4,11 +4,14 @@ use std::io::BufRead;
 
 use anyhow::Context;
 
+use crate::accounts::{normalize_email, Accounts, Via};
 use crate::clock::{rfc3339, Clock};
 use crate::config::{Cli, Command, Config, KeysCommand, UserCommand};
+use crate::error::AppError;
+use crate::limits::Limits;
 use crate::password::Passwords;
 use crate::store::Store;
-use crate::{app, audit, password, sessions, tokens};
+use crate::{app, audit, password, tokens};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
@@ -21,7 +24,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Some(Command::User(UserCommand::Add { email, admin, db })) => add_user(db.url(&config), &email, admin).await,
+        Some(Command::User(UserCommand::Add { email, admin, db })) => {
+            add_user(&config, db.url(&config), &email, admin).await
+        }
         Some(Command::Keys(KeysCommand::Rotate { now, db })) => {
             let store = Store::connect(db.url(&config)).await?;
             store.migrate().await?;
@@ -46,30 +51,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// `sessiond user add --email E [--admin]`, password on stdin (one line), or asked for twice
-/// without echo at a terminal.
-async fn add_user(database_url: &str, email: &str, admin: bool) -> anyhow::Result<()> {
+/// without echo at a terminal. Registers through [`Accounts::register`], the path HTTP
+/// registration takes (same checks, same audit row).
+async fn add_user(config: &Config, database_url: &str, email: &str, admin: bool) -> anyhow::Result<()> {
     let password = read_password(email)?;
+    // The same checks `register` makes, before connecting, with the CLI's words.
     password::validate(&password).map_err(|_| anyhow::anyhow!("the password must have 8 to 1024 characters"))?;
-    let email = sessions::normalize_email(email).map_err(|_| anyhow::anyhow!("the email address is not valid"))?;
+    normalize_email(email).map_err(|_| anyhow::anyhow!("the email address is not valid"))?;
     let store = Store::connect(database_url).await?;
     store.migrate().await?;
-    let hash = Passwords::new(1).hash(password, None).await?;
-    let id = uuid::Uuid::now_v7().to_string();
-    let now = Clock::system().now_ms();
-    let res = store.create_user(&id, &email, &hash, admin, now).await;
-    if res.is_ok() {
-        let ev =
-            audit::Event::new("user_registered").user(&id).detail(serde_json::json!({ "admin": admin, "via": "cli" }));
-        audit::record(&store, now, &audit::Who::system(), ev).await;
-    }
+    let clock = Clock::system();
+    let accounts = Accounts::new(store.clone(), Passwords::new(1), Limits::new(config), clock);
+    let res = accounts.register(email, password, admin, &audit::Who::system(), Via::Cli).await;
     store.close().await;
     match res {
-        Ok(()) => {
+        Ok(id) => {
             println!("{id}");
             Ok(())
         }
-        Err(crate::store::StoreError::EmailTaken) => anyhow::bail!("a user with this email already exists"),
-        Err(e) => Err(e.into()),
+        Err(AppError::EmailTaken) => anyhow::bail!("a user with this email already exists"),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
     }
 }
 

@@ -3,7 +3,7 @@
 //! One flat clap struct: every flag also reads `SESSIOND_<FLAG>`, except the database, which is
 //! `DATABASE_URL`. Durations accept `30s`, `5m`, `14d` (humantime).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -223,7 +223,7 @@ pub struct Config {
     /// Reverse proxies (comma list of IPs or CIDR networks) whose `X-Forwarded-For` is believed;
     /// from anyone else the header is ignored.
     #[arg(long, env = "SESSIOND_TRUSTED_PROXIES", default_value = "")]
-    pub trusted_proxies: crate::limits::TrustedProxies,
+    pub trusted_proxies: TrustedProxies,
 
     /// Failed logins per account and address before exponential backoff (1 s doubling to 60 s,
     /// with `429` + `Retry-After`). One address over all accounts gets 4× as many, one account
@@ -352,6 +352,60 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Trusted reverse proxies: IP networks whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+
+    /// A comma list of IPs or CIDR networks.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut nets = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let net = match item.parse::<ipnet::IpNet>() {
+                Ok(n) => n,
+                Err(_) => {
+                    item.parse::<IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("not an IP or CIDR: {item}"))?
+                }
+            };
+            nets.push(net);
+        }
+        Ok(TrustedProxies(nets))
+    }
+}
+
+impl TrustedProxies {
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client address: the peer, unless the peer is a trusted proxy; then the right-most
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries left of it could be
+    /// written by anyone). Unparsable entries stop the walk at the last trusted hop.
+    pub fn client_ip(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in hops.iter().rev() {
+            let Ok(ip) = hop.parse::<IpAddr>() else { break };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,5 +475,20 @@ mod tests {
         c.allowed_origins = Some(Origins(vec!["https://app.example".into()]));
         assert_eq!(c.allowed_origins(), ["https://app.example"]);
         assert_eq!(origin_of("https://Auth.Example.com/x/y"), Some("https://auth.example.com".into()));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxies: TrustedProxies = "10.0.0.0/8, 192.168.1.1".parse().unwrap();
+        let mut h = axum::http::HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.1.1.1".parse().unwrap());
+        let direct: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(proxies.client_ip(direct, &h), direct, "an untrusted peer's header is ignored");
+        let proxy: IpAddr = "192.168.1.1".parse().unwrap();
+        assert_eq!(proxies.client_ip(proxy, &h), "1.2.3.4".parse::<IpAddr>().unwrap(), "right-most untrusted hop");
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(proxies.client_ip(proxy, &h), proxy);
+        assert!("not-an-ip".parse::<TrustedProxies>().is_err());
+        assert_eq!("".parse::<TrustedProxies>().unwrap(), TrustedProxies::default());
     }
 }

@@ -2,26 +2,29 @@
 //! revocation that takes effect at once.
 //!
 //! # Layout
-//! - [`config`]: clap configuration (flags and `SESSIOND_*` environment).
-//! - [`app`]: state building, router and layers, `serve` with an injected shutdown, background tasks.
-//! - [`http`]: the endpoints, one router per area, and the extractors.
-//! - [`sessions`]: login, refresh, logout and every revocation path ([`sessions::publish`]).
-//! - [`tokens`]: access-token JWTs and keyset ([`tokens::jwt`]), opaque refresh tokens ([`tokens::refresh`]).
-//! - [`store`]: the database behind one API (a typed backend each for SQLite and PostgreSQL).
-//! - [`backplane`]: PostgreSQL LISTEN/NOTIFY fan-out between instances, resync, presence.
-//! - [`hub`]: the WebSocket registry and logout push ([`hub::connection`] is one socket's task).
-//! - [`denylist`]: revoked session ids held in memory until their tokens expire.
-//! - [`password`]: argon2id hashing behind a semaphore with a bounded queue.
-//! - [`limits`]: login backoff, registration and socket caps, `--trusted-proxies`.
-//! - [`audit`]: the append-only audit trail of security events.
-//! - [`metrics`], [`telemetry`], [`clock`], [`error`], [`state`], [`cli`].
+//! Rooms, from the top down; each depends only on rooms below it (`tests/architecture.rs`
+//! checks that no import goes up).
+//! - [`cli`]: the subcommands; [`app`]: building the services, router and layers, `serve`
+//!   with an injected shutdown, background tasks.
+//! - [`http`]: the endpoints, one router per area, and the extractors; handlers take the
+//!   services they need from [`state::AppState`] through `FromRef`.
+//! - [`socket`]: one WebSocket's task (authenticate, then wait for its logout).
+//! - [`backplane`]: PostgreSQL LISTEN/NOTIFY between instances: resync, presence, acknowledgements.
+//! - [`sessions`]: the sessions service: login, refresh, authentication and every revocation
+//!   path ([`sessions::Sessions::publish`]); [`accounts`]: registration.
+//! - [`hub`]: the registry of authenticated sockets and the logout push.
+//! - [`limits`], [`password`], [`denylist`], [`tokens`], [`audit`], [`store`] (one facade over
+//!   a typed backend each for SQLite and PostgreSQL), [`cluster`] (listener health and
+//!   acknowledgements), [`config`], [`reason`], [`metrics`], [`telemetry`], [`clock`], [`error`].
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod app;
 pub mod audit;
 pub mod backplane;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod denylist;
 pub mod error;
@@ -30,7 +33,9 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod password;
+pub mod reason;
 pub mod sessions;
+pub mod socket;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -60,9 +60,6 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::clock::Millis;
 use crate::config::Config;
-use crate::error::AppError;
-use crate::state::AppState;
-use crate::tokens::refresh::RefreshToken;
 
 /// The longest block, and so the largest `Retry-After` (docs/API.md §4: never more than 60 s).
 pub const MAX_BLOCK_MS: Millis = 60_000;
@@ -215,7 +212,7 @@ impl Limits {
     }
 
     /// Where a login (or password check) for `account` (normalised email, if it is one) from
-    /// `ip` stands now. Memory only; [`check_login`] adds the proof lookup.
+    /// `ip` stands now. Memory only; `Sessions::check_login` adds the proof lookup.
     pub fn login_gate(&self, account: Option<&str>, ip: Option<IpAddr>, now: Millis) -> LoginGate {
         let mut own = 0;
         if let Some(key) = ip.map(|ip| self.key(ip)) {
@@ -300,51 +297,16 @@ impl Limits {
     }
 }
 
-/// The login throttle of the module doc, before any password work: `Ok` to go on, else `429
-/// rate_limited` (exact `Retry-After` for the caller's own block; the cap for an unproven
-/// client blocked by the account key alone). `cookie` is a refresh cookie sent along (login
-/// only). Reads the database only when the account key is what blocks.
-pub async fn check_login(
-    state: &AppState,
-    account: Option<&str>,
-    ip: Option<IpAddr>,
-    cookie: Option<&RefreshToken>,
-) -> Result<(), AppError> {
-    match state.limits.login_gate(account, ip, state.clock.now_ms()) {
-        LoginGate::Open => Ok(()),
-        LoginGate::Blocked(wait) => Err(AppError::RateLimited { retry_after_secs: wait.0 }),
-        LoginGate::AccountBlocked => {
-            let proven = match account {
-                Some(a) => proven(state, a, ip, cookie).await?,
-                None => false,
-            };
-            if proven {
-                return Ok(());
-            }
-            Err(AppError::RateLimited { retry_after_secs: retry_after(MAX_BLOCK_MS).0 })
-        }
-    }
+/// `Retry-After` for an unproven client that only the account-wide backoff blocks: the cap,
+/// so the account's block tells nothing about when it ends.
+pub fn account_block_retry_after() -> u64 {
+    retry_after(MAX_BLOCK_MS).0
 }
 
-/// Whether the client has proven itself for `account` (module doc): the refresh cookie of a
-/// live session of it, or a session of it created recently from the same address key.
-async fn proven(
-    state: &AppState,
-    account: &str,
-    ip: Option<IpAddr>,
-    cookie: Option<&RefreshToken>,
-) -> Result<bool, AppError> {
-    let Some(user) = state.store.user_by_email(account).await? else { return Ok(false) };
-    let now = state.clock.now_ms();
-    if let Some(token) = cookie {
-        if state.store.live_session_user_of_refresh(&token.digest(), now).await?.as_deref() == Some(&user.id) {
-            return Ok(true);
-        }
-    }
-    let Some(key) = ip.map(|ip| state.limits.key(ip)) else { return Ok(false) };
-    let ips = state.store.session_ips_since(&user.id, now - PROVEN_ADDRESS_MS, PROVEN_ADDRESS_SESSIONS).await?;
-    // Stored as text; compared as keys, so a user's other address in the same /64 counts.
-    Ok(ips.iter().filter_map(|s| s.parse::<IpAddr>().ok()).any(|ip| state.limits.key(ip) == key))
+/// Which recent sessions prove an address for an account: those created since the first
+/// value, at most the second (the newest).
+pub fn proven_address_window(now: Millis) -> (Millis, i64) {
+    (now - PROVEN_ADDRESS_MS, PROVEN_ADDRESS_SESSIONS)
 }
 
 /// Holds one unauthenticated-socket slot; released on drop (authenticated, or closed).
@@ -364,60 +326,6 @@ impl Drop for UnauthenticatedGuard {
         if remove {
             limits.unauthenticated.remove_if(&key, |_, n| *n == 0);
         }
-    }
-}
-
-/// Trusted reverse proxies: IP networks whose `X-Forwarded-For` is believed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
-
-impl std::str::FromStr for TrustedProxies {
-    type Err = String;
-
-    /// A comma list of IPs or CIDR networks.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut nets = Vec::new();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let net = match item.parse::<ipnet::IpNet>() {
-                Ok(n) => n,
-                Err(_) => {
-                    item.parse::<IpAddr>().map(ipnet::IpNet::from).map_err(|_| format!("not an IP or CIDR: {item}"))?
-                }
-            };
-            nets.push(net);
-        }
-        Ok(TrustedProxies(nets))
-    }
-}
-
-impl TrustedProxies {
-    fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|n| n.contains(&ip))
-    }
-
-    /// The client address: the peer, unless the peer is a trusted proxy; then the right-most
-    /// `X-Forwarded-For` entry that is not itself a trusted proxy (entries left of it could be
-    /// written by anyone). Unparsable entries stop the walk at the last trusted hop.
-    pub fn client_ip(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
-        if !self.trusts(peer) {
-            return peer;
-        }
-        let mut client = peer;
-        let hops = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect::<Vec<_>>();
-        for hop in hops.iter().rev() {
-            let Ok(ip) = hop.parse::<IpAddr>() else { break };
-            client = ip;
-            if !self.trusts(ip) {
-                break;
-            }
-        }
-        client
     }
 }
 
@@ -498,20 +406,5 @@ mod tests {
         limits.login_succeeded("u@x", Some(a));
         assert_eq!(limits.login_gate(Some("u@x"), Some(a), now), LoginGate::AccountBlocked);
         assert_eq!(limits.login_gate(Some("u@x"), Some(a), now + 2_000), LoginGate::Open);
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let proxies: TrustedProxies = "10.0.0.0/8, 192.168.1.1".parse().unwrap();
-        let mut h = axum::http::HeaderMap::new();
-        h.insert("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.1.1.1".parse().unwrap());
-        let direct: IpAddr = "8.8.8.8".parse().unwrap();
-        assert_eq!(proxies.client_ip(direct, &h), direct, "an untrusted peer's header is ignored");
-        let proxy: IpAddr = "192.168.1.1".parse().unwrap();
-        assert_eq!(proxies.client_ip(proxy, &h), "1.2.3.4".parse::<IpAddr>().unwrap(), "right-most untrusted hop");
-        h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(proxies.client_ip(proxy, &h), proxy);
-        assert!("not-an-ip".parse::<TrustedProxies>().is_err());
-        assert_eq!("".parse::<TrustedProxies>().unwrap(), TrustedProxies::default());
     }
 }

@@ -44,24 +44,11 @@ pub fn method_label(m: &axum::http::Method) -> &'static str {
     }
 }
 
-/// The revocation reasons of docs/API.md §5.5; any other string is counted as `other`.
-pub const REASONS: [&str; 10] = [
-    "logout",
-    "logout_all",
-    "logout_others",
-    "session_revoked",
-    "password_changed",
-    "admin_logout",
-    "admin_revoked",
-    "refresh_token_reused",
-    "session_expired",
-    "account_disabled",
-];
-
-/// The label of a revocation reason: the reason itself when it is one of [`REASONS`], else
-/// `other` (reasons of other instances' revocations are read back from the database).
+/// The label of a revocation reason: the reason itself when it is one of docs/API.md §5.5
+/// ([`crate::reason::Reason`]), else `other` (reasons of other instances' revocations are read
+/// back from the database).
 pub fn reason_label(reason: &str) -> &'static str {
-    REASONS.iter().find(|r| **r == reason).copied().unwrap_or("other")
+    crate::reason::Reason::parse(reason).map_or("other", crate::reason::Reason::as_str)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,47 +1,40 @@
-//! Shared application state: cheap-clone handles only.
+//! The application state: the services and handles the routers are built from. Handlers never
+//! take it whole: each takes what it needs (`State<Sessions>`, `State<Store>`, …) through
+//! `FromRef`, so what a handler can touch is in its signature.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::extract::FromRef;
 
-use crate::backplane::Backplane;
+use crate::accounts::Accounts;
 use crate::clock::Clock;
+use crate::cluster::Link;
 use crate::config::Config;
-use crate::denylist::Denylist;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::password::Passwords;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::tokens::jwt::Keys;
 
 #[derive(Clone, FromRef)]
 pub struct AppState {
+    pub sessions: Sessions,
+    pub accounts: Accounts,
     pub store: Store,
     pub keys: Keys,
-    pub denylist: Denylist,
     pub hub: Hub,
-    pub passwords: Passwords,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub config: Arc<Config>,
-    /// This process's id among the instances sharing a database.
-    pub instance_id: Arc<str>,
-    /// The PostgreSQL backplane (listener health, acknowledgements); `None` on SQLite.
-    pub backplane: Option<Arc<Backplane>>,
+    /// The link to the other instances (listener health); `None` on SQLite.
+    pub link: Option<Arc<Link>>,
     /// `--allowed-origins` resolved once (sockets, cookie refresh, CSRF checks).
     pub allowed_origins: Arc<AllowedOrigins>,
     /// True once the denylist is rebuilt and the keyset loaded: `/readyz` may answer 200.
     pub ready: Arc<AtomicBool>,
-}
-
-impl AppState {
-    /// Whether a browser `Origin` header is exactly one of the allowed origins.
-    pub fn origin_allowed(&self, origin: &axum::http::HeaderValue) -> bool {
-        self.allowed_origins.allows(origin)
-    }
 }
 
 /// The exact browser origins allowed, and a rate-limited warning when one is refused: a

@@ -13,7 +13,8 @@ use super::extract::{no_nul, AdminUser, Client, PathId};
 use super::{session_views, SessionList};
 use crate::clock::rfc3339;
 use crate::error::{AppError, Result};
-use crate::sessions;
+use crate::reason::Reason;
+use crate::sessions::Sessions;
 use crate::state::AppState;
 use crate::store::Selector;
 
@@ -113,7 +114,7 @@ struct UserPage {
     responses((status = 200, description = "A page of users.", body = UserPage), AdminPageProblems)
 )]
 async fn list_users(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     _admin: AdminUser,
     Query(page): Query<Page>,
 ) -> Result<Json<UserPage>> {
@@ -121,7 +122,8 @@ async fn list_users(
     no_nul(&[page.after.as_deref(), page.q.as_deref()])?;
     let after = page.after.filter(|a| !a.is_empty());
     let q = page.q.filter(|q| !q.is_empty());
-    let mut rows = state.store.list_users(limit + 1, after.as_deref(), q.as_deref(), state.clock.now_ms()).await?;
+    let mut rows =
+        sessions.store.list_users(limit + 1, after.as_deref(), q.as_deref(), sessions.clock.now_ms()).await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|u| u.id.clone())
@@ -151,13 +153,13 @@ async fn list_users(
     responses((status = 200, description = "Live sessions only.", body = SessionList), AdminUserProblems)
 )]
 async fn user_sessions(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
 ) -> Result<Json<SessionList>> {
-    state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
-    let sessions = session_views(&state, &id, &admin.session_id).await?;
-    Ok(Json(SessionList { sessions }))
+    sessions.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
+    let views = session_views(&sessions, &id, &admin.session_id).await?;
+    Ok(Json(SessionList { sessions: views }))
 }
 
 /// `{revoked_sessions, notified_connections}`.
@@ -181,15 +183,15 @@ struct ForcedLogout {
     responses((status = 200, description = "The sessions have ended.", body = ForcedLogout), AdminUserProblems)
 )]
 async fn force_logout_user(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
 ) -> Result<Json<ForcedLogout>> {
-    state.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
+    sessions.store.user_by_id(&id).await?.ok_or(AppError::NotFound)?;
     let who = client.who(Some(&admin.user_id));
     let sel = Selector::User { user_id: id, except: None };
-    let (revoked, notified) = sessions::end_sessions(&state, sel, "admin_logout", true, &who).await?;
+    let (revoked, notified) = sessions.end_sessions(sel, Reason::AdminLogout, true, &who).await?;
     Ok(Json(ForcedLogout { revoked_sessions: revoked.len(), notified_connections: notified }))
 }
 
@@ -205,13 +207,13 @@ async fn force_logout_user(
     responses((status = 204, description = "The session has ended."), AdminUserProblems)
 )]
 async fn revoke_any_session(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
 ) -> Result<StatusCode> {
     let who = client.who(Some(&admin.user_id));
-    let (revoked, _) = sessions::end_sessions(&state, Selector::Session(id), "admin_revoked", false, &who).await?;
+    let (revoked, _) = sessions.end_sessions(Selector::Session(id), Reason::AdminRevoked, false, &who).await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);
     }
@@ -230,12 +232,12 @@ async fn revoke_any_session(
     responses((status = 200, description = "Every session has ended.", body = ForcedLogout), AdminProblems)
 )]
 async fn logout_everyone(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     AdminUser(admin): AdminUser,
 ) -> Result<Json<ForcedLogout>> {
     let who = client.who(Some(&admin.user_id));
-    let (revoked, notified) = sessions::end_sessions(&state, Selector::Everyone, "admin_logout", true, &who).await?;
+    let (revoked, notified) = sessions.end_sessions(Selector::Everyone, Reason::AdminLogout, true, &who).await?;
     Ok(Json(ForcedLogout { revoked_sessions: revoked.len(), notified_connections: notified }))
 }
 
@@ -271,13 +273,13 @@ struct AccountState {
     responses((status = 200, description = "Disabled.", body = AccountState), AdminUserProblems)
 )]
 async fn disable_user(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
 ) -> Result<Json<AccountState>> {
     not_self(&admin, &id)?;
-    let revoked = sessions::set_disabled(&state, &id, true, &client.who(Some(&admin.user_id))).await?;
+    let revoked = sessions.set_disabled(&id, true, &client.who(Some(&admin.user_id))).await?;
     Ok(Json(AccountState { user_id: id, disabled: true, revoked_sessions: Some(revoked) }))
 }
 
@@ -293,12 +295,12 @@ async fn disable_user(
     responses((status = 200, description = "Enabled.", body = AccountState), AdminUserProblems)
 )]
 async fn enable_user(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
 ) -> Result<Json<AccountState>> {
-    sessions::set_disabled(&state, &id, false, &client.who(Some(&admin.user_id))).await?;
+    sessions.set_disabled(&id, false, &client.who(Some(&admin.user_id))).await?;
     Ok(Json(AccountState { user_id: id, disabled: false, revoked_sessions: None }))
 }
 
@@ -315,12 +317,12 @@ async fn enable_user(
     responses((status = 204, description = "The user is an admin."), AdminUserProblems)
 )]
 async fn grant_admin(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
 ) -> Result<StatusCode> {
-    sessions::set_admin(&state, &id, true, &client.who(Some(&admin.user_id))).await?;
+    sessions.set_admin(&id, true, &client.who(Some(&admin.user_id))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -339,13 +341,13 @@ async fn grant_admin(
     responses((status = 204, description = "The user is no longer an admin."), AdminUserProblems)
 )]
 async fn revoke_admin(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     AdminUser(admin): AdminUser,
     PathId(id): PathId,
 ) -> Result<StatusCode> {
     not_self(&admin, &id)?;
-    sessions::set_admin(&state, &id, false, &client.who(Some(&admin.user_id))).await?;
+    sessions.set_admin(&id, false, &client.who(Some(&admin.user_id))).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -408,7 +410,7 @@ struct AuditPage {
     responses((status = 200, description = "A page of events, oldest first.", body = AuditPage), AdminPageProblems)
 )]
 async fn audit_log(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     _admin: AdminUser,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>> {
@@ -423,7 +425,7 @@ async fn audit_log(
             .ok_or(AppError::InvalidRequest("after must be the id of an audit event."))?,
     };
     let user = q.user_id.filter(|u| !u.is_empty());
-    let mut rows = state.store.audit_events(user.as_deref(), after, limit + 1).await?;
+    let mut rows = sessions.store.audit_events(user.as_deref(), after, limit + 1).await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|e| e.id.to_string())

@@ -10,11 +10,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::cookie::{check_csrf, clear_refresh_cookie, refresh_from_cookie, set_refresh_cookie};
-use super::extract::{authenticate, bearer, truncate, AuthUser, Client, JsonBody, PathId};
+use std::sync::Arc;
+
+use super::extract::{bearer, truncate, AuthUser, Client, JsonBody, PathId};
 use super::{session_views, SessionList};
+use crate::accounts::{Accounts, Via};
+use crate::config::Config;
 use crate::error::{AppError, Result};
-use crate::sessions::{self, ClientInfo, TokenResponse};
-use crate::state::AppState;
+use crate::limits::Limits;
+use crate::reason::Reason;
+use crate::sessions::{ClientInfo, Sessions, TokenResponse};
+use crate::state::{AllowedOrigins, AppState};
 use crate::store::Selector;
 use crate::tokens::refresh::RefreshToken;
 
@@ -27,7 +33,7 @@ pub fn router(state: &AppState) -> OpenApiRouter<AppState> {
     let cookie_routes = OpenApiRouter::default()
         .routes(routes!(refresh_session))
         .routes(routes!(logout))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), csrf_guard));
+        .route_layer(axum::middleware::from_fn_with_state(state.allowed_origins.clone(), csrf_guard));
     OpenApiRouter::default()
         .merge(cookie_routes)
         .routes(routes!(register))
@@ -95,17 +101,19 @@ problems!(RegisterProblems: InvalidRequest, RegistrationDisabled, EmailTaken, Pa
     )
 )]
 async fn register(
-    State(state): State<AppState>,
+    State(accounts): State<Accounts>,
+    State(config): State<Arc<Config>>,
+    State(limits): State<Arc<Limits>>,
     client: Client,
     JsonBody(body): JsonBody<Registration>,
 ) -> Result<impl IntoResponse> {
-    if !state.config.allow_registration {
+    if !config.allow_registration {
         return Err(AppError::RegistrationDisabled);
     }
-    if let Err(wait) = state.limits.register_allowed(client.addr) {
+    if let Err(wait) = limits.register_allowed(client.addr) {
         return Err(AppError::RateLimited { retry_after_secs: wait.0 });
     }
-    let user_id = sessions::register(&state, &body.email, body.password, false, &client.who(None)).await?;
+    let user_id = accounts.register(&body.email, body.password, false, &client.who(None), Via::Api).await?;
     Ok((StatusCode::CREATED, Json(Registered { user_id })))
 }
 
@@ -150,7 +158,7 @@ problems!(LoginProblems: InvalidRequest, InvalidCredentials, PayloadTooLarge, Ra
     )
 )]
 async fn login(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Credentials>,
@@ -160,9 +168,9 @@ async fn login(
         refresh_cookie: refresh_from_cookie(&headers).as_deref().and_then(RefreshToken::parse),
         ..client.info()
     };
-    let tokens = sessions::login(&state, &body.email, body.password, info).await?;
+    let tokens = sessions.login(&body.email, body.password, info).await?;
     if let Some(previous) = refresh_from_cookie(&headers) {
-        sessions::logout_by_refresh(&state, &previous, &client.who(Some(&tokens.user_id))).await?;
+        sessions.logout_by_refresh(&previous, &client.who(Some(&tokens.user_id))).await?;
     }
     Ok(token_reply(tokens, body.refresh_cookie))
 }
@@ -178,16 +186,16 @@ fn device_name(raw: &str) -> String {
 /// its browser attached the cookie), and for one that carries the refresh cookie without our
 /// Origin and CSRF header. Runs before the body is read.
 async fn csrf_guard(
-    State(state): State<AppState>,
+    State(origins): State<Arc<AllowedOrigins>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let foreign_origin = req.headers().get(header::ORIGIN).is_some_and(|o| !state.origin_allowed(o));
+    let foreign_origin = req.headers().get(header::ORIGIN).is_some_and(|o| !origins.allows(o));
     if foreign_origin {
         return AppError::Forbidden.into_response();
     }
     if refresh_from_cookie(req.headers()).is_some() {
-        if let Err(e) = check_csrf(&state, req.headers()) {
+        if let Err(e) = check_csrf(&origins, req.headers()) {
             return e.into_response();
         }
     }
@@ -258,13 +266,13 @@ problems!(RefreshProblems: InvalidRequest, InvalidRefreshToken, RefreshTokenReus
     )
 )]
 async fn refresh_session(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RefreshBody>,
 ) -> Result<Response> {
     if let Some(token) = body.refresh_token {
-        return Ok(token_reply(sessions::refresh(&state, &token, &client.info()).await?, false));
+        return Ok(token_reply(sessions.refresh(&token, &client.info()).await?, false));
     }
     let Some(token) = refresh_from_cookie(&headers) else {
         // No token at all: a missing field (docs/API.md §3.3), also for a browser in cookie
@@ -274,7 +282,7 @@ async fn refresh_session(
         return Err(AppError::InvalidRequest("No refresh token was sent (neither in the body nor as the cookie)."));
     };
     // (CSRF was checked by `csrf_guard`.)
-    match sessions::refresh(&state, &token, &client.info()).await {
+    match sessions.refresh(&token, &client.info()).await {
         Ok(tokens) => Ok(token_reply(tokens, true)),
         Err(e @ (AppError::InvalidRefreshToken | AppError::RefreshTokenReused)) => Ok(clearing_cookie(e)),
         Err(e) => Err(e),
@@ -313,7 +321,7 @@ problems!(LogoutProblems: InvalidRequest, InvalidToken, TokenExpired, Forbidden,
     )
 )]
 async fn logout(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     headers: HeaderMap,
     JsonBody(body): JsonBody<LogoutBody>,
@@ -326,14 +334,14 @@ async fn logout(
         res
     };
     if let Some(rt) = body.refresh_token {
-        sessions::logout_by_refresh(&state, &rt, &client.who(None)).await?;
+        sessions.logout_by_refresh(&rt, &client.who(None)).await?;
         return Ok(done());
     }
     if let Some(token) = bearer(&headers)? {
-        match authenticate(&state, token).await {
+        match sessions.authenticate(token).await {
             Ok(user) => {
                 let who = client.who(Some(&user.user_id));
-                sessions::end_sessions(&state, Selector::Session(user.session_id), "logout", false, &who).await?;
+                sessions.end_sessions(Selector::Session(user.session_id), Reason::Logout, false, &who).await?;
             }
             Err(AppError::SessionRevoked) => {}
             Err(e) => return Err(e),
@@ -343,7 +351,7 @@ async fn logout(
     let Some(rt) = refresh_from_cookie(&headers) else {
         return Err(AppError::InvalidToken { presented: false });
     };
-    sessions::logout_by_refresh(&state, &rt, &client.who(None)).await?;
+    sessions.logout_by_refresh(&rt, &client.who(None)).await?;
     Ok(done())
 }
 
@@ -377,16 +385,19 @@ problems!(LogoutAllProblems: InvalidRequest, InvalidToken, TokenExpired, Session
     responses((status = 200, description = "The sessions have ended.", body = Revoked), LogoutAllProblems)
 )]
 async fn logout_all(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     user: AuthUser,
     JsonBody(body): JsonBody<LogoutAllBody>,
 ) -> Result<Json<Revoked>> {
-    let (except, reason) =
-        if body.keep_current { (Some(user.session_id.clone()), "logout_others") } else { (None, "logout_all") };
+    let (except, reason) = if body.keep_current {
+        (Some(user.session_id.clone()), Reason::LogoutOthers)
+    } else {
+        (None, Reason::LogoutAll)
+    };
     let who = client.who(Some(&user.user_id));
     let (revoked, _) =
-        sessions::end_sessions(&state, Selector::User { user_id: user.user_id, except }, reason, false, &who).await?;
+        sessions.end_sessions(Selector::User { user_id: user.user_id, except }, reason, false, &who).await?;
     Ok(Json(Revoked { revoked_sessions: revoked.len() }))
 }
 
@@ -400,9 +411,9 @@ problems!(BearerProblems: InvalidToken, TokenExpired, SessionRevoked, Unavailabl
     security(("bearer" = [])),
     responses((status = 200, description = "Live sessions only.", body = SessionList), BearerProblems)
 )]
-async fn list_sessions(State(state): State<AppState>, user: AuthUser) -> Result<Json<SessionList>> {
-    let sessions = session_views(&state, &user.user_id, &user.session_id).await?;
-    Ok(Json(SessionList { sessions }))
+async fn list_sessions(State(sessions): State<Sessions>, user: AuthUser) -> Result<Json<SessionList>> {
+    let views = session_views(&sessions, &user.user_id, &user.session_id).await?;
+    Ok(Json(SessionList { sessions: views }))
 }
 
 problems!(RevokeSessionProblems: InvalidRequest, InvalidToken, TokenExpired, SessionRevoked, NotFound, Unavailable);
@@ -419,14 +430,14 @@ problems!(RevokeSessionProblems: InvalidRequest, InvalidToken, TokenExpired, Ses
     responses((status = 204, description = "The session has ended."), RevokeSessionProblems)
 )]
 async fn revoke_session(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     user: AuthUser,
     PathId(id): PathId,
 ) -> Result<StatusCode> {
     let who = client.who(Some(&user.user_id));
     let sel = Selector::OwnSession { user_id: user.user_id, session_id: id };
-    let (revoked, _) = sessions::end_sessions(&state, sel, "session_revoked", false, &who).await?;
+    let (revoked, _) = sessions.end_sessions(sel, Reason::SessionRevoked, false, &who).await?;
     if revoked.is_empty() {
         return Err(AppError::NotFound);
     }
@@ -459,13 +470,13 @@ problems!(PasswordProblems: InvalidRequest, InvalidCredentials, InvalidToken, To
     responses((status = 204, description = "Changed; the caller's session stays."), PasswordProblems)
 )]
 async fn change_password(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
     client: Client,
     user: AuthUser,
     JsonBody(body): JsonBody<PasswordChange>,
 ) -> Result<StatusCode> {
     let who = client.who(Some(&user.user_id));
     let (uid, sid) = (&user.user_id, &user.session_id);
-    sessions::change_password(&state, uid, sid, body.current_password, body.new_password, &who).await?;
+    sessions.change_password(uid, sid, body.current_password, body.new_password, &who).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,7 +10,7 @@
 use axum::http::{header, HeaderMap, HeaderValue};
 
 use crate::error::AppError;
-use crate::state::AppState;
+use crate::state::AllowedOrigins;
 
 /// The cookie's name (the `__Host-` prefix makes browsers enforce Secure, Path=/, no Domain).
 pub const REFRESH_COOKIE: &str = "__Host-sessiond_refresh";
@@ -30,8 +30,8 @@ pub fn refresh_from_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// 403 unless the request comes from an allowed Origin and carries the CSRF header.
-pub fn check_csrf(state: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
-    let origin_ok = headers.get(header::ORIGIN).is_some_and(|o| state.origin_allowed(o));
+pub fn check_csrf(origins: &AllowedOrigins, headers: &HeaderMap) -> Result<(), AppError> {
+    let origin_ok = headers.get(header::ORIGIN).is_some_and(|o| origins.allows(o));
     let header_ok = headers.get(CSRF_HEADER).is_some_and(|v| !v.is_empty());
     if origin_ok && header_ok {
         Ok(())

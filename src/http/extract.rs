@@ -2,36 +2,24 @@
 //! problem+json instead of axum's defaults, and where a request comes from (`Client`).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
 use crate::audit::Who;
+use crate::config::Config;
 use crate::error::AppError;
-use crate::state::AppState;
-use crate::tokens::jwt::{VerifyError, MAX_TOKEN_LEN};
+use crate::sessions::Sessions;
+use crate::tokens::jwt::MAX_TOKEN_LEN;
 
 /// Largest `User-Agent` kept with a session.
 const MAX_USER_AGENT: usize = 512;
 
-/// The caller of a Bearer-protected endpoint: a valid access token of a live session.
-#[derive(Debug, Clone)]
-pub struct AuthUser {
-    pub user_id: String,
-    pub session_id: String,
-    pub roles: Vec<String>,
-    /// The token's `exp` (seconds).
-    pub exp: i64,
-}
-
-impl AuthUser {
-    pub fn is_admin(&self) -> bool {
-        self.roles.iter().any(|r| r == "admin")
-    }
-}
+pub use crate::sessions::AuthUser;
 
 /// The raw Bearer token, if the request has an `Authorization: Bearer …` header with a value
 /// (`Bearer` with nothing after it presents no token: `None`). `Err` when the header is
@@ -53,60 +41,17 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AppError> {
     Ok((!token.is_empty()).then_some(token))
 }
 
-/// Verifies a token and checks that its session is live: the whole hot path, memory only
-/// (see [`check_live`] for the fail-closed exception).
-pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, AppError> {
-    let user = verify_token(state, token, true)?;
-    check_live(state, &user).await?;
-    Ok(user)
-}
-
-/// Signature and claims only (no revocation check); `remember` as in [`Keys::verify_with`].
-///
-/// [`Keys::verify_with`]: crate::tokens::jwt::Keys::verify_with
-pub fn verify_token(state: &AppState, token: &str, remember: bool) -> Result<AuthUser, AppError> {
-    let claims = state.keys.verify_with(token, state.clock.now_secs(), remember).map_err(|e| {
-        tracing::debug!(reason = ?e, "access token refused");
-        match e {
-            VerifyError::Expired => AppError::TokenExpired,
-            VerifyError::Invalid(_) => AppError::InvalidToken { presented: true },
-        }
-    })?;
-    Ok(AuthUser { user_id: claims.sub, session_id: claims.sid, roles: claims.roles, exp: claims.exp })
-}
-
-/// 401 `session_revoked` when the session is in the denylist. While the PostgreSQL listener is
-/// down (the denylist may miss other instances' revocations) it fails closed: the session is
-/// checked in the database.
-pub async fn check_live(state: &AppState, user: &AuthUser) -> Result<(), AppError> {
-    if state.denylist.contains(&user.session_id) {
-        tracing::debug!(session_id = %user.session_id, "access token of a revoked session");
-        return Err(AppError::SessionRevoked);
-    }
-    if let Some(bp) = &state.backplane {
-        if !bp.is_up() {
-            match state.store.session(&user.session_id).await? {
-                Some(s) if s.revoked_at.is_none() && s.expires_at() > state.clock.now_ms() => {}
-                Some(s) => {
-                    let at = s.revoked_at.unwrap_or(s.expires_at());
-                    let reason = s.revoked_reason.as_deref().unwrap_or("session_expired");
-                    state.denylist.insert(&s.id, s.access_expires_at, reason, at);
-                    return Err(AppError::SessionRevoked);
-                }
-                None => return Err(AppError::InvalidToken { presented: true }),
-            }
-        }
-    }
-    Ok(())
-}
-
-impl FromRequestParts<AppState> for AuthUser {
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    Sessions: FromRef<S>,
+{
     type Rejection = AppError;
 
     #[tracing::instrument(skip_all)]
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match bearer(&parts.headers)? {
-            Some(token) => authenticate(state, token).await,
+            Some(token) => Sessions::from_ref(state).authenticate(token).await,
             None => Err(AppError::InvalidToken { presented: false }),
         }
     }
@@ -117,18 +62,22 @@ impl FromRequestParts<AppState> for AuthUser {
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub AuthUser);
 
-impl FromRequestParts<AppState> for AdminUser {
+impl<S> FromRequestParts<S> for AdminUser
+where
+    S: Send + Sync,
+    Sessions: FromRef<S>,
+{
     type Rejection = AppError;
 
     #[tracing::instrument(skip_all)]
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if !user.is_admin() {
             return Err(AppError::Forbidden);
         }
         // The token's role is a claim of when it was issued; the database decides now, so a
         // revoked admin role (or a disabled admin) stops working at once (SECURITY.md S2).
-        match state.store.user_by_id(&user.user_id).await? {
+        match Sessions::from_ref(state).store.user_by_id(&user.user_id).await? {
             Some(u) if u.is_admin && u.disabled_at.is_none() => Ok(AdminUser(user)),
             _ => Err(AppError::Forbidden),
         }
@@ -146,25 +95,29 @@ pub struct Client {
 
 /// The client address alone (see [`Client`]): what the socket upgrade needs, without the
 /// allocations of `Client`.
-pub fn client_addr(state: &AppState, parts: &Parts) -> Option<IpAddr> {
+pub fn client_addr(config: &Config, parts: &Parts) -> Option<IpAddr> {
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    peer.map(|p| state.config.trusted_proxies.client_ip(p, &parts.headers))
+    peer.map(|p| config.trusted_proxies.client_ip(p, &parts.headers))
 }
 
 /// [`client_addr`] as an extractor.
 pub struct ClientAddr(pub Option<IpAddr>);
 
-impl FromRequestParts<AppState> for ClientAddr {
+impl<S> FromRequestParts<S> for ClientAddr
+where
+    S: Send + Sync,
+    Arc<Config>: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(client_addr(state, parts)))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(client_addr(&Arc::<Config>::from_ref(state), parts)))
     }
 }
 
 impl Client {
-    pub fn of(state: &AppState, parts: &Parts) -> Client {
-        let addr = client_addr(state, parts);
+    pub fn of(config: &Config, parts: &Parts) -> Client {
+        let addr = client_addr(config, parts);
         let user_agent =
             parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| truncate(s, MAX_USER_AGENT));
         Client { addr, ip: addr.map(|a| a.to_string()), user_agent }
@@ -187,11 +140,15 @@ impl Client {
     }
 }
 
-impl FromRequestParts<AppState> for Client {
+impl<S> FromRequestParts<S> for Client
+where
+    S: Send + Sync,
+    Arc<Config>: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(Client::of(state, parts))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Client::of(&Arc::<Config>::from_ref(state), parts))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Operational endpoints: `/healthz`, `/readyz`, `/metrics`, and the JWKS.
 
-use std::sync::atomic::Ordering;
-
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -15,9 +15,11 @@ use utoipa_axum::routes;
 use subtle::ConstantTimeEq;
 
 use super::extract::{bearer, ClientAddr};
+use crate::config::Config;
 use crate::error::AppError;
+use crate::sessions::Sessions;
 use crate::state::AppState;
-use crate::tokens::jwt::JWKS_MAX_AGE;
+use crate::tokens::jwt::{Keys, JWKS_MAX_AGE};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -58,17 +60,17 @@ problems!(ReadyProblems: Unavailable);
     tag = "operations",
     responses((status = 200, description = "`{\"status\":\"ready\"}`", body = Status), ReadyProblems)
 )]
-async fn readyz(State(state): State<AppState>) -> Response {
-    if !state.ready.load(Ordering::Acquire) {
+async fn readyz(State(sessions): State<Sessions>, State(ready): State<Arc<AtomicBool>>) -> Response {
+    if !ready.load(Ordering::Acquire) {
         return AppError::Unavailable(anyhow::anyhow!("starting")).into_response();
     }
     // With PostgreSQL: not before the first LISTEN + resync, nor after 5 s without a listener.
-    if let Some(bp) = &state.backplane {
-        if !bp.is_ready(state.clock.now_ms()) {
+    if let Some(link) = &sessions.link {
+        if !link.is_ready(sessions.clock.now_ms()) {
             return AppError::Unavailable(anyhow::anyhow!("revocation listener down")).into_response();
         }
     }
-    match state.store.ping().await {
+    match sessions.store.ping().await {
         Ok(()) => {
             (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ready"}"#).into_response()
         }
@@ -92,16 +94,16 @@ problems!(MetricsProblems: InvalidToken, Forbidden);
     responses((status = 200, description = "Prometheus text exposition format 0.0.4.", body = String,
         content_type = "text/plain"), MetricsProblems)
 )]
-async fn metrics(State(state): State<AppState>, ClientAddr(addr): ClientAddr, headers: HeaderMap) -> Response {
-    match metrics_allowed(&state, addr, &headers) {
-        Ok(()) => render_metrics(&state),
+async fn metrics(State(sessions): State<Sessions>, ClientAddr(addr): ClientAddr, headers: HeaderMap) -> Response {
+    match metrics_allowed(&sessions.config, addr, &headers) {
+        Ok(()) => render_metrics(&sessions),
         Err(e) => e.into_response(),
     }
 }
 
 /// Whether this request may read `/metrics` on the main listener (see [`metrics`]).
-fn metrics_allowed(state: &AppState, addr: Option<IpAddr>, headers: &HeaderMap) -> Result<(), AppError> {
-    match &state.config.metrics_token {
+fn metrics_allowed(config: &Config, addr: Option<IpAddr>, headers: &HeaderMap) -> Result<(), AppError> {
+    match &config.metrics_token {
         Some(token) => {
             let presented = bearer(headers).ok().flatten().unwrap_or_default();
             // Constant time: the comparison must not tell how much of a guess was right.
@@ -117,9 +119,9 @@ fn metrics_allowed(state: &AppState, addr: Option<IpAddr>, headers: &HeaderMap) 
 }
 
 /// The Prometheus text exposition: in-memory gauges only, no database work per scrape.
-pub fn render_metrics(state: &AppState) -> Response {
-    state.metrics.denylist_entries.set(state.denylist.len() as i64);
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+pub fn render_metrics(sessions: &Sessions) -> Response {
+    sessions.metrics.denylist_entries.set(sessions.denylist.len() as i64);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], sessions.metrics.render())
         .into_response()
 }
 
@@ -159,8 +161,8 @@ struct Jwks {
     responses((status = 200, description = "The JSON Web Key Set.", body = Jwks,
         headers(("Cache-Control" = String, description = "`public, max-age=…` (at most 5 minutes)."))))
 )]
-async fn jwks(State(state): State<AppState>) -> Response {
-    let mut res = (StatusCode::OK, state.keys.jwks().to_string()).into_response();
+async fn jwks(State(keys): State<Keys>) -> Response {
+    let mut res = (StatusCode::OK, keys.jwks().to_string()).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(

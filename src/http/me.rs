@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 use super::extract::AuthUser;
 use crate::error::{AppError, Result};
 use crate::state::AppState;
+use crate::store::Store;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default().routes(routes!(me))
@@ -39,7 +40,7 @@ problems!(MeProblems: InvalidToken, TokenExpired, SessionRevoked, Unavailable);
     security(("bearer" = [])),
     responses((status = 200, description = "The caller.", body = Me), MeProblems)
 )]
-async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<Me>> {
-    let email = state.store.user_email(&user.user_id).await?.ok_or(AppError::InvalidToken { presented: true })?;
+async fn me(State(store): State<Store>, user: AuthUser) -> Result<Json<Me>> {
+    let email = store.user_email(&user.user_id).await?.ok_or(AppError::InvalidToken { presented: true })?;
     Ok(Json(Me { user_id: user.user_id, email: email.to_string(), roles: user.roles, session_id: user.session_id }))
 }

@@ -21,6 +21,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::clock::{ms, rfc3339, Millis};
+use crate::sessions::Sessions;
 use crate::state::AppState;
 use crate::store::SessionRow;
 
@@ -70,19 +71,17 @@ pub struct SessionList {
 /// A user's live sessions as the API shows them: `current` compares with the caller's session;
 /// `connected` is true when a socket of the session is open here or on any live instance.
 pub async fn session_views(
-    state: &AppState,
+    sessions: &Sessions,
     user_id: &str,
     caller_session: &str,
 ) -> crate::error::Result<Vec<SessionView>> {
-    let now = state.clock.now_ms();
-    let rows = state.store.live_sessions(user_id, now).await?;
-    let elsewhere: HashSet<String> = match state.store.postgres() {
-        Some(pg) => {
-            pg.connected_sessions(user_id, now - crate::backplane::INSTANCE_TTL_MS).await?.into_iter().collect()
-        }
+    let now = sessions.clock.now_ms();
+    let rows = sessions.store.live_sessions(user_id, now).await?;
+    let elsewhere: HashSet<String> = match sessions.store.postgres() {
+        Some(pg) => pg.connected_sessions(user_id, now - crate::cluster::INSTANCE_TTL_MS).await?.into_iter().collect(),
         None => HashSet::new(),
     };
-    Ok(rows.iter().map(|s| session_json(state, s, Some(caller_session), &elsewhere, now)).collect())
+    Ok(rows.iter().map(|s| session_json(sessions, s, Some(caller_session), &elsewhere, now)).collect())
 }
 
 /// One minute, the precision of the times a listing shows.
@@ -113,13 +112,13 @@ fn listed_times(s: &SessionRow, now: Millis, grace: Millis, idle_ttl: Millis) ->
 }
 
 fn session_json(
-    state: &AppState,
+    sessions: &Sessions,
     s: &SessionRow,
     caller_session: Option<&str>,
     elsewhere: &HashSet<String>,
     now: Millis,
 ) -> SessionView {
-    let cfg = &state.config;
+    let cfg = &sessions.config;
     let (last_used_at, expires_at) = listed_times(s, now, ms(cfg.refresh_reuse_grace), ms(cfg.refresh_idle_ttl));
     SessionView {
         id: s.id.clone(),
@@ -130,7 +129,7 @@ fn session_json(
         last_used_at: rfc3339(last_used_at),
         expires_at: rfc3339(expires_at),
         current: caller_session == Some(s.id.as_str()),
-        connected: state.hub.is_connected(&s.id) || elsewhere.contains(&s.id),
+        connected: sessions.hub.is_connected(&s.id) || elsewhere.contains(&s.id),
     }
 }
 

@@ -9,9 +9,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::ClientAddr;
+use std::sync::Arc;
+
 use crate::error::AppError;
-use crate::hub::connection::{self, MAX_MESSAGE_BYTES};
-use crate::state::AppState;
+use crate::sessions::Sessions;
+use crate::socket::{Socket, MAX_MESSAGE_BYTES};
+use crate::state::{AllowedOrigins, AppState};
 
 /// Per-socket read buffer. tungstenite's default (128 KiB, eagerly zero-filled) costs ~137 KB
 /// of RSS per idle socket (PERFORMANCE.md §0). Client messages are tiny (an `auth` message is
@@ -66,40 +69,41 @@ problems!(
     )
 )]
 async fn upgrade(
-    State(state): State<AppState>,
+    State(sessions): State<Sessions>,
+    State(origins): State<Arc<AllowedOrigins>>,
     ClientAddr(addr): ClientAddr,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN) {
         // Exact match only: no prefix, suffix or case tricks.
-        if !state.origin_allowed(origin) {
+        if !origins.allows(origin) {
             tracing::debug!("websocket upgrade from a foreign origin refused");
             return AppError::Forbidden.into_response();
         }
     }
-    if state.hub.is_shutting_down() {
+    if sessions.hub.is_shutting_down() {
         return AppError::Unavailable(anyhow::anyhow!("shutting down")).into_response();
     }
     // Caps (SECURITY.md W3, W7), before the upgrade: sockets on this instance, then sockets of
     // this address key that have not authenticated yet (a squatter's; authenticated ones count
     // per user). Keyed by network, not exact address: a neighbouring IPv6 address is no escape.
-    if state.hub.open_sockets() >= state.config.ws_max_sockets {
-        state.metrics.ws_refused("instance_full");
+    if sessions.hub.open_sockets() >= sessions.config.ws_max_sockets {
+        sessions.metrics.ws_refused("instance_full");
         return AppError::Unavailable(anyhow::anyhow!("socket cap reached")).into_response();
     }
-    let Some(unauthenticated) = state.limits.unauthenticated_socket(addr) else {
-        state.metrics.ws_refused("unauthenticated_per_ip");
+    let Some(unauthenticated) = sessions.limits.unauthenticated_socket(addr) else {
+        sessions.metrics.ws_refused("unauthenticated_per_ip");
         return AppError::RateLimited { retry_after_secs: 1 }.into_response();
     };
-    let token = state.hub.track();
+    let token = sessions.hub.track();
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(WIRE_LIMIT)
         .max_frame_size(WIRE_LIMIT)
         .on_upgrade(move |socket| async move {
-            connection::run(socket, state, unauthenticated).await;
+            Socket::run(socket, sessions, unauthenticated).await;
             drop(token);
         })
 }

@@ -18,7 +18,6 @@
 //! [`Hub::notify`]; a connection registers *before* it re-checks the denylist. Whatever the
 //! interleaving, either `notify` sees the registration or the re-check sees the revocation.
 
-pub mod connection;
 pub mod protocol;
 
 use std::collections::HashSet;

@@ -279,13 +279,13 @@ impl Store {
     }
 
     /// The user of the live session whose *current* (unrotated) refresh token has this digest:
-    /// the cookie proof of the login throttle (`limits::check_login`).
+    /// the cookie proof of the login throttle (`Sessions::check_login`).
     pub async fn live_session_user_of_refresh(&self, hash: &[u8; 32], now: Millis) -> StoreResult<Option<String>> {
         on_backend!(self, b => b.live_session_user_of_refresh(hash, now).await)
     }
 
     /// The client addresses of a user's sessions created after `since` (ended ones too), newest
-    /// first, at most `limit`: the address proof of the login throttle (`limits::check_login`).
+    /// first, at most `limit`: the address proof of the login throttle (`Sessions::check_login`).
     pub async fn session_ips_since(&self, user_id: &str, since: Millis, limit: i64) -> StoreResult<Vec<String>> {
         on_backend!(self, b => b.session_ips_since(user_id, since, limit).await)
     }

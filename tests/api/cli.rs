@@ -62,6 +62,21 @@ async fn migrate_user_add_and_keys_rotate() {
     assert_eq!(t.user_id, user_id);
     let me: Value = app.me(&t.access).await.json().await.unwrap();
     assert_eq!(me["roles"], json!(["admin"]));
+    // `user add` registers through the accounts service, like HTTP: the same audit row.
+    let audit: Value = app
+        .client
+        .get(app.url(&format!("/v1/admin/audit?user_id={user_id}")))
+        .bearer_auth(&t.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let registered = audit["events"].as_array().unwrap().iter().find(|e| e["event"] == "user_registered");
+    let registered = registered.unwrap_or_else(|| panic!("no user_registered row: {audit}"));
+    assert_eq!(registered["target_user_id"], json!(user_id));
+    assert_eq!(registered["detail"], json!({ "admin": true, "via": "cli" }));
 
     let out = sessiond(&db).args(["keys", "rotate", "--now"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

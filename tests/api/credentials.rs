@@ -73,7 +73,7 @@ async fn raw_sql(app: &TestApp, sql: &str) -> Result<(), sqlx::Error> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rt1_logins_racing_a_password_change_leave_no_live_session() {
     let Some(app) = race_app().await else { return };
-    let hash = app.state.passwords.hash(PASSWORD.into(), None).await.unwrap();
+    let hash = app.state.sessions.passwords.hash(PASSWORD.into(), None).await.unwrap();
     for round in 0..50 {
         let (user_id, email) = user_with_hash(&app, &hash, false).await;
         let owner = app.session_of(&email).await;
@@ -95,7 +95,7 @@ async fn rt1_logins_racing_a_password_change_leave_no_live_session() {
 async fn rt1_logins_racing_an_account_disable_leave_no_live_session() {
     let Some(app) = race_app().await else { return };
     let admin = app.new_admin().await;
-    let hash = app.state.passwords.hash(PASSWORD.into(), None).await.unwrap();
+    let hash = app.state.sessions.passwords.hash(PASSWORD.into(), None).await.unwrap();
     for round in 0..50 {
         let (user_id, email) = user_with_hash(&app, &hash, false).await;
         let path = format!("/v1/admin/users/{user_id}/disable");
@@ -194,7 +194,7 @@ async fn rt14_demoting_an_admin_ends_their_sessions_at_once() {
     assert_problem(app.refresh(&demoted.refresh).await, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
     let s = app.state.store.session(&demoted.session_id).await.unwrap().unwrap();
     assert_eq!(s.revoked_reason.as_deref(), Some("admin_revoked"));
-    assert!(app.state.denylist.contains(&demoted.session_id));
+    assert!(app.state.sessions.denylist.contains(&demoted.session_id));
     assert_eq!(app.me(&root.access).await.status(), StatusCode::OK);
     assert_eq!(app.me(&bystander.access).await.status(), StatusCode::OK);
 
@@ -225,7 +225,7 @@ async fn rt14_demoting_an_admin_ends_their_sessions_at_once() {
 async fn rt14_logins_racing_a_demotion_never_leave_a_live_admin_token() {
     let Some(app) = race_app().await else { return };
     let root = app.new_admin().await;
-    let hash = app.state.passwords.hash(PASSWORD.into(), None).await.unwrap();
+    let hash = app.state.sessions.passwords.hash(PASSWORD.into(), None).await.unwrap();
     for round in 0..30 {
         let (user_id, email) = user_with_hash(&app, &hash, true).await;
         let path = format!("/v1/admin/users/{user_id}/admin");

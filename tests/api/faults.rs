@@ -43,7 +43,7 @@ async fn r6_a_fault_between_marking_and_inserting_rolls_the_rotation_back_with_5
 
     // The session is untouched: not revoked, not denylisted, its access token still works.
     assert!(store.session(&t.session_id).await.unwrap().unwrap().revoked_at.is_none());
-    assert!(!app.state.denylist.contains(&t.session_id));
+    assert!(!app.state.sessions.denylist.contains(&t.session_id));
     assert_eq!(app.me(&t.access).await.status(), StatusCode::OK);
 
     // The retry with the same token is an ordinary rotation. (Had the UPDATE survived, the token
@@ -111,7 +111,7 @@ async fn f9_admin_revoke_racing_a_refresh_100_times_leaves_no_usable_token() {
         let row = store.session(&s.session_id).await.unwrap().unwrap();
         assert!(row.revoked_at.is_some(), "round {round}: session not revoked");
         assert_eq!(row.revoked_reason.as_deref(), Some("admin_revoked"));
-        assert!(app.state.denylist.contains(&s.session_id), "round {round}: not denylisted");
+        assert!(app.state.sessions.denylist.contains(&s.session_id), "round {round}: not denylisted");
         let expected = if successor.is_some() { (1, 1) } else { (1, 0) };
         assert_eq!(store.refresh_token_counts(&s.session_id).await.unwrap(), expected, "round {round}");
 
@@ -139,7 +139,7 @@ async fn f9_admin_revoke_racing_a_refresh_100_times_leaves_no_usable_token() {
 /// server's small messages (at most [`MAX_FRAMES_PER_PERIOD`] client frames per ping period)
 /// could never fill otherwise. Everything else is the real server.
 ///
-/// [`MAX_FRAMES_PER_PERIOD`]: sessiond::hub::connection::MAX_FRAMES_PER_PERIOD
+/// [`MAX_FRAMES_PER_PERIOD`]: sessiond::socket::MAX_FRAMES_PER_PERIOD
 struct SmallSendBuffers {
     addr: SocketAddr,
     state: AppState,
@@ -197,7 +197,11 @@ impl SmallSendBuffers {
     /// A fresh user (an admin if `admin`) with one session: (access token, session id).
     async fn new_session(&self, admin: bool) -> (String, String) {
         let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
-        sessiond::sessions::register(&self.state, &email, PASSWORD.into(), admin, &Default::default()).await.unwrap();
+        self.state
+            .accounts
+            .register(&email, PASSWORD.into(), admin, &Default::default(), sessiond::accounts::Via::Api)
+            .await
+            .unwrap();
         let body = json!({ "email": email, "password": PASSWORD });
         let r = self.client.post(self.url("/v1/auth/login")).json(&body).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
@@ -254,7 +258,7 @@ const SERVER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn w8_a_reader_that_stops_reading_is_closed_without_delaying_others() {
-    use sessiond::hub::connection::MAX_FRAMES_PER_PERIOD;
+    use sessiond::socket::MAX_FRAMES_PER_PERIOD;
     let Some(app) = SmallSendBuffers::start().await else { return };
     let admin = app.new_session(true).await.0;
     let (a_access, a_session) = app.new_session(false).await;

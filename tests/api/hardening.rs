@@ -385,7 +385,7 @@ async fn w11_a_message_flood_is_closed_1008() {
     let Some(app) = spawn_app().await else { return };
     let t = app.new_session().await;
     let mut ws = open(&app, &t.access).await;
-    let limit = sessiond::hub::connection::MAX_FRAMES_PER_PERIOD as usize;
+    let limit = sessiond::socket::MAX_FRAMES_PER_PERIOD as usize;
     // `auth` was frame 1; send far more pings than allowed without reading.
     for _ in 0..limit * 2 {
         if ws.stream.send(Message::Text(json!({"type": "ping"}).to_string().into())).await.is_err() {

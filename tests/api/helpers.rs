@@ -252,7 +252,11 @@ impl TestApp {
     /// A fresh admin (created through the library, as the bootstrap or `user add` would) with one session.
     pub async fn new_admin(&self) -> Tokens {
         let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
-        sessiond::sessions::register(&self.state, &email, PASSWORD.into(), true, &Default::default()).await.unwrap();
+        self.state
+            .accounts
+            .register(&email, PASSWORD.into(), true, &Default::default(), sessiond::accounts::Via::Api)
+            .await
+            .unwrap();
         self.session_of(&email).await
     }
 }

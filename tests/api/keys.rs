@@ -98,18 +98,18 @@ async fn f5_denylist_entries_outlive_the_tokens_then_are_pruned() {
     app.post_auth("/v1/auth/logout", &t.access, None).await;
     // Just before exp + leeway the token is still refused as revoked (F5)…
     app.clock.advance(Duration::from_secs(300 + 29));
-    sessiond::sessions::sweep(&app.state).await.unwrap();
-    assert!(app.state.denylist.contains(&t.session_id));
+    app.state.sessions.sweep().await.unwrap();
+    assert!(app.state.sessions.denylist.contains(&t.session_id));
     assert_problem(app.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
     // …and once every token is dead the entry is pruned: memory stays bounded.
     app.clock.advance(Duration::from_secs(10));
-    sessiond::sessions::sweep(&app.state).await.unwrap();
-    assert!(!app.state.denylist.contains(&t.session_id));
+    app.state.sessions.sweep().await.unwrap();
+    assert!(!app.state.sessions.denylist.contains(&t.session_id));
     assert_problem(app.me(&t.access).await, StatusCode::UNAUTHORIZED, "token_expired").await;
     // A restart does not resurrect pruned entries but keeps live ones.
     let t2 = app.new_session().await;
     app.post_auth("/v1/auth/logout", &t2.access, None).await;
     let app = app.restart().await;
-    assert!(app.state.denylist.contains(&t2.session_id));
-    assert!(!app.state.denylist.contains(&t.session_id));
+    assert!(app.state.sessions.denylist.contains(&t2.session_id));
+    assert!(!app.state.sessions.denylist.contains(&t.session_id));
 }

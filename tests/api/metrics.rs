@@ -40,7 +40,7 @@ async fn rt10_a_scrape_does_no_database_work() {
     let Some(app) = spawn_app().await else { return };
     app.new_session().await;
     assert!(scrape(&app).await.contains("sessiond_active_sessions 0\n"), "the scrape counted sessions itself");
-    sessiond::sessions::sweep(&app.state).await.unwrap();
+    app.state.sessions.sweep().await.unwrap();
     assert!(scrape(&app).await.contains("sessiond_active_sessions 1\n"), "the sweep recounts");
 }
 

@@ -149,10 +149,10 @@ async fn the_sweep_ends_expired_sessions() {
     let Some(app) = spawn_app_with(|c| c.refresh_idle_ttl = Duration::from_secs(60)).await else { return };
     let t0 = app.new_session().await;
     app.clock.advance(Duration::from_secs(61));
-    let n = sessiond::sessions::sweep(&app.state).await.unwrap();
+    let n = app.state.sessions.sweep().await.unwrap();
     assert_eq!(n, 1);
     assert_eq!(reason(&app, &t0.session_id).await.as_deref(), Some("session_expired"));
-    assert!(app.state.denylist.contains(&t0.session_id));
+    assert!(app.state.sessions.denylist.contains(&t0.session_id));
 }
 
 #[tokio::test]
@@ -202,7 +202,7 @@ async fn f9_revoke_racing_refresh_leaves_no_live_token() {
         let path = format!("/v1/admin/sessions/{}", t.session_id);
         let (_, r) = tokio::join!(app.refresh(&t.refresh), app.delete_auth(&path, &admin.access));
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        assert!(app.state.denylist.contains(&t.session_id));
+        assert!(app.state.sessions.denylist.contains(&t.session_id));
         let next = app.refresh(&t.refresh).await;
         assert_eq!(next.status(), StatusCode::UNAUTHORIZED);
     }
@@ -225,7 +225,7 @@ async fn f9_previous_and_current_tokens_racing_a_revocation_never_fail_with_5xx(
         }
         assert!(matches!(c.status().as_u16(), 204 | 404), "revoke status {}", c.status());
         assert!(app.state.store.session(&t0.session_id).await.unwrap().unwrap().revoked_at.is_some());
-        assert!(app.state.denylist.contains(&t0.session_id));
+        assert!(app.state.sessions.denylist.contains(&t0.session_id));
     }
 }
 

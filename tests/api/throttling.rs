@@ -355,5 +355,5 @@ async fn rt12_a_login_flood_from_one_64_cannot_refuse_everyone_else() {
         refused += r;
     }
     assert!(hashed > 0 && refused > 0, "{hashed} hashed, {refused} refused");
-    assert_eq!(app.state.passwords.in_flight(), 0);
+    assert_eq!(app.state.sessions.passwords.in_flight(), 0);
 }

@@ -212,7 +212,7 @@ async fn expiry_sweep_pushes_session_expired() {
     let mut ws = open(&app, &t.access).await;
     // The socket's own token would expire first; re-auth keeps it open while the clock moves.
     app.clock.advance(Duration::from_secs(3601));
-    assert_eq!(sessiond::sessions::sweep(&app.state).await.unwrap(), 1);
+    assert_eq!(app.state.sessions.sweep().await.unwrap(), 1);
     ws.expect_logout("session_expired", &t.session_id).await;
 }
 

@@ -30,7 +30,14 @@ where
 async fn sees_instances(app: &TestApp, n: usize) {
     wait_until("instance heartbeats", || async {
         let alive_after = app.clock.now_ms() - 15_000;
-        app.state.store.postgres().unwrap().other_instances(&app.state.instance_id, alive_after).await.unwrap().len()
+        app.state
+            .store
+            .postgres()
+            .unwrap()
+            .other_instances(&app.state.sessions.instance_id, alive_after)
+            .await
+            .unwrap()
+            .len()
             == n
     })
     .await;
@@ -100,7 +107,7 @@ async fn f1_a_killed_listener_resyncs_and_still_delivers() {
 
     // Kill B's LISTEN connection, and revoke on A while it is (or may be) down.
     let mut admin = PgConnection::connect(&a.config.database_url).await.unwrap();
-    let name = sessiond::backplane::listener_name(&b.state.instance_id);
+    let name = sessiond::backplane::listener_name(&b.state.sessions.instance_id);
     let killed: Vec<bool> =
         sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
             .bind(&name)
@@ -132,7 +139,7 @@ async fn f4_a_restarted_instance_refuses_revoked_tokens_before_it_is_ready() {
 
     // Before B serves anything, its rebuilt denylist already holds the revocation.
     let state = sessiond::app::build_state(b.config.clone(), sessiond::clock::Clock::system()).await.unwrap();
-    assert!(state.denylist.contains(&t.session_id));
+    assert!(state.sessions.denylist.contains(&t.session_id));
     state.store.close().await;
     let b = another_instance(&a).await;
     assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
@@ -144,7 +151,7 @@ async fn f4_a_restarted_instance_refuses_revoked_tokens_before_it_is_ready() {
 /// The backend pid of `app`'s listener connection.
 async fn listener_pid(admin: &mut PgConnection, app: &TestApp) -> Option<i32> {
     sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
-        .bind(sessiond::backplane::listener_name(&app.state.instance_id))
+        .bind(sessiond::backplane::listener_name(&app.state.sessions.instance_id))
         .fetch_optional(admin)
         .await
         .unwrap()
@@ -165,7 +172,7 @@ async fn a_failed_read_heals(a: &TestApp, b: &TestApp, failures: u32) {
     assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
     // Past the 5 s readiness grace: a listener still marked down would be 503 by now.
     b.clock.advance(Duration::from_millis(sessiond::backplane::READY_GRACE_MS as u64 + 1_000));
-    let bp = b.state.backplane.clone().unwrap();
+    let bp = b.state.link.clone().unwrap();
     wait_until("B listens and is ready again", || async {
         bp.is_up() && b.client.get(b.url("/readyz")).send().await.unwrap().status() == StatusCode::OK
     })
@@ -248,7 +255,7 @@ async fn the_expiry_sweep_pushes_once_across_instances() {
     let mut on_b = open(&b, &t.access).await;
     a.clock.advance(Duration::from_secs(61));
     b.clock.advance(Duration::from_secs(61));
-    let (na, nb) = tokio::join!(sessiond::sessions::sweep(&a.state), sessiond::sessions::sweep(&b.state));
+    let (na, nb) = tokio::join!(a.state.sessions.sweep(), b.state.sessions.sweep());
     assert_eq!(na.unwrap() + nb.unwrap(), 1, "exactly one instance ends the session");
     on_b.expect_logout("session_expired", &t.session_id).await;
 }
@@ -289,7 +296,7 @@ async fn f3_a_listener_down_for_long_fails_closed_and_reports_not_ready() {
     let mut admin = PgConnection::connect(&admin_url).await.unwrap();
     let _restore = AllowConnections(url.clone());
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).execute(&mut admin).await.unwrap();
-    let listener = sessiond::backplane::listener_name(&b.state.instance_id);
+    let listener = sessiond::backplane::listener_name(&b.state.sessions.instance_id);
     let killed: Vec<bool> =
         sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1")
             .bind(&listener)
@@ -306,7 +313,7 @@ async fn f3_a_listener_down_for_long_fails_closed_and_reports_not_ready() {
 
     // A revocation B cannot hear about: B still refuses the token (it checks the database).
     assert_eq!(a.post_auth("/v1/auth/logout", &t.access, None).await.status(), StatusCode::NO_CONTENT);
-    assert!(!b.state.denylist.contains(&t.session_id), "no notification reached B");
+    assert!(!b.state.sessions.denylist.contains(&t.session_id), "no notification reached B");
     assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
     let live = a.new_session().await;
     assert_eq!(b.me(&live.access).await.status(), StatusCode::OK, "live sessions still work on B");
