@@ -164,7 +164,8 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let status = res.status();
     let is_problem =
         res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if status.as_u16() >= 400 && !is_problem {
+    let oauth_form = res.extensions().get::<http::oauth::OAuthBody>().is_some();
+    if status.as_u16() >= 400 && !is_problem && !oauth_form {
         let (code, detail) = match status {
             StatusCode::NOT_FOUND => ("not_found", "No such resource."),
             StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is larger than 64 KiB."),

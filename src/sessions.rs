@@ -74,6 +74,15 @@ impl std::ops::Deref for Sessions {
     }
 }
 
+/// An active token, as RFC 7662 introspection reports it.
+#[derive(Debug, Clone)]
+pub enum Introspection {
+    /// An access token sessiond itself would accept, of a live session.
+    Access(crate::tokens::jwt::Claims),
+    /// The live session's current refresh token.
+    Refresh(crate::store::LiveRefresh),
+}
+
 /// The caller of a Bearer-protected endpoint or socket: a valid access token of a live session.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
@@ -541,6 +550,57 @@ impl Sessions {
             bp.forget_acks(&req);
         }
         Ok((revoked, notified))
+    }
+
+    /// RFC 7009 revocation (docs/API.md §10): a refresh token (live or in its rotation history)
+    /// or a genuine access token, expired or not, ends its session with reason `logout`, exactly
+    /// like `POST /v1/auth/logout`. Anything else is ignored (the caller answers 200 regardless).
+    /// `hint` only orders the attempts, as the RFC allows.
+    pub async fn revoke_token(&self, token: &str, hint: Option<&str>, who: &Who) -> Result<()> {
+        let access_first = hint == Some("access_token");
+        for kind in if access_first { [true, false] } else { [false, true] } {
+            if kind {
+                if let Ok(claims) = self.keys.verify_ignoring_expiry(token, self.clock.now_secs()) {
+                    let who = Who { actor: Some(claims.sub.clone()), ..who.clone() };
+                    self.end_sessions(Selector::Session(claims.sid), Reason::Logout, false, &who).await?;
+                    return Ok(());
+                }
+            } else if let Some(rt) = RefreshToken::parse(token) {
+                if let Some(session_id) = self.store.session_of_refresh(&rt.digest()).await? {
+                    self.end_sessions(Selector::Session(session_id), Reason::Logout, false, who).await?;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// RFC 7662 introspection (docs/API.md §10): what the token is, if it is active. Read only:
+    /// nothing is rotated, extended or revoked, and a rotated-out refresh token is simply
+    /// inactive (never reuse detection).
+    pub async fn introspect(&self, token: &str, hint: Option<&str>) -> Result<Option<Introspection>> {
+        let refresh_first = hint == Some("refresh_token");
+        for refresh in if refresh_first { [true, false] } else { [false, true] } {
+            if refresh {
+                let Some(rt) = RefreshToken::parse(token) else { continue };
+                if let Some(live) = self.store.live_refresh(&rt.digest(), self.clock.now_ms()).await? {
+                    return Ok(Some(Introspection::Refresh(live)));
+                }
+            } else if let Ok(claims) = self.keys.verify_with(token, self.clock.now_secs(), false) {
+                let user = AuthUser {
+                    user_id: claims.sub.clone(),
+                    session_id: claims.sid.clone(),
+                    roles: Vec::new(),
+                    exp: claims.exp,
+                };
+                match self.check_live(&user).await {
+                    Ok(()) => return Ok(Some(Introspection::Access(claims))),
+                    Err(AppError::SessionRevoked | AppError::InvalidToken { .. }) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Logout with a refresh token: ends its session (idempotent: unknown tokens are ignored).

@@ -10,6 +10,7 @@ pub mod cookie;
 pub mod extract;
 pub mod health;
 pub mod me;
+pub mod oauth;
 pub mod pages;
 pub mod ws;
 
@@ -32,6 +33,7 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(auth::router(state))
         .merge(me::router())
         .merge(admin::router())
+        .merge(oauth::router())
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
 }
 

@@ -65,6 +65,8 @@ macro_rules! problems {
     tags(
         (name = "auth", description = "Accounts, tokens and the caller's own sessions (docs/API.md §3, §4)."),
         (name = "me", description = "The model protected resource."),
+        (name = "oauth", description = "The standard token endpoints (docs/API.md §10): RFC 7009 revocation, \
+            RFC 7662 introspection, RFC 8414 metadata. Form bodies; errors in the OAuth form."),
         (name = "admin", description = "Administration: needs an access token with the `admin` role, \
             checked in the database on every call."),
         (name = "realtime", description = "The WebSocket (docs/API.md §5)."),

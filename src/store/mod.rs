@@ -284,6 +284,12 @@ impl Store {
         on_backend!(self, b => b.live_session_user_of_refresh(hash, now).await)
     }
 
+    /// The live session whose *current* refresh token has this digest, read only (RFC 7662
+    /// introspection: nothing is rotated, extended or counted as reuse).
+    pub async fn live_refresh(&self, hash: &[u8; 32], now: Millis) -> StoreResult<Option<LiveRefresh>> {
+        on_backend!(self, b => b.live_refresh(hash, now).await)
+    }
+
     /// The client addresses of a user's sessions created after `since` (ended ones too), newest
     /// first, at most `limit`: the address proof of the login throttle (`Sessions::check_login`).
     pub async fn session_ips_since(&self, user_id: &str, since: Millis, limit: i64) -> StoreResult<Vec<String>> {

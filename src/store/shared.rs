@@ -578,6 +578,28 @@ macro_rules! shared_store {
                     .await?)
                 }
 
+                pub(crate) async fn live_refresh(
+                    &self,
+                    hash: &[u8; 32],
+                    now: Millis,
+                ) -> StoreResult<Option<crate::store::LiveRefresh>> {
+                    let row: Option<(String, String, Ts, Ts)> = sqlx::query_as(
+                        "SELECT s.id, s.user_id, s.idle_expires_at, s.absolute_expires_at \
+                         FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+                         WHERE t.token_hash = $1 AND t.rotated_at IS NULL AND s.revoked_at IS NULL \
+                           AND s.idle_expires_at > $2 AND s.absolute_expires_at > $2",
+                    )
+                    .bind(&hash[..])
+                    .bind(Ts(now))
+                    .fetch_optional(self.reader())
+                    .await?;
+                    Ok(row.map(|(session_id, user_id, idle, absolute)| crate::store::LiveRefresh {
+                        session_id,
+                        user_id,
+                        expires_at: idle.0.min(absolute.0),
+                    }))
+                }
+
                 pub(crate) async fn session_ips_since(
                     &self,
                     user_id: &str,

@@ -244,3 +244,12 @@ impl From<StoreError> for crate::error::AppError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A live session's current refresh token, as introspection reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRefresh {
+    pub session_id: String,
+    pub user_id: String,
+    /// The session's expiry: the earlier of the idle and the absolute expiry.
+    pub expires_at: Millis,
+}

@@ -204,6 +204,14 @@ impl Keys {
             sessiond_verify::verify(token, &set.verify, &self.policy, now_secs).map(|v| v.claims)
         }
     }
+
+    /// A genuine access token of ours, expired or not: every check but `exp`
+    /// ([`Policy::ignoring_expiry`]). Only for RFC 7009 revocation, where the token proves
+    /// which session to end; never to accept a request.
+    pub fn verify_ignoring_expiry(&self, token: &str, now_secs: i64) -> Result<Claims, VerifyError> {
+        let set = self.current();
+        sessiond_verify::verify(token, &set.verify, &self.policy.ignoring_expiry(), now_secs).map(|v| v.claims)
+    }
 }
 
 #[cfg(test)]

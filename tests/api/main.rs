@@ -23,6 +23,7 @@ mod hardening;
 mod jwt;
 mod keys;
 mod metrics;
+mod oauth;
 mod refresh;
 mod throttling;
 mod upgrade;

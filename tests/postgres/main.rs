@@ -34,6 +34,8 @@ mod jwt;
 mod keys;
 #[path = "../api/metrics.rs"]
 mod metrics;
+#[path = "../api/oauth.rs"]
+mod oauth;
 #[path = "../api/refresh.rs"]
 mod refresh;
 #[path = "../api/throttling.rs"]

@@ -89,6 +89,8 @@ pub struct Policy {
     audience: String,
     leeway_secs: i64,
     validation: Validation,
+    /// Expired tokens pass (see [`Policy::ignoring_expiry`]).
+    ignore_exp: bool,
 }
 
 impl Policy {
@@ -97,7 +99,17 @@ impl Policy {
     pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
         let (issuer, audience) = (issuer.into(), audience.into());
         let validation = validation(&issuer, &audience, LEEWAY_SECS);
-        Policy { issuer, audience, leeway_secs: LEEWAY_SECS, validation }
+        Policy { issuer, audience, leeway_secs: LEEWAY_SECS, validation, ignore_exp: false }
+    }
+
+    /// The same policy, except that an expired token passes: every other check stands (header,
+    /// key, signature, `iss`, `aud`, `iat`). For the one place where "a genuine token of ours,
+    /// expired or not" is the question: RFC 7009 revocation (docs/API.md §10), where the token
+    /// is the proof of the session to end. Never for accepting a request.
+    pub fn ignoring_expiry(&self) -> Self {
+        let mut validation = self.validation.clone();
+        validation.validate_exp = false;
+        Policy { validation, ignore_exp: true, ..self.clone() }
     }
 
     /// The same policy with another leeway, clamped to `0..=`[`MAX_LEEWAY_SECS`].
@@ -182,7 +194,7 @@ pub fn verify(token: &str, keys: &KeySet, policy: &Policy, now_secs: i64) -> Res
 /// The caller's clock decides `exp` and `iat`, on every verification, cached or not:
 /// expired once `exp + leeway < now`; invalid when issued more than the leeway in the future.
 pub fn check_times(claims: &Claims, policy: &Policy, now_secs: i64) -> Result<(), VerifyError> {
-    if claims.exp.saturating_add(policy.leeway_secs) < now_secs {
+    if !policy.ignore_exp && claims.exp.saturating_add(policy.leeway_secs) < now_secs {
         return Err(VerifyError::Expired);
     }
     if claims.iat > now_secs.saturating_add(policy.leeway_secs) {

@@ -475,6 +475,23 @@ fn the_leeway_is_at_most_30_seconds() {
 }
 
 #[test]
+fn ignoring_expiry_lets_only_expired_genuine_tokens_through() {
+    let f = Fixture::new();
+    let lax = f.policy.ignoring_expiry();
+    let expired = f.signed(&f.raw().set("iat", (f.now - 7200).to_string()).set("exp", (f.now - 6900).to_string()));
+    assert_eq!(verify(&expired, &f.keys, &f.policy, f.now), Err(VerifyError::Expired), "the normal rule");
+    assert_eq!(verify(&expired, &f.keys, &lax, f.now).unwrap().claims.sub, "u1");
+    // Everything else stands: a forged signature, another issuer, a future iat.
+    let mut forged = segments(&expired);
+    forged[2] = URL_SAFE_NO_PAD.encode([0u8; 64]);
+    assert!(verify(&forged.join("."), &f.keys, &lax, f.now).is_err(), "forged signature");
+    let other_iss = f.signed(&f.raw().set("iss", "\"https://evil.example\"").set("exp", (f.now - 6900).to_string()));
+    assert!(verify(&other_iss, &f.keys, &lax, f.now).is_err(), "another issuer");
+    let future = f.signed(&f.raw().set("iat", (f.now + 3600).to_string()).set("exp", (f.now + 3900).to_string()));
+    assert!(verify(&future, &f.keys, &lax, f.now).is_err(), "iat in the future");
+}
+
+#[test]
 fn j9_issuer_audience_subject_and_session_are_enforced() {
     let mut f = Fixture::new();
     let c = f.raw();

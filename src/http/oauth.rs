@@ -1,0 +1,164 @@
+//! The standard token endpoints (docs/API.md §10): RFC 7009 revocation, RFC 7662 introspection
+//! and RFC 8414 metadata. Their bodies are `application/x-www-form-urlencoded` and their errors
+//! the OAuth form `{"error": "invalid_request"}` (RFC 6749 §5.2), as the RFCs say, not
+//! problem+json: third-party OAuth clients parse them.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::Client;
+use crate::config::Config;
+use crate::error::Result;
+use crate::sessions::Sessions;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(revoke)).routes(routes!(metadata))
+}
+
+/// A response whose error body is meant as it is (the OAuth error form): the problem+json
+/// rewrite of error responses leaves it alone.
+#[derive(Clone, Copy)]
+pub struct OAuthBody;
+
+/// `{"error": "invalid_request"}` with 400, `Cache-Control: no-store` (RFC 6749 §5.2).
+pub fn invalid_request() -> Response {
+    let mut res = (StatusCode::BAD_REQUEST, Json(OAuthError { error: "invalid_request" })).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.extensions_mut().insert(OAuthBody);
+    res
+}
+
+/// The OAuth error body (RFC 6749 §5.2).
+#[derive(Serialize, ToSchema)]
+pub struct OAuthError {
+    #[schema(pattern = "^invalid_request$")]
+    error: &'static str,
+}
+
+/// The parameters of a token request: `token` and `token_type_hint`. Each at most once (RFC
+/// 6749 §3.1); an empty value counts as absent; unknown parameters are ignored.
+#[derive(Debug, Default)]
+pub struct TokenForm {
+    pub token: Option<String>,
+    pub hint: Option<String>,
+}
+
+/// The form, read from a bounded body: `Err` (the OAuth `invalid_request`) for a body that is
+/// not a form, or a repeated parameter.
+pub struct Form(pub TokenForm);
+
+impl<S: Send + Sync> FromRequest<S> for Form {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Response> {
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !is_form {
+            return Err(invalid_request());
+        }
+        let body = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                e.into_response()
+            } else {
+                invalid_request()
+            }
+        })?;
+        let mut form = TokenForm::default();
+        for (k, v) in form_urlencoded::parse(&body) {
+            let slot = match k.as_ref() {
+                "token" => &mut form.token,
+                "token_type_hint" => &mut form.hint,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(invalid_request());
+            }
+            *slot = Some(v.into_owned());
+        }
+        form.token = form.token.filter(|t| !t.is_empty());
+        form.hint = form.hint.filter(|t| !t.is_empty());
+        Ok(Form(form))
+    }
+}
+
+/// The body of a token request (RFC 7009 §2.1, RFC 7662 §2.1).
+#[derive(ToSchema)]
+#[allow(dead_code)] // (schema only: the body is read by `Form`)
+struct TokenRequest {
+    /// The token: a refresh token or an access token.
+    token: String,
+    /// `access_token` or `refresh_token`: which kind to look for first.
+    token_type_hint: Option<String>,
+}
+
+/// Revokes a token (RFC 7009).
+///
+/// No credential: the token is the proof. A refresh token (live or in its rotation history),
+/// or an access token with a valid signature (expired or not), ends its session with reason
+/// `logout`, exactly like `POST /v1/auth/logout` (denylist, sockets, the revocation feed).
+/// 200 with an empty body whatever the token was; only a missing `token` is 400.
+#[utoipa::path(
+    post,
+    path = "/oauth2/revoke",
+    tag = "oauth",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Done (or nothing to do): an empty body."),
+        (status = 400, description = "`token` is missing, or the body is not a form.", body = OAuthError),
+    )
+)]
+async fn revoke(State(sessions): State<Sessions>, client: Client, Form(form): Form) -> Result<Response> {
+    let Some(token) = form.token else { return Ok(invalid_request()) };
+    sessions.revoke_token(&token, form.hint.as_deref(), &client.who(None)).await?;
+    let mut res = StatusCode::OK.into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+/// RFC 8414 authorization server metadata.
+#[derive(Serialize, ToSchema)]
+struct Metadata {
+    issuer: String,
+    jwks_uri: String,
+    introspection_endpoint: String,
+    revocation_endpoint: String,
+    /// `["bearer"]`: a service credential (docs/API.md §8).
+    introspection_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// `["none"]`: the token is the proof.
+    revocation_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Empty: sessiond issues no authorization codes.
+    response_types_supported: Vec<&'static str>,
+}
+
+/// Authorization server metadata (RFC 8414).
+#[utoipa::path(
+    get,
+    path = "/.well-known/oauth-authorization-server",
+    tag = "oauth",
+    responses((status = 200, description = "The metadata.", body = Metadata))
+)]
+async fn metadata(State(config): State<Arc<Config>>) -> Json<Metadata> {
+    let base = config.issuer.trim_end_matches('/');
+    Json(Metadata {
+        issuer: config.issuer.clone(),
+        jwks_uri: format!("{base}/.well-known/jwks.json"),
+        introspection_endpoint: format!("{base}/oauth2/introspect"),
+        revocation_endpoint: format!("{base}/oauth2/revoke"),
+        introspection_endpoint_auth_methods_supported: vec!["bearer"],
+        revocation_endpoint_auth_methods_supported: vec!["none"],
+        response_types_supported: vec![],
+    })
+}
