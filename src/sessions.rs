@@ -577,7 +577,7 @@ pub async fn count_live_sessions(state: &AppState) {
 /// closes any local socket of those sessions: the listener's resync after a reconnect).
 pub async fn rebuild_denylist(state: &AppState) -> Result<usize> {
     let now = state.clock.now_ms();
-    let min_exp = now - crate::tokens::jwt::LEEWAY_SECS * 1000 - 1000;
+    let min_exp = crate::store::revocation_exp_floor(now);
     let revoked = state.store.revoked_since(min_exp).await?;
     apply(state, &revoked);
     Ok(revoked.len())
