@@ -59,6 +59,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         allowed_origins: Arc::new(crate::state::AllowedOrigins::new(config.allowed_origins())),
         config: Arc::new(config),
         ready: Arc::new(AtomicBool::new(false)),
+        feed: Default::default(),
     };
     self_test(&state)?;
     bootstrap_admin(&state).await?;
@@ -186,7 +187,7 @@ pub async fn serve(
     }
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop_serving = stop.clone();
-    let hub = state.hub.clone();
+    let (hub, feed) = (state.hub.clone(), state.feed.clone());
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
@@ -196,6 +197,7 @@ pub async fn serve(
             // Upgraded sockets are not HTTP connections: axum's graceful shutdown does not end
             // them (tokio-rs/axum#3003). Close them with 1012 now, in parallel with the drain.
             hub.begin_shutdown();
+            feed.close();
         })
         .await;
     state.hub.shutdown(state.config.shutdown_drain).await;

@@ -14,6 +14,8 @@
 //! - [`password`]: argon2id hashing behind a semaphore with a bounded queue.
 //! - [`limits`]: login backoff, registration and socket caps, `--trusted-proxies`.
 //! - [`audit`]: the append-only audit trail of security events.
+//! - [`service_credentials`]: the `sk_…` credentials of the app's other services; [`feed`]: the
+//!   revocation feed's per-instance wake-up source.
 //! - [`metrics`], [`telemetry`], [`clock`], [`error`], [`state`], [`cli`].
 #![forbid(unsafe_code)]
 
@@ -25,11 +27,13 @@ pub mod clock;
 pub mod config;
 pub mod denylist;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod password;
+pub mod service_credentials;
 pub mod sessions;
 pub mod state;
 pub mod store;

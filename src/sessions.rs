@@ -544,6 +544,9 @@ pub fn apply(state: &AppState, revoked: &[Revoked]) -> usize {
         state.denylist.insert(&r.session_id, r.access_expires_at, &r.reason, r.at);
     }
     state.metrics.denylist_entries.set(state.denylist.len() as i64);
+    if !revoked.is_empty() {
+        state.feed.committed();
+    }
     // After the denylist: a socket registering meanwhile re-checks it (see `hub`).
     state.hub.notify(revoked)
 }

@@ -147,6 +147,7 @@ fn openapi_document_describes_the_api() {
         ("POST", "/v1/admin/users/{id}/admin"),
         ("DELETE", "/v1/admin/users/{id}/admin"),
         ("GET", "/v1/admin/audit"),
+        ("GET", "/v1/revocations"),
         ("GET", "/v1/ws"),
         ("GET", "/.well-known/jwks.json"),
         ("GET", "/healthz"),
@@ -190,6 +191,15 @@ fn openapi_document_describes_the_api() {
         assert!(problem["required"].as_array().unwrap().contains(&Value::from(field)), "Problem.{field} required");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(doc["components"]["securitySchemes"]["service"]["scheme"], "bearer");
+    // The revocation feed takes a service credential (docs/API.md §8, §9).
+    let feed = &doc["paths"]["/v1/revocations"]["get"];
+    assert_eq!(feed["security"], serde_json::json!([{ "service": [] }]));
+    assert_eq!(feed["responses"]["401"]["headers"]["WWW-Authenticate"]["required"], true);
+    for status in ["400", "403", "503"] {
+        assert!(feed["responses"][status].is_object(), "/v1/revocations {status}");
+    }
+    assert!(doc["components"]["schemas"]["Revocation"]["properties"]["until"].is_object());
 
     for (method, path) in &expected {
         let op = &doc["paths"][path][method.to_lowercase()];

@@ -8,9 +8,11 @@ pub mod admin;
 pub mod auth;
 pub mod cookie;
 pub mod extract;
+pub mod feed;
 pub mod health;
 pub mod me;
 pub mod pages;
+pub mod service;
 pub mod ws;
 
 use std::collections::HashSet;
@@ -31,6 +33,7 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(auth::router(state))
         .merge(me::router())
         .merge(admin::router())
+        .merge(feed::router())
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
 }
 

@@ -26,6 +26,8 @@ mod credentials;
 mod errors;
 #[path = "../api/faults.rs"]
 mod faults;
+#[path = "../api/feed.rs"]
+mod feed;
 #[path = "../api/hardening.rs"]
 mod hardening;
 #[path = "../api/jwt.rs"]
@@ -36,6 +38,8 @@ mod keys;
 mod metrics;
 #[path = "../api/refresh.rs"]
 mod refresh;
+#[path = "../api/service.rs"]
+mod service;
 #[path = "../api/throttling.rs"]
 mod throttling;
 #[path = "../api/upgrade.rs"]
@@ -44,3 +48,4 @@ mod upgrade;
 mod ws;
 
 mod cluster;
+mod feed_cluster;
