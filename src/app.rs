@@ -51,6 +51,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
     let limits = crate::limits::Limits::new(&config);
     let passwords = Passwords::new(config.password_hash_concurrency);
     let hub = Hub::new(metrics.clone());
+    let feed = crate::feed::FeedSignal::default();
     let sessions = Sessions::new(crate::sessions::Parts {
         instance_id: store.instance_id().into(),
         store: store.clone(),
@@ -63,6 +64,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         clock: clock.clone(),
         config: config.clone(),
         link: link.clone(),
+        feed: feed.clone(),
     });
     let state = AppState {
         accounts: Accounts::new(store.clone(), passwords, limits.clone(), clock.clone()),
@@ -77,6 +79,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         allowed_origins: Arc::new(crate::state::AllowedOrigins::new(config.allowed_origins())),
         config,
         ready: Arc::new(AtomicBool::new(false)),
+        feed,
     };
     self_test(&state)?;
     bootstrap_admin(&state).await?;
@@ -206,7 +209,7 @@ pub async fn serve(
     }
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop_serving = stop.clone();
-    let hub = state.hub.clone();
+    let (hub, feed) = (state.hub.clone(), state.feed.clone());
     let res = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
@@ -216,6 +219,7 @@ pub async fn serve(
             // Upgraded sockets are not HTTP connections: axum's graceful shutdown does not end
             // them (tokio-rs/axum#3003). Close them with 1012 now, in parallel with the drain.
             hub.begin_shutdown();
+            feed.close();
         })
         .await;
     state.hub.shutdown(state.config.shutdown_drain).await;

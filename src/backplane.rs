@@ -250,7 +250,6 @@ pub async fn run_presence(sessions: Sessions, stop: CancellationToken) {
             if let Err(e) = pg.forget_silent_instances(now - INSTANCE_FORGET_MS).await {
                 tracing::warn!(error = %e, "forgetting dead instances failed");
             }
-            let _ = pg.prune_revocation_log(now - 24 * 3600 * 1000).await;
         }
     }
     let _ = pg.forget_instance(&sessions.instance_id).await;

@@ -1,4 +1,5 @@
-//! The subcommands of docs/API.md §1: `serve` (default), `user add`, `keys rotate`, `migrate`.
+//! The subcommands of docs/API.md §1: `serve` (default), `user add`, `keys rotate`, `migrate`,
+//! `service add|list|remove` (docs/API.md §8).
 
 use std::io::BufRead;
 
@@ -6,12 +7,12 @@ use anyhow::Context;
 
 use crate::accounts::{normalize_email, Accounts, Via};
 use crate::clock::{rfc3339, Clock};
-use crate::config::{Cli, Command, Config, KeysCommand, UserCommand};
+use crate::config::{Cli, Command, Config, KeysCommand, ServiceCommand, UserCommand};
 use crate::error::AppError;
 use crate::limits::Limits;
 use crate::password::Passwords;
 use crate::store::Store;
-use crate::{app, audit, password, tokens};
+use crate::{app, audit, password, service_credentials, tokens};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
@@ -39,7 +40,81 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("published key {kid}; it signs from {}", rfc3339(at));
             Ok(())
         }
+        Some(Command::Service(cmd)) => service(cmd, &config).await,
     }
+}
+
+/// `sessiond service add|list|remove` (docs/API.md §8).
+async fn service(cmd: ServiceCommand, config: &Config) -> anyhow::Result<()> {
+    let db = match &cmd {
+        ServiceCommand::Add { db, .. } | ServiceCommand::List { db } | ServiceCommand::Remove { db, .. } => db,
+    };
+    let store = Store::connect(db.url(config)).await?;
+    store.migrate().await?;
+    let now = Clock::system().now_ms();
+    let who = audit::Who::system();
+    let res = match cmd {
+        ServiceCommand::Add { name, scopes, .. } => {
+            match service_credentials::create(&store, now, &name, &scopes, &who).await? {
+                Some(secret) => {
+                    let list: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+                    eprintln!(
+                        "created service credential {name} ({}); its secret is below, shown this once: \
+                         store it now (only a digest of it is kept)",
+                        list.join(", ")
+                    );
+                    println!("{}", secret.as_str());
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!("a service credential named {name} already exists")),
+            }
+        }
+        ServiceCommand::List { .. } => {
+            let list = service_credentials::list(&store).await?;
+            if list.is_empty() {
+                eprintln!("no service credentials (create one with `sessiond service add NAME --scope SCOPE`)");
+            } else {
+                print!("{}", service_table(&list));
+            }
+            Ok(())
+        }
+        ServiceCommand::Remove { name, .. } => {
+            if service_credentials::remove(&store, now, &name, &who).await? {
+                eprintln!("removed service credential {name}: its secret no longer works");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("no service credential named {name}"))
+            }
+        }
+    };
+    store.close().await;
+    res
+}
+
+/// `service list`: one line per credential under a header, columns aligned.
+fn service_table(list: &[service_credentials::ServiceCredential]) -> String {
+    let rows: Vec<[String; 4]> = list
+        .iter()
+        .map(|c| {
+            let scopes: Vec<&str> = c.scopes.iter().map(|s| s.as_str()).collect();
+            let used = c.last_used_at.map_or_else(|| "never".to_string(), rfc3339);
+            [c.name.clone(), scopes.join(","), rfc3339(c.created_at), used]
+        })
+        .collect();
+    let header = ["NAME", "SCOPES", "CREATED", "LAST USED"].map(String::from);
+    let mut widths = [0; 4];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -81,6 +81,9 @@ pub enum Command {
     /// Manage signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage the credentials of the app's other services (docs/API.md §8).
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
 }
@@ -132,6 +135,33 @@ pub enum KeysCommand {
         /// cached the JWKS refuse its tokens until they refetch it.
         #[arg(long)]
         now: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service credential and print its secret (`sk_…`) on stdout, alone on one line.
+    /// It is shown this once: only a digest of it is stored.
+    Add {
+        /// 1 to 64 characters: letters, digits, '.', '_' or '-'. Unique.
+        name: crate::service_credentials::ServiceName,
+        /// What the credential may do: revocations:read (the revocation feed), introspect
+        /// (token introspection), ssf (Shared Signals). Repeat for several.
+        #[arg(long = "scope", required = true, value_name = "SCOPE")]
+        scopes: Vec<crate::service_credentials::Scope>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List the service credentials: name, scopes, created, last used (never the secret).
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Remove a service credential: its secret stops working at once, on every instance.
+    Remove {
+        name: crate::service_credentials::ServiceName,
         #[command(flatten)]
         db: DbArgs,
     },

@@ -3,8 +3,10 @@
 //! that authenticates after its session ended learns why.
 //!
 //! Invariant: an entry lives until every access token of its session has expired (the
-//! session's latest `exp` plus the verification leeway), then is pruned, so memory stays
-//! bounded by the sessions revoked within one access-token lifetime. It is rebuilt from the
+//! session's latest `exp` plus the verification leeway:
+//! [`revocation_until`](crate::store::revocation_until), the rule the revocation feed reports as
+//! `until`), then is pruned, so memory stays bounded by the sessions revoked within one
+//! access-token lifetime. It is rebuilt from the
 //! database at startup before `/readyz` turns 200.
 
 use std::sync::Arc;
@@ -12,7 +14,6 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::clock::Millis;
-use crate::tokens::jwt::LEEWAY_SECS;
 
 /// Why and when a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub struct Denylist {
 impl Denylist {
     /// Denies `session_id` until its tokens (latest `exp` = `access_expires_at`) are dead.
     pub fn insert(&self, session_id: &str, access_expires_at: Millis, reason: &str, at: Millis) {
-        let until = access_expires_at + LEEWAY_SECS * 1000 + 1000;
+        let until = crate::store::revocation_until(access_expires_at);
         self.entries
             .entry(session_id.to_string())
             .and_modify(|(u, _)| *u = (*u).max(until))

@@ -12,10 +12,12 @@
 //! - [`backplane`]: PostgreSQL LISTEN/NOTIFY between instances: resync, presence, acknowledgements.
 //! - [`sessions`]: the sessions service: login, refresh, authentication and every revocation
 //!   path ([`sessions::Sessions::publish`]); [`accounts`]: registration.
+//! - [`feed`]: the revocation feed's per-instance wake-up source.
 //! - [`hub`]: the registry of authenticated sockets and the logout push.
 //! - [`limits`], [`password`], [`denylist`], [`tokens`], [`audit`], [`store`] (one facade over
 //!   a typed backend each for SQLite and PostgreSQL), [`cluster`] (listener health and
-//!   acknowledgements), [`config`], [`reason`], [`metrics`], [`telemetry`], [`clock`], [`error`].
+//!   acknowledgements), [`service_credentials`] (the `sk_…` credentials of the app's
+//!   other services), [`config`], [`reason`], [`metrics`], [`telemetry`], [`clock`], [`error`].
 #![forbid(unsafe_code)]
 
 pub mod accounts;
@@ -28,12 +30,14 @@ pub mod cluster;
 pub mod config;
 pub mod denylist;
 pub mod error;
+pub mod feed;
 pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod password;
 pub mod reason;
+pub mod service_credentials;
 pub mod sessions;
 pub mod socket;
 pub mod state;

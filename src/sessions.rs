@@ -28,6 +28,7 @@ use crate::cluster::Link;
 use crate::config::Config;
 use crate::denylist::Denylist;
 use crate::error::{AppError, Result};
+use crate::feed::FeedSignal;
 use crate::hub::Hub;
 use crate::limits::{Limits, LoginGate};
 use crate::metrics::Metrics;
@@ -58,6 +59,8 @@ pub struct Parts {
     pub instance_id: Arc<str>,
     /// The link to the other instances (PostgreSQL); `None` on SQLite.
     pub link: Option<Arc<Link>>,
+    /// Wakes the revocation feed's followers on this instance (docs/API.md §9).
+    pub feed: FeedSignal,
 }
 
 impl Sessions {
@@ -724,6 +727,9 @@ impl Sessions {
             self.denylist.insert(&r.session_id, r.access_expires_at, &r.reason, r.at);
         }
         self.metrics.denylist_entries.set(self.denylist.len() as i64);
+        if !revoked.is_empty() {
+            self.feed.committed();
+        }
         // After the denylist: a socket registering meanwhile re-checks it (see `hub`).
         self.hub.notify(revoked)
     }
@@ -757,7 +763,7 @@ impl Sessions {
     /// closes any local socket of those sessions: the listener's resync after a reconnect).
     pub async fn rebuild_denylist(&self) -> Result<usize> {
         let now = self.clock.now_ms();
-        let min_exp = now - crate::tokens::jwt::LEEWAY_SECS * 1000 - 1000;
+        let min_exp = crate::store::revocation_exp_floor(now);
         let revoked = self.store.revoked_since(min_exp).await?;
         self.apply(&revoked);
         Ok(revoked.len())

@@ -35,6 +35,8 @@ pub struct AppState {
     pub allowed_origins: Arc<AllowedOrigins>,
     /// True once the denylist is rebuilt and the keyset loaded: `/readyz` may answer 200.
     pub ready: Arc<AtomicBool>,
+    /// Wakes the revocation feed's long polls on this instance (docs/API.md §9).
+    pub feed: crate::feed::FeedSignal,
 }
 
 /// The exact browser origins allowed, and a rate-limited warning when one is refused: a

@@ -147,6 +147,11 @@ fn openapi_document_describes_the_api() {
         ("POST", "/v1/admin/users/{id}/admin"),
         ("DELETE", "/v1/admin/users/{id}/admin"),
         ("GET", "/v1/admin/audit"),
+        ("GET", "/v1/revocations"),
+        ("GET", "/v1/revocations/stream"),
+        ("POST", "/oauth2/revoke"),
+        ("POST", "/oauth2/introspect"),
+        ("GET", "/.well-known/oauth-authorization-server"),
         ("GET", "/v1/ws"),
         ("GET", "/.well-known/jwks.json"),
         ("GET", "/healthz"),
@@ -190,6 +195,15 @@ fn openapi_document_describes_the_api() {
         assert!(problem["required"].as_array().unwrap().contains(&Value::from(field)), "Problem.{field} required");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(doc["components"]["securitySchemes"]["service"]["scheme"], "bearer");
+    // The revocation feed takes a service credential (docs/API.md §8, §9).
+    let feed = &doc["paths"]["/v1/revocations"]["get"];
+    assert_eq!(feed["security"], serde_json::json!([{ "service": [] }]));
+    assert_eq!(feed["responses"]["401"]["headers"]["WWW-Authenticate"]["required"], true);
+    for status in ["400", "403", "503"] {
+        assert!(feed["responses"][status].is_object(), "/v1/revocations {status}");
+    }
+    assert!(doc["components"]["schemas"]["Revocation"]["properties"]["until"].is_object());
 
     for (method, path) in &expected {
         let op = &doc["paths"][path][method.to_lowercase()];
@@ -197,7 +211,10 @@ fn openapi_document_describes_the_api() {
         assert!(responses.keys().any(|s| s.starts_with('2') || s == "101"), "{method} {path}: a success response");
         let protected = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
         for (status, response) in responses {
-            if status.starts_with('4') || status.starts_with('5') {
+            if path.starts_with("/oauth2/") && status == "400" {
+                // RFC 6749 §5.2: the OAuth error form, not problem+json (docs/API.md §10).
+                assert!(response["content"]["application/json"].is_object(), "{method} {path} 400: OAuth form");
+            } else if status.starts_with('4') || status.starts_with('5') {
                 assert!(
                     response["content"]["application/problem+json"].is_object(),
                     "{method} {path} {status}: problem+json"

@@ -8,10 +8,12 @@ pub mod admin;
 pub mod auth;
 pub mod cookie;
 pub mod extract;
+pub mod feed;
 pub mod health;
 pub mod me;
 pub mod oauth;
 pub mod pages;
+pub mod service;
 pub mod ws;
 
 use std::collections::HashSet;
@@ -34,6 +36,7 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(me::router())
         .merge(admin::router())
         .merge(oauth::router())
+        .merge(feed::router())
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
 }
 

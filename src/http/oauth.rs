@@ -1,7 +1,8 @@
 //! The standard token endpoints (docs/API.md §10): RFC 7009 revocation, RFC 7662 introspection
 //! and RFC 8414 metadata. Their bodies are `application/x-www-form-urlencoded` and their errors
 //! the OAuth form `{"error": "invalid_request"}` (RFC 6749 §5.2), as the RFCs say, not
-//! problem+json: third-party OAuth clients parse them.
+//! problem+json: third-party OAuth clients parse them. (A missing or wrong service credential
+//! on introspection is a service endpoint's 401/403 problem, docs/API.md §8.)
 
 use std::sync::Arc;
 
@@ -15,13 +16,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::Client;
+use super::service::ServiceCaller;
 use crate::config::Config;
 use crate::error::Result;
-use crate::sessions::Sessions;
+use crate::service_credentials::Scope;
+use crate::sessions::{Introspection, Sessions};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::default().routes(routes!(revoke)).routes(routes!(metadata))
+    OpenApiRouter::default().routes(routes!(revoke)).routes(routes!(introspect)).routes(routes!(metadata))
 }
 
 /// A response whose error body is meant as it is (the OAuth error form): the problem+json
@@ -98,7 +101,8 @@ impl<S: Send + Sync> FromRequest<S> for Form {
 #[derive(ToSchema)]
 #[allow(dead_code)] // (schema only: the body is read by `Form`)
 struct TokenRequest {
-    /// The token: a refresh token or an access token.
+    /// The token: a refresh token or an access token (empty counts as absent: 400).
+    #[schema(min_length = 1)]
     token: String,
     /// `access_token` or `refresh_token`: which kind to look for first.
     token_type_hint: Option<String>,
@@ -124,6 +128,114 @@ async fn revoke(State(sessions): State<Sessions>, client: Client, Form(form): Fo
     let Some(token) = form.token else { return Ok(invalid_request()) };
     sessions.revoke_token(&token, form.hint.as_deref(), &client.who(None)).await?;
     let mut res = StatusCode::OK.into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+/// An introspection answer (RFC 7662 §2.2): `{"active": false}` and nothing more, or the
+/// token's facts.
+#[derive(Serialize, ToSchema)]
+struct IntrospectionResponse {
+    active: bool,
+    /// `access_token` or `refresh_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    token_type: Option<&'static str>,
+    /// The user id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    sub: Option<String>,
+    /// The session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    sid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    aud: Option<String>,
+    /// Seconds since the Unix epoch: the access token's `exp`, or the session's expiry for a
+    /// refresh token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    exp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    iat: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    jti: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    roles: Option<Vec<String>>,
+}
+
+impl IntrospectionResponse {
+    fn inactive() -> Self {
+        IntrospectionResponse {
+            active: false,
+            token_type: None,
+            sub: None,
+            sid: None,
+            iss: None,
+            aud: None,
+            exp: None,
+            iat: None,
+            jti: None,
+            roles: None,
+        }
+    }
+}
+
+problems!(IntrospectProblems: InvalidToken, Forbidden, Unavailable);
+
+/// Introspects a token (RFC 7662).
+///
+/// Needs a service credential with the scope `introspect`. An access token that sessiond itself
+/// would accept, of a live session, or a live session's current refresh token is active;
+/// anything else (malformed, forged, expired, rotated out, revoked, unknown) is
+/// `{"active": false}`. Read only: nothing is rotated, extended or revoked, and a rotated-out
+/// refresh token never counts as reuse here.
+#[utoipa::path(
+    post,
+    path = "/oauth2/introspect",
+    tag = "oauth",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    security(("service" = [])),
+    responses(
+        (status = 200, description = "The token's state.", body = IntrospectionResponse),
+        (status = 400, description = "`token` is missing, or the body is not a form.", body = OAuthError),
+        IntrospectProblems,
+    )
+)]
+async fn introspect(caller: ServiceCaller, State(sessions): State<Sessions>, Form(form): Form) -> Result<Response> {
+    caller.require(Scope::Introspect)?;
+    let Some(token) = form.token else { return Ok(invalid_request()) };
+    let answer = match sessions.introspect(&token, form.hint.as_deref()).await? {
+        None => IntrospectionResponse::inactive(),
+        Some(Introspection::Access(c)) => IntrospectionResponse {
+            active: true,
+            token_type: Some("access_token"),
+            sub: Some(c.sub),
+            sid: Some(c.sid),
+            iss: Some(c.iss),
+            aud: Some(c.aud),
+            exp: Some(c.exp),
+            iat: Some(c.iat),
+            jti: Some(c.jti),
+            roles: Some(c.roles),
+        },
+        Some(Introspection::Refresh(r)) => IntrospectionResponse {
+            active: true,
+            token_type: Some("refresh_token"),
+            sub: Some(r.user_id),
+            sid: Some(r.session_id),
+            exp: Some(r.expires_at.div_euclid(1000)),
+            ..IntrospectionResponse::inactive()
+        },
+    };
+    let mut res = Json(answer).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }

@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 /// In a refresh rotation, after the presented token is marked rotated and before its successor
 /// is inserted.
 pub const ROTATE_AFTER_MARK: &str = "rotate_after_mark";
+/// In a revocation, after the ended sessions are appended to the revocation log (and, on
+/// PostgreSQL, before the `NOTIFY`): the whole revocation must roll back, log entries included.
+pub const REVOKE_AFTER_LOG: &str = "revoke_after_log";
 /// [`PgStore::revocations_in`](super::PgStore::revocations_in): the backplane's read of notified
 /// ranges of the revocation log (a pool timeout or a refused `SELECT` in production).
 pub const REVOCATIONS_READ: &str = "revocations_read";

@@ -4,8 +4,8 @@
 //! the URL, each with its own typed pool:
 //! - [`sqlite`]: an embedded file for one instance (one writer connection with
 //!   `BEGIN IMMEDIATE`, a reader pool, PRAGMAs, WAL checkpoints in the background);
-//! - [`postgres`]: a database shared by many instances (row locks, the revocation log and
-//!   `NOTIFY`, presence, the listener connection). What only PostgreSQL has is reached through
+//! - [`postgres`]: a database shared by many instances (row locks, the revocation log's ids
+//!   under an advisory lock and `NOTIFY`, presence, the listener connection). What only PostgreSQL has is reached through
 //!   [`Store::postgres`], never through the facade.
 //!
 //! The statements both run are written once, in [`shared`], and expanded for each backend; what
@@ -264,6 +264,64 @@ impl Store {
     /// Revoked sessions some of whose access tokens may still be unexpired at `min_exp`.
     pub async fn revoked_since(&self, min_exp: Millis) -> StoreResult<Vec<Revoked>> {
         on_backend!(self, b => b.revoked_since(min_exp).await)
+    }
+
+    // ---- the revocation log (docs/API.md §9) ----
+    //
+    // Every revocation appends one entry per ended session in the transaction that ends it
+    // (`revoke_in` of each backend). Cursors are log ids, which grow in commit order: on
+    // SQLite because one writer commits at a time, on PostgreSQL because ids are allocated
+    // under an advisory lock held until commit (see `PgStore::revoke_in`).
+
+    /// The newest cursor (0 for an empty log). Never moves back: the expiry sweep keeps the
+    /// newest entry.
+    pub async fn revocation_head(&self) -> StoreResult<i64> {
+        on_backend!(self, b => b.revocation_head().await)
+    }
+
+    /// Entries after `cursor`, oldest first, at most `limit`.
+    pub async fn revocations_after(&self, cursor: i64, limit: i64) -> StoreResult<Vec<LogEntry>> {
+        on_backend!(self, b => b.revocations_after(cursor, limit).await)
+    }
+
+    /// Every entry still in force at `now` (`until` after it), oldest first, and the head they
+    /// were read at: the cursor to follow from.
+    pub async fn revocations_snapshot(&self, now: Millis) -> StoreResult<(Vec<LogEntry>, i64)> {
+        on_backend!(self, b => b.revocations_snapshot(now).await)
+    }
+
+    // ---- service credentials (docs/API.md §8) ----
+
+    /// Stores a credential (only the digest of its secret); false when the name is taken.
+    pub async fn create_service_credential(
+        &self,
+        name: &str,
+        digest: &[u8; 32],
+        scopes: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        on_backend!(self, b => b.create_service_credential(name, digest, scopes, now).await)
+    }
+
+    /// Every credential, by name.
+    pub async fn service_credentials(&self) -> StoreResult<Vec<ServiceCredentialRow>> {
+        on_backend!(self, b => b.service_credentials().await)
+    }
+
+    /// Deletes a credential; false when there is none of that name.
+    pub async fn remove_service_credential(&self, name: &str) -> StoreResult<bool> {
+        on_backend!(self, b => b.remove_service_credential(name).await)
+    }
+
+    /// The credential whose secret has this SHA-256 digest.
+    pub async fn service_credential_by_digest(&self, digest: &[u8; 32]) -> StoreResult<Option<ServiceCredentialRow>> {
+        on_backend!(self, b => b.service_credential_by_digest(digest).await)
+    }
+
+    /// Sets `last_used_at` to `now` unless it is already after `unless_after` (so racing
+    /// requests and instances write it at most once per period).
+    pub async fn touch_service_credential(&self, name: &str, now: Millis, unless_after: Millis) -> StoreResult<()> {
+        on_backend!(self, b => b.touch_service_credential(name, now, unless_after).await)
     }
 
     // ---- refresh tokens ----

@@ -2,10 +2,11 @@
 //!
 //! One pool serves reads and writes; write transactions take row locks where they read what
 //! they are about to change (see `read_presented`, `user_for_session`,
-//! `admin_flag_for_update`). Every revocation is also appended to the `revocations` log and
-//! announced with `NOTIFY` in the transaction that makes it, so other instances apply it (the
-//! backplane, `src/backplane.rs`). The operations only a cluster has — reading that log,
-//! presence and heartbeats, notifications, the listener connection — exist on [`PgStore`]
+//! `admin_flag_for_update`). Every revocation is appended to the `revocations` log (ids in
+//! commit order, under an advisory lock: see `revoke_in`) and announced with `NOTIFY` in the
+//! transaction that makes it, so other instances apply it (the backplane, `src/backplane.rs`)
+//! and the revocation feed serves it (docs/API.md §9). The operations only a cluster has —
+//! reading notified ranges of that log, presence and heartbeats, notifications, the listener connection — exist on [`PgStore`]
 //! alone, reached through [`Store::postgres`](super::Store::postgres). Times are `timestamptz`,
 //! flags `boolean` (migration 0004).
 //!
@@ -19,7 +20,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
-use super::shared::{revoke_update, shared_store, Presented, RevokedRow, TokenRow, ADMIN_FLAG, SESSION_COLS};
+use super::shared::{
+    log_insert, revoke_update, shared_store, Presented, RevokedRow, TokenRow, ADMIN_FLAG, SESSION_COLS,
+};
 use super::shared::{TOKEN_COLS, USER_FOR_SESSION};
 use super::{Millis, Revoked, Selector, SessionRow, StoreError, StoreResult, Ts, UserRow};
 
@@ -27,6 +30,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// The `NOTIFY` channel of revocations.
 pub const REVOCATIONS_CHANNEL: &str = "sessiond_revocations";
+
+/// The transaction-level advisory lock under which revocation log ids are allocated (see
+/// `PgStore::revoke_in`). Signing-key creation uses 7305813.
+const REVOCATION_LOG_LOCK: i64 = 7_305_814;
 
 /// How long the first connection may take before `connect` gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,9 +114,22 @@ impl PgStore {
     }
 
     /// Ends the selected sessions, appends them to the revocation log and announces the log's
-    /// id range, in one statement and the caller's transaction (nothing is announced on
-    /// rollback; `NOTIFY` is delivered at commit). The note carries this instance's id and, for
-    /// an admin logout, the `request` id that other instances acknowledge.
+    /// id range, in the caller's transaction (nothing is logged or announced on rollback;
+    /// `NOTIFY` is delivered at commit). The note carries this instance's id and, for an admin
+    /// logout, the `request` id that other instances acknowledge.
+    ///
+    /// Log ids grow in commit order (docs/API.md §9: a follower that has seen id N must never
+    /// later find a new entry below N). A sequence hands out ids in the order transactions
+    /// *ask*, not the order they commit: two revoking transactions could take ids 7 and 8 and
+    /// commit 8 first, and a follower reading in between would move its cursor past 7 for
+    /// ever. So the ids are taken under a transaction-level advisory lock
+    /// ([`REVOCATION_LOG_LOCK`]), held until commit or rollback: the next appender waits until
+    /// this transaction's entries are visible before it allocates its own. It is the last lock
+    /// a revocation takes, after every row lock (the sessions' here, the user's or the token's
+    /// earlier in the transaction), and the transaction only commits after it, so a holder
+    /// never waits for a lock another appender holds: no lock cycle, no deadlock. The cost is
+    /// that revoking commits that append (not other writes) run one at a time across the
+    /// cluster, one commit (WAL flush) each.
     ///
     /// It touches no refresh-token rows: every writer locks a session row before any of its
     /// token rows (see `read_presented`), so a revocation never waits on a refresh in a cycle;
@@ -122,27 +142,28 @@ impl PgStore {
         now: Millis,
         request: Option<&str>,
     ) -> StoreResult<Vec<Revoked>> {
-        #[derive(sqlx::FromRow)]
-        struct Logged {
-            #[sqlx(flatten)]
-            row: RevokedRow,
-            log_from: Option<i64>,
-            log_to: Option<i64>,
+        let sql = revoke_update(sel, reason);
+        let rows: Vec<RevokedRow> = shared::bind_selector(&sql, sel, reason, now).fetch_all(&mut *tx).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
-        let sql = format!(
-            "WITH r AS ({}), \
-                  l AS (INSERT INTO revocations (session_id, user_id, reason, at, access_expires_at) \
-                        SELECT id, user_id, $2, $1, access_expires_at FROM r RETURNING id) \
-             SELECT r.id, r.user_id, r.access_expires_at, \
-                    (SELECT MIN(id) FROM l) AS log_from, (SELECT MAX(id) FROM l) AS log_to FROM r",
-            revoke_update(sel, reason)
-        );
-        let rows: Vec<Logged> = shared::bind_selector(&sql, sel, reason, now).fetch_all(&mut *tx).await?;
-        let Some(first) = rows.first() else { return Ok(Vec::new()) };
-        let (from, to) = (first.log_from.unwrap_or(0), first.log_to.unwrap_or(0));
-        let note = serde_json::json!({ "from": from, "to": to, "origin": &*self.instance_id, "req": request });
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REVOCATION_LOG_LOCK).execute(&mut *tx).await?;
+        let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let (from, to): (Option<i64>, Option<i64>) = sqlx::query_as(&format!(
+            "WITH l AS ({} RETURNING id) SELECT MIN(id), MAX(id) FROM l",
+            log_insert("= ANY($1::text[])")
+        ))
+        .bind(&ids)
+        .bind(reason)
+        .bind(Ts(now))
+        .fetch_one(&mut *tx)
+        .await?;
+        // Tests: a fault after the log rows are written must leave neither them nor the
+        // revocation behind.
+        crate::store::fail_at!(self.failpoints, super::failpoint::REVOKE_AFTER_LOG);
+        let note = serde_json::json!({ "from": from.unwrap_or(0), "to": to.unwrap_or(0), "origin": &*self.instance_id, "req": request });
         self.notify_in(tx, REVOCATIONS_CHANNEL, &note.to_string()).await?;
-        Ok(rows.into_iter().map(|l| l.row.revoked(reason, now)).collect())
+        Ok(rows.into_iter().map(|r| r.revoked(reason, now)).collect())
     }
 
     /// Locks the session row first, then the token row, in two statements. Every writer that
@@ -231,12 +252,6 @@ impl PgStore {
                 (id, Revoked { session_id, user_id, access_expires_at: exp.0, reason, at: at.0 })
             })
             .collect())
-    }
-
-    /// Drops revocation log rows older than `before` (their tokens are long dead).
-    pub async fn prune_revocation_log(&self, before: Millis) -> StoreResult<u64> {
-        let r = sqlx::query("DELETE FROM revocations WHERE at < $1").bind(Ts(before)).execute(&self.pool).await?;
-        Ok(r.rows_affected())
     }
 
     /// Records this instance's heartbeat and updates its presence rows (sessions with a socket

@@ -13,8 +13,9 @@
 //! as these methods of its store:
 //! - `begin()`: SQLite `BEGIN IMMEDIATE` on its one writer connection (every other writer
 //!   waits, so its reads need no lock); PostgreSQL a plain transaction whose reads lock rows;
-//! - `revoke_in(tx, selector, reason, now, request)`: SQLite ends the sessions; PostgreSQL also
-//!   appends them to the revocation log and sends `NOTIFY`, in the same transaction;
+//! - `revoke_in(tx, selector, reason, now, request)`: ends the sessions and appends them to the
+//!   revocation log ([`log_insert`]); PostgreSQL allocates the log ids under an advisory lock
+//!   (commit order) and sends `NOTIFY`, in the same transaction;
 //! - `read_presented(tx, hash)`: a refresh token, its session and the user's disabled flag
 //!   (SQLite: one join; PostgreSQL: the session row locked before the token row);
 //! - `user_for_session(tx, user_id, version)`: session creation's credential check
@@ -190,6 +191,47 @@ impl RevokedRow {
     }
 }
 
+/// The columns of [`LogRow`] in a `SELECT` from `revocations`.
+pub(super) const LOG_COLS: &str = "id, session_id, user_id, reason, at, access_expires_at";
+
+/// A row of the revocation log.
+#[derive(sqlx::FromRow)]
+pub(super) struct LogRow {
+    pub id: i64,
+    pub session_id: String,
+    pub user_id: String,
+    pub reason: String,
+    #[sqlx(try_from = "super::Ts")]
+    pub at: crate::clock::Millis,
+    #[sqlx(try_from = "super::Ts")]
+    pub access_expires_at: crate::clock::Millis,
+}
+
+impl LogRow {
+    pub fn entry(self) -> super::LogEntry {
+        super::LogEntry {
+            cursor: self.id,
+            session_id: self.session_id,
+            user_id: self.user_id,
+            reason: self.reason,
+            at: self.at,
+            until: super::revocation_until(self.access_expires_at),
+        }
+    }
+}
+
+/// Appends the sessions `ids` (just ended by [`revoke_update`], in the caller's transaction) to
+/// the revocation log: `$1` the ids (bound per backend: a `text[]` on PostgreSQL, a JSON array
+/// read with `json_each` on SQLite, as `ids_in` says), `$2` the reason, `$3` the time they ended.
+/// The values come from the session rows just updated (the transaction holds them), so the log
+/// says exactly what the sessions say.
+pub(super) fn log_insert(ids_in: &str) -> String {
+    format!(
+        "INSERT INTO revocations (session_id, user_id, reason, at, access_expires_at) \
+         SELECT id, user_id, $2, $3, access_expires_at FROM sessions WHERE id {ids_in} ORDER BY id"
+    )
+}
+
 /// Expands to the shared statements and transactions as methods of the backend store `$Store`
 /// (over the database `$DB`, whose connection type is `$Conn`), in a module `shared` of the
 /// backend that also holds the helpers its transactions use. `$Store` provides `reader()`,
@@ -205,8 +247,8 @@ macro_rules! shared_store {
             use $crate::clock::Millis;
             use $crate::store::shared::*;
             use $crate::store::{
-                AuditRow, KeyRow, NewAuditEvent, NewSession, Revoked, RotateOutcome, Rotation, Selector, SessionRow,
-                StoreError, StoreResult, Ts, UserRow, UserSummary,
+                AuditRow, KeyRow, LogEntry, NewAuditEvent, NewSession, Revoked, RotateOutcome, Rotation, Selector,
+                ServiceCredentialRow, SessionRow, StoreError, StoreResult, Ts, UserRow, UserSummary,
             };
 
             type Conn = $Conn;
@@ -511,6 +553,19 @@ macro_rules! shared_store {
                     .bind(Ts(now - grace))
                     .execute(self.writer())
                     .await?;
+                    // Log entries past their `until` are useless to every reader: a follower
+                    // drops them (docs/API.md §9), and the PostgreSQL backplane reads only the
+                    // ranges just notified, whose sessions have no socket left once their
+                    // tokens are dead (a socket closes at its token's `exp`, within the leeway).
+                    // The newest entry stays whatever its age, so the head (the cursor a
+                    // follower may hold) never moves back.
+                    sqlx::query(
+                        "DELETE FROM revocations WHERE access_expires_at <= $1 \
+                           AND id < (SELECT MAX(id) FROM revocations)",
+                    )
+                    .bind(Ts($crate::store::revocation_exp_floor(now)))
+                    .execute(self.writer())
+                    .await?;
                     Ok(revoked)
                 }
 
@@ -532,6 +587,112 @@ macro_rules! shared_store {
                             at: at.0,
                         })
                         .collect())
+                }
+
+                // ---- the revocation log (docs/API.md §9) ----
+
+                pub(crate) async fn revocation_head(&self) -> StoreResult<i64> {
+                    Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM revocations")
+                        .fetch_one(self.reader())
+                        .await?)
+                }
+
+                pub(crate) async fn revocations_after(&self, cursor: i64, limit: i64) -> StoreResult<Vec<LogEntry>> {
+                    let rows: Vec<LogRow> =
+                        sqlx::query_as(&format!("SELECT {LOG_COLS} FROM revocations WHERE id > $1 ORDER BY id LIMIT $2"))
+                            .bind(cursor)
+                            .bind(limit)
+                            .fetch_all(self.reader())
+                            .await?;
+                    Ok(rows.into_iter().map(LogRow::entry).collect())
+                }
+
+                pub(crate) async fn revocations_snapshot(&self, now: Millis) -> StoreResult<(Vec<LogEntry>, i64)> {
+                    // Ids grow in commit order on both backends: everything committed after
+                    // the head was read has a larger id, so "in force and at most the head"
+                    // is the exact set a follower needs before it follows from the head.
+                    let head = self.revocation_head().await?;
+                    let rows: Vec<LogRow> = sqlx::query_as(&format!(
+                        "SELECT {LOG_COLS} FROM revocations WHERE id <= $1 AND access_expires_at > $2 ORDER BY id"
+                    ))
+                    .bind(head)
+                    .bind(Ts($crate::store::revocation_exp_floor(now)))
+                    .fetch_all(self.reader())
+                    .await?;
+                    Ok((rows.into_iter().map(LogRow::entry).collect(), head))
+                }
+
+                // ---- service credentials (docs/API.md §8) ----
+
+                pub(crate) async fn create_service_credential(
+                    &self,
+                    name: &str,
+                    digest: &[u8; 32],
+                    scopes: &str,
+                    now: Millis,
+                ) -> StoreResult<bool> {
+                    let res = sqlx::query(
+                        "INSERT INTO service_credentials (name, secret_digest, scopes, created_at) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(name)
+                    .bind(&digest[..])
+                    .bind(scopes)
+                    .bind(Ts(now))
+                    .execute(self.writer())
+                    .await;
+                    match res {
+                        Ok(_) => Ok(true),
+                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+
+                pub(crate) async fn service_credentials(&self) -> StoreResult<Vec<ServiceCredentialRow>> {
+                    Ok(sqlx::query_as(
+                        "SELECT name, scopes, created_at, last_used_at FROM service_credentials ORDER BY name",
+                    )
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                pub(crate) async fn remove_service_credential(&self, name: &str) -> StoreResult<bool> {
+                    let r = sqlx::query("DELETE FROM service_credentials WHERE name = $1")
+                        .bind(name)
+                        .execute(self.writer())
+                        .await?;
+                    Ok(r.rows_affected() == 1)
+                }
+
+                pub(crate) async fn service_credential_by_digest(
+                    &self,
+                    digest: &[u8; 32],
+                ) -> StoreResult<Option<ServiceCredentialRow>> {
+                    Ok(sqlx::query_as(
+                        "SELECT name, scopes, created_at, last_used_at FROM service_credentials \
+                         WHERE secret_digest = $1",
+                    )
+                    .bind(&digest[..])
+                    .fetch_optional(self.reader())
+                    .await?)
+                }
+
+                pub(crate) async fn touch_service_credential(
+                    &self,
+                    name: &str,
+                    now: Millis,
+                    unless_after: Millis,
+                ) -> StoreResult<()> {
+                    sqlx::query(
+                        "UPDATE service_credentials SET last_used_at = $1 \
+                         WHERE name = $2 AND (last_used_at IS NULL OR last_used_at <= $3)",
+                    )
+                    .bind(Ts(now))
+                    .bind(name)
+                    .bind(Ts(unless_after))
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
                 }
 
                 // ---- refresh tokens ----

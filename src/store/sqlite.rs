@@ -20,9 +20,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::shared::{
-    revoke_update, shared_store, Presented, RevokedRow, TokenRow, ADMIN_FLAG, TOKEN_COLS, USER_FOR_SESSION,
+    log_insert, revoke_update, shared_store, Presented, RevokedRow, TokenRow, ADMIN_FLAG, TOKEN_COLS, USER_FOR_SESSION,
 };
-use super::{Millis, OptTs, Revoked, Selector, SessionRow, StoreError, StoreResult, UserRow};
+use super::{Millis, OptTs, Revoked, Selector, SessionRow, StoreError, StoreResult, Ts, UserRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -98,8 +98,12 @@ impl SqliteStore {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// Ends the selected sessions. There is no log to append and no one to notify: the one
-    /// instance publishes its own revocations.
+    /// Ends the selected sessions and appends them to the revocation log, in the caller's
+    /// transaction (nothing is logged on rollback). Log ids grow in commit order without any
+    /// lock of ours: SQLite has one writer at a time, and this runs inside a `BEGIN IMMEDIATE`
+    /// transaction, so no other transaction can allocate an id until this one has committed
+    /// (docs/API.md §9). There is no one to notify: the one instance publishes its own
+    /// revocations.
     async fn revoke_in(
         &self,
         tx: &mut SqliteConnection,
@@ -110,6 +114,20 @@ impl SqliteStore {
     ) -> StoreResult<Vec<Revoked>> {
         let sql = revoke_update(sel, reason);
         let rows: Vec<RevokedRow> = shared::bind_selector(&sql, sel, reason, now).fetch_all(&mut *tx).await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Db(sqlx::Error::Encode(e.into())))?;
+        sqlx::query(&log_insert("IN (SELECT value FROM json_each($1))"))
+            .bind(ids)
+            .bind(reason)
+            .bind(Ts(now))
+            .execute(&mut *tx)
+            .await?;
+        // Tests: a fault after the log rows are written must leave neither them nor the
+        // revocation behind.
+        crate::store::fail_at!(self.failpoints, super::failpoint::REVOKE_AFTER_LOG);
         Ok(rows.into_iter().map(|r| r.revoked(reason, now)).collect())
     }
 

@@ -133,6 +133,51 @@ pub struct Revoked {
     pub at: Millis,
 }
 
+/// How long after the latest `exp` of a session's access tokens one of them can still be
+/// accepted: the verification leeway, plus a second because `exp` is whole seconds (a token
+/// whose `exp` is second `e` verifies until the end of second `e + leeway`).
+pub const UNTIL_AFTER_ACCESS_EXPIRY_MS: Millis = sessiond_verify::LEEWAY_SECS * 1000 + 1000;
+
+/// The `until` of a revocation (docs/API.md §9): the instant after which no access token of the
+/// session can still be valid, from the latest `exp` (ms) of its access tokens. The one place
+/// this rule is written: the denylist keeps an entry until then, the revocation log reports it
+/// and is pruned by it.
+pub fn revocation_until(access_expires_at: Millis) -> Millis {
+    access_expires_at.saturating_add(UNTIL_AFTER_ACCESS_EXPIRY_MS)
+}
+
+/// The largest `access_expires_at` whose revocation is no longer in force at `now`:
+/// `revocation_until(e) > now` exactly when `e > revocation_exp_floor(now)` (the inverse of
+/// [`revocation_until`], for SQL that selects by the stored `access_expires_at`).
+pub fn revocation_exp_floor(now: Millis) -> Millis {
+    now.saturating_sub(UNTIL_AFTER_ACCESS_EXPIRY_MS)
+}
+
+/// One entry of the revocation log (docs/API.md §9): a session that a committed transaction
+/// ended. Entries are ordered by `cursor`, which grows in commit order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub cursor: i64,
+    pub session_id: String,
+    pub user_id: String,
+    pub reason: String,
+    pub at: Millis,
+    /// See [`revocation_until`].
+    pub until: Millis,
+}
+
+/// A service credential as stored, without its digest (docs/API.md §8).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ServiceCredentialRow {
+    pub name: String,
+    /// Space-separated scopes.
+    pub scopes: String,
+    #[sqlx(try_from = "super::Ts")]
+    pub created_at: Millis,
+    #[sqlx(try_from = "super::OptTs")]
+    pub last_used_at: Option<Millis>,
+}
+
 /// Inputs of one refresh rotation.
 pub struct Rotation {
     pub now: Millis,

@@ -119,3 +119,105 @@ async fn rfc7009_a_request_without_a_token_is_invalid_request_in_the_oauth_form(
     }
     assert_eq!(app.me(&t.access).await.status(), StatusCode::OK, "nothing was revoked");
 }
+
+async fn introspect(app: &TestApp, credential: &str, body: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/oauth2/introspect"))
+        .bearer_auth(credential)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn introspected(app: &TestApp, credential: &str, body: &str) -> Value {
+    let r = introspect(app, credential, body).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    r.json().await.unwrap()
+}
+
+fn claims_of(access: &str) -> Value {
+    use base64::Engine;
+    let payload = access.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn rfc7662_live_tokens_are_active_with_their_claims() {
+    use sessiond::service_credentials::Scope;
+    let Some(app) = spawn_app().await else { return };
+    let cred = crate::service::credential(&app, "api", &[Scope::Introspect]).await;
+    let t = app.new_session().await;
+    let a = introspected(&app, &cred, &form(&t.access)).await;
+    let c = claims_of(&t.access);
+    assert_eq!(a["active"], true);
+    assert_eq!(a["token_type"], "access_token");
+    for k in ["sub", "sid", "iss", "aud", "exp", "iat", "jti", "roles"] {
+        assert_eq!(a[k], c[k], "{k}: {a}");
+    }
+    let r = introspected(&app, &cred, &format!("{}&token_type_hint=refresh_token", form(&t.refresh))).await;
+    assert_eq!(r["active"], true, "{r}");
+    assert_eq!(r["token_type"], "refresh_token");
+    assert_eq!((&r["sub"], &r["sid"]), (&json!(t.user_id), &json!(t.session_id)));
+    let expires_in = t.raw["refresh_expires_in"].as_i64().unwrap();
+    let exp = r["exp"].as_i64().unwrap();
+    let now = app.clock.now_ms() / 1000;
+    assert!((exp - (now + expires_in)).abs() <= 2, "exp {exp} vs now + {expires_in}");
+    assert_eq!(r.as_object().unwrap().len(), 5, "only the refresh token's fields: {r}");
+}
+
+#[tokio::test]
+async fn rfc7662_introspection_changes_nothing_and_never_detects_reuse() {
+    use sessiond::service_credentials::Scope;
+    let Some(app) = spawn_app().await else { return };
+    let cred = crate::service::credential(&app, "api", &[Scope::Introspect]).await;
+    let t = app.new_session().await;
+    let next = Tokens::from(app.refresh(&t.refresh).await.json::<Value>().await.unwrap());
+    let counts = app.state.store.refresh_token_counts(&t.session_id).await.unwrap();
+    for _ in 0..3 {
+        let old = introspected(&app, &cred, &form(&t.refresh)).await;
+        assert_eq!(old, json!({ "active": false }), "a rotated-out token is inactive, nothing more");
+        assert_eq!(introspected(&app, &cred, &form(&next.refresh)).await["active"], true);
+    }
+    assert_eq!(app.state.store.refresh_token_counts(&t.session_id).await.unwrap(), counts, "nothing rotated");
+    assert_eq!(app.me(&next.access).await.status(), StatusCode::OK, "no reuse detection");
+    assert!(app.refresh(&next.refresh).await.status().is_success(), "the live token still rotates");
+}
+
+#[tokio::test]
+async fn rfc7662_dead_tokens_are_inactive_and_nothing_more() {
+    use sessiond::service_credentials::Scope;
+    let Some(app) = spawn_app().await else { return };
+    let cred = crate::service::credential(&app, "api", &[Scope::Introspect]).await;
+    let revoked = app.new_session().await;
+    assert_eq!(app.post_auth("/v1/auth/logout", &revoked.access, None).await.status(), StatusCode::NO_CONTENT);
+    let expired = app.new_session().await;
+    let mut forged = expired.access.clone();
+    forged.pop();
+    forged.push('A');
+    let inactive = json!({ "active": false });
+    for token in [revoked.access.as_str(), revoked.refresh.as_str(), forged.as_str(), "garbage", "rt_x", &cred] {
+        assert_eq!(introspected(&app, &cred, &form(token)).await, inactive, "{token}");
+    }
+    app.clock.advance(app.state.config.access_ttl + Duration::from_secs(60));
+    assert_eq!(introspected(&app, &cred, &form(&expired.access)).await, inactive, "expired");
+    assert_eq!(introspected(&app, &cred, &form(&expired.refresh)).await["active"], true, "its session lives");
+}
+
+#[tokio::test]
+async fn rfc7662_needs_a_service_credential_with_the_scope() {
+    use sessiond::service_credentials::Scope;
+    let Some(app) = spawn_app().await else { return };
+    let t = app.new_session().await;
+    let feed_only = crate::service::credential(&app, "feed", &[Scope::RevocationsRead]).await;
+    let body = form(&t.access);
+    assert_problem(introspect(&app, &t.access, &body).await, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    assert_problem(introspect(&app, "sk_unknown", &body).await, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    assert_problem(introspect(&app, &feed_only, &body).await, StatusCode::FORBIDDEN, "forbidden").await;
+    let cred = crate::service::credential(&app, "api", &[Scope::Introspect]).await;
+    let r = introspect(&app, &cred, "token_type_hint=access_token").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({ "error": "invalid_request" }));
+}

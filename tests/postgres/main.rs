@@ -26,6 +26,10 @@ mod credentials;
 mod errors;
 #[path = "../api/faults.rs"]
 mod faults;
+#[path = "../api/feed.rs"]
+mod feed;
+#[path = "../api/feed_stream.rs"]
+mod feed_stream;
 #[path = "../api/hardening.rs"]
 mod hardening;
 #[path = "../api/jwt.rs"]
@@ -38,6 +42,8 @@ mod metrics;
 mod oauth;
 #[path = "../api/refresh.rs"]
 mod refresh;
+#[path = "../api/service.rs"]
+mod service;
 #[path = "../api/throttling.rs"]
 mod throttling;
 #[path = "../api/upgrade.rs"]
@@ -46,3 +52,4 @@ mod upgrade;
 mod ws;
 
 mod cluster;
+mod feed_cluster;

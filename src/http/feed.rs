@@ -1,0 +1,468 @@
+//! `GET /v1/revocations` (docs/API.md §9): the revocation feed for the app's other services, read
+//! with a service credential that has the `revocations:read` scope (docs/API.md §8).
+//!
+//! - Without `after`: a snapshot, every revocation still in force, and the cursor it was read at.
+//! - With `after`: the entries after that cursor, oldest first, at most `limit`; with `wait`, a
+//!   long poll that answers as soon as an entry is committed (woken by the instance's
+//!   [`FeedSignal`], never by polling the database), or with an empty list after `wait` seconds.
+//!
+//! Cursors are the revocation log's ids as decimal strings (opaque to followers). They grow in
+//! commit order (see `Store::revocations_after`), so a follower that asks with the `next` it was
+//! given receives every later revocation exactly once. A cursor beyond the newest entry (a
+//! database restored from an older backup) or not one of ours is 400 `invalid_request`: the
+//! follower starts over from a snapshot.
+
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::service::ServiceCaller;
+use crate::clock::{rfc3339, Clock, Millis};
+use crate::error::{AppError, Result};
+use crate::feed::FeedSignal;
+use crate::service_credentials::Scope;
+use crate::state::AppState;
+use crate::store::{LogEntry, Store};
+
+/// Page size bounds (docs/API.md §9).
+pub const DEFAULT_LIMIT: i64 = 500;
+pub const MAX_LIMIT: i64 = 1000;
+/// Longest long poll, in seconds.
+pub const MAX_WAIT_SECS: u64 = 30;
+/// The name of the service-credential security scheme in the OpenAPI document.
+pub const SERVICE: &str = "service";
+
+#[derive(OpenApi)]
+#[openapi(
+    modifiers(&ServiceScheme),
+    tags((name = "feed", description = "The revocation feed for the app's other services (docs/API.md §9): \
+        needs a service credential (docs/API.md §8) with the `revocations:read` scope."))
+)]
+struct FeedDoc;
+
+/// The service-credential Bearer scheme (docs/API.md §8).
+struct ServiceScheme;
+
+impl Modify for ServiceScheme {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        openapi.components.get_or_insert_with(Default::default).add_security_scheme(
+            SERVICE,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A service credential `sk_…` from `sessiond service add NAME --scope …` (docs/API.md §8). \
+                         A user's access token is never accepted here.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(FeedDoc::openapi()).routes(routes!(revocations)).routes(routes!(stream))
+}
+
+problems!(FeedProblems: InvalidRequest, InvalidToken, Forbidden, Unavailable);
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct FeedQuery {
+    /// The `next` of the previous answer (or the `cursor` of the last entry processed). Absent:
+    /// a snapshot.
+    #[param(pattern = "^[0-9]{1,19}$")]
+    after: Option<String>,
+    /// With `after`: at most this many entries, 1 to 1000; empty or absent: 500.
+    #[param(schema_with = limit_schema)]
+    limit: Option<String>,
+    /// With `after`: wait up to this many seconds (0 to 30) for an entry when there is none;
+    /// empty or absent: 0. Ignored without `after`.
+    #[param(schema_with = wait_schema)]
+    wait: Option<String>,
+}
+
+/// An integer in `min..=max`, or the empty string (the default).
+fn bounded_or_empty(min: i64, max: i64) -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(min)).maximum(Some(max)))
+        .item(ObjectBuilder::new().schema_type(Type::String).max_length(Some(0)))
+        .into()
+}
+
+fn limit_schema() -> utoipa::openapi::schema::Schema {
+    bounded_or_empty(1, MAX_LIMIT)
+}
+
+fn wait_schema() -> utoipa::openapi::schema::Schema {
+    bounded_or_empty(0, MAX_WAIT_SECS as i64)
+}
+
+/// `Revocation` of docs/API.md §9.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Revocation)]
+pub struct RevocationView {
+    /// Opaque; cursors order the entries. Ask with it as `after` to get what follows.
+    #[schema(pattern = "^[0-9]{1,19}$")]
+    pub cursor: String,
+    pub session_id: String,
+    pub user_id: String,
+    /// Why the session ended (docs/API.md §5.5): `logout`, `logout_all`, `logout_others`,
+    /// `session_revoked`, `password_changed`, `admin_logout`, `admin_revoked`,
+    /// `refresh_token_reused`, `session_expired`, `account_disabled`.
+    pub reason: String,
+    /// When the session ended.
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// After this instant no access token of the session can still be valid (its last token's
+    /// `exp` plus the verification leeway): the entry may then be forgotten.
+    #[schema(format = DateTime)]
+    pub until: String,
+}
+
+impl From<LogEntry> for RevocationView {
+    fn from(e: LogEntry) -> Self {
+        RevocationView {
+            cursor: e.cursor.to_string(),
+            session_id: e.session_id,
+            user_id: e.user_id,
+            reason: e.reason,
+            at: rfc3339(e.at),
+            // Shown in whole seconds, rounded up: never earlier than the rule says.
+            until: rfc3339(ceil_to_second(e.until)),
+        }
+    }
+}
+
+fn ceil_to_second(t: Millis) -> Millis {
+    t.div_euclid(1000).saturating_add(i64::from(t.rem_euclid(1000) != 0)).saturating_mul(1000)
+}
+
+/// `{"revocations": [Revocation], "next": CURSOR}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevocationPage {
+    pub revocations: Vec<RevocationView>,
+    /// The cursor to ask with next time (`after`); equal to `after` when nothing is new.
+    #[schema(pattern = "^[0-9]{1,19}$")]
+    pub next: String,
+}
+
+impl RevocationPage {
+    fn new(entries: Vec<LogEntry>, after: i64) -> Self {
+        let next = entries.last().map_or(after, |e| e.cursor).to_string();
+        RevocationPage { revocations: entries.into_iter().map(RevocationView::from).collect(), next }
+    }
+}
+
+/// A cursor we issue: the decimal id of a log entry (0: before the first).
+fn parse_cursor(s: &str) -> Option<i64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// An integer query parameter in `range`; empty or absent: `default`.
+fn bounded(value: Option<&str>, range: std::ops::RangeInclusive<i64>, default: i64, err: &'static str) -> Result<i64> {
+    match value {
+        None | Some("") => Ok(default),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| range.contains(n) && s.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or(AppError::InvalidRequest(err)),
+    }
+}
+
+/// The revocation feed.
+///
+/// Without `after`, a snapshot: every revocation whose `until` is still in the future, then
+/// `next`. With `after`, the entries committed after that cursor, oldest first, at most `limit`;
+/// with `wait`, the answer waits up to that many seconds for one to be committed. Followers
+/// ask again with `next`: no entry is ever skipped or repeated, even when revocations commit
+/// concurrently on several instances.
+#[utoipa::path(
+    get,
+    path = "/v1/revocations",
+    tag = "feed",
+    operation_id = "revocations",
+    params(FeedQuery),
+    security(("service" = [])),
+    responses(
+        (status = 200, description = "Revocations and the cursor to continue from.", body = RevocationPage),
+        FeedProblems
+    )
+)]
+async fn revocations(
+    caller: ServiceCaller,
+    State(store): State<Store>,
+    State(clock): State<Clock>,
+    State(feed): State<FeedSignal>,
+    query: std::result::Result<Query<FeedQuery>, QueryRejection>,
+) -> Result<Json<RevocationPage>> {
+    caller.require(Scope::RevocationsRead)?;
+    let Query(q) = query.map_err(|_| AppError::InvalidRequest("The query string is not valid."))?;
+    let limit = bounded(q.limit.as_deref(), 1..=MAX_LIMIT, DEFAULT_LIMIT, "limit must be an integer from 1 to 1000.")?;
+    let wait = bounded(q.wait.as_deref(), 0..=MAX_WAIT_SECS as i64, 0, "wait must be an integer from 0 to 30.")?;
+    let Some(after) = q.after else {
+        let (entries, head) = store.revocations_snapshot(clock.now_ms()).await?;
+        return Ok(Json(RevocationPage::new(entries, head)));
+    };
+    let after = parse_cursor(&after).ok_or(AppError::InvalidRequest("after is not a cursor of this feed."))?;
+    // Subscribed before the first read: a commit after it wakes the wait below.
+    let mut commits = feed.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait as u64);
+    let mut head_checked = false;
+    loop {
+        let entries = store.revocations_after(after, limit).await?;
+        if !entries.is_empty() {
+            return Ok(Json(RevocationPage::new(entries, after)));
+        }
+        // Nothing after it: is it a cursor we ever gave out? (Entries exist beyond any cursor
+        // below the head, so this read is only needed when there are none.)
+        if !head_checked {
+            if after > store.revocation_head().await? {
+                return Err(AppError::InvalidRequest(
+                    "after is beyond the newest revocation: start over from a snapshot.",
+                ));
+            }
+            head_checked = true;
+        }
+        let woken = tokio::select! {
+            biased;
+            _ = feed.closed() => false,
+            changed = tokio::time::timeout_at(deadline, commits.changed()) => matches!(changed, Ok(Ok(()))),
+        };
+        if !woken {
+            return Ok(Json(RevocationPage::new(Vec::new(), after)));
+        }
+    }
+}
+
+problems!(StreamProblems: InvalidRequest, InvalidToken, Forbidden, Unavailable);
+
+/// A comment line at least this often when nothing else is sent (docs/API.md §9: ≤ 5 s).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// A stream whose reader takes longer than this to accept the next event is dropped: its
+/// follower resumes from its last id. Nothing is buffered for it beyond [`STREAM_BUFFER`].
+pub const SLOW_READER: Duration = Duration::from_secs(10);
+/// Events queued for one stream's connection.
+const STREAM_BUFFER: usize = 64;
+/// How often a stream re-checks that its credential still exists (removal ends it).
+pub const CREDENTIAL_RECHECK: Duration = Duration::from_secs(2);
+
+/// The revocation feed as Server-Sent Events.
+///
+/// Each entry is an event `revocation` whose `id:` is its cursor and whose data is the
+/// Revocation JSON. Without `Last-Event-ID` (or `after`; the header wins) the snapshot comes
+/// first; with one, the entries after it. Then one event `synced` (`id:` and data
+/// `{"next": CURSOR}`: where to resume), then live entries as they commit on any instance. A
+/// comment line comes at least every 2 s when nothing else does. At most 16 streams per
+/// credential and 1024 per instance (503 with `Retry-After` past them); a reader that stops
+/// reading for 10 s is dropped; removing the credential ends its streams within 2 s.
+#[utoipa::path(
+    get,
+    path = "/v1/revocations/stream",
+    tag = "feed",
+    operation_id = "revocations_stream",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{1,19}$",
+            description = "The last cursor received: resume after it (wins over `after`)."),
+    ),
+    security(("service" = [])),
+    responses(
+        (status = 200, description = "An event stream: `revocation` events, one `synced`, keep-alive comments.",
+            content_type = "text/event-stream", body = String),
+        StreamProblems
+    )
+)]
+async fn stream(
+    caller: ServiceCaller,
+    State(store): State<Store>,
+    State(clock): State<Clock>,
+    State(feed): State<FeedSignal>,
+    headers: axum::http::HeaderMap,
+    query: std::result::Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    caller.require(Scope::RevocationsRead)?;
+    let Query(q) = query.map_err(|_| AppError::InvalidRequest("The query string is not valid."))?;
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(parse_cursor)
+                .ok_or(AppError::InvalidRequest("Last-Event-ID is not a cursor of this feed."))?,
+        ),
+        None => match q.after.as_deref() {
+            Some(a) => Some(parse_cursor(a).ok_or(AppError::InvalidRequest("after is not a cursor of this feed."))?),
+            None => None,
+        },
+    };
+    if let Some(after) = resume {
+        if after > store.revocation_head().await? {
+            return Err(AppError::InvalidRequest(
+                "The cursor is beyond the newest revocation: start over from a snapshot.",
+            ));
+        }
+    }
+    let Some(slot) = feed.open_stream(caller.name()) else {
+        return Err(AppError::Unavailable(anyhow::anyhow!("too many revocation streams")));
+    };
+    // The secret's digest, to notice the credential's removal while the stream lasts.
+    let digest = super::extract::bearer(&headers)?
+        .and_then(crate::service_credentials::ServiceSecret::parse)
+        .map(|s| s.digest())
+        .ok_or(AppError::InvalidToken { presented: true })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(feed_stream(store, clock, feed, resume, digest, tx, slot));
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    let sse = axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(KEEP_ALIVE).text(""));
+    let mut res = sse.into_response();
+    res.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StreamQuery {
+    /// Resume after this cursor (`Last-Event-ID` wins when both are sent).
+    #[param(pattern = "^[0-9]{1,19}$")]
+    after: Option<String>,
+}
+
+type EventTx = tokio::sync::mpsc::Sender<axum::response::sse::Event>;
+
+fn revocation_event(e: LogEntry) -> axum::response::sse::Event {
+    let id = e.cursor.to_string();
+    let data = serde_json::to_string(&RevocationView::from(e)).unwrap_or_default();
+    axum::response::sse::Event::default().event("revocation").id(id).data(data)
+}
+
+/// Queues one event; false when the stream must end (the reader left, or is too slow).
+async fn deliver(tx: &EventTx, event: axum::response::sse::Event) -> bool {
+    matches!(tokio::time::timeout(SLOW_READER, tx.send(event)).await, Ok(Ok(())))
+}
+
+/// One stream's producer: the snapshot or the entries after the resume cursor, `synced`, then
+/// every entry as it commits, woken by the instance's [`FeedSignal`] (no polling loop). Ends
+/// when the reader leaves or stalls, the credential is removed, a read fails (the follower
+/// resumes from its last id), or the server shuts down.
+async fn feed_stream(
+    store: Store,
+    clock: Clock,
+    feed: FeedSignal,
+    resume: Option<i64>,
+    digest: [u8; 32],
+    tx: EventTx,
+    _slot: crate::feed::StreamSlot,
+) {
+    let mut commits = feed.subscribe();
+    let mut cursor = match resume {
+        Some(after) => after,
+        None => match store.revocations_snapshot(clock.now_ms()).await {
+            Ok((entries, head)) => {
+                for e in entries {
+                    if !deliver(&tx, revocation_event(e)).await {
+                        return;
+                    }
+                }
+                head
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation stream: snapshot read failed");
+                return;
+            }
+        },
+    };
+    let mut synced = false;
+    let mut recheck = tokio::time::Instant::now() + CREDENTIAL_RECHECK;
+    loop {
+        if tokio::time::Instant::now() >= recheck {
+            match store.service_credential_by_digest(&digest).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::debug!("revocation stream ended: its credential was removed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation stream: credential re-check failed");
+                    return;
+                }
+            }
+            recheck = tokio::time::Instant::now() + CREDENTIAL_RECHECK;
+        }
+        let entries = match store.revocations_after(cursor, MAX_LIMIT).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation stream: log read failed");
+                return;
+            }
+        };
+        if let Some(last) = entries.last() {
+            cursor = last.cursor;
+            for e in entries {
+                if !deliver(&tx, revocation_event(e)).await {
+                    return;
+                }
+            }
+            continue;
+        }
+        if !synced {
+            let next = cursor.to_string();
+            let data = serde_json::json!({ "next": next }).to_string();
+            if !deliver(&tx, axum::response::sse::Event::default().event("synced").id(next).data(data)).await {
+                return;
+            }
+            synced = true;
+        }
+        tokio::select! {
+            biased;
+            _ = feed.closed() => return,
+            _ = tx.closed() => return,
+            changed = commits.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep_until(recheck) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_and_bounds_are_strict() {
+        assert_eq!(parse_cursor("0"), Some(0));
+        assert_eq!(parse_cursor("9223372036854775807"), Some(i64::MAX));
+        for bad in ["", "-1", "+1", " 1", "1a", "9223372036854775808", "00000000000000000001", "0x10"] {
+            assert_eq!(parse_cursor(bad), None, "{bad}");
+        }
+        let err = "e";
+        assert_eq!(bounded(None, 1..=1000, 500, err).unwrap(), 500);
+        assert_eq!(bounded(Some(""), 1..=1000, 500, err).unwrap(), 500);
+        assert_eq!(bounded(Some("1000"), 1..=1000, 500, err).unwrap(), 1000);
+        for bad in ["0", "1001", "+5", "-1", "1.5", "ten"] {
+            assert!(bounded(Some(bad), 1..=1000, 500, err).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn until_is_shown_rounded_up_to_the_second() {
+        assert_eq!(ceil_to_second(5_000), 5_000);
+        assert_eq!(ceil_to_second(5_001), 6_000);
+        assert_eq!(ceil_to_second(5_999), 6_000);
+    }
+}
