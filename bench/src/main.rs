@@ -26,6 +26,7 @@
 
 mod cluster;
 mod common;
+mod resource;
 mod scenarios;
 mod worker;
 
@@ -58,6 +59,8 @@ pub enum Scenario {
     Login,
     /// Idle and everyone against the peers (bench/peers/setup.sh first) (--sizes).
     Peers,
+    /// Logout → first 401 at a resource server (the `notes` example) following the feed.
+    RevokeToResourceServer,
     /// Internal: a socket-holding worker process.
     #[value(hide = true)]
     Worker,
@@ -71,13 +74,13 @@ pub enum Scenario {
 pub struct Args {
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Logouts to time (revoke, cluster).
+    /// Logouts to time (revoke, cluster, revoke-to-resource-server).
     #[arg(long, default_value_t = 1000)]
     pub revokes: usize,
-    /// Logouts per second, open loop (revoke, cluster).
+    /// Logouts per second, open loop (revoke, cluster, revoke-to-resource-server).
     #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
-    /// Idle sockets held meanwhile (revoke, cluster).
+    /// Idle sockets held meanwhile (revoke, cluster, revoke-to-resource-server).
     #[arg(long, default_value_t = 10_000)]
     pub idle: usize,
     /// Socket counts, comma separated (idle, everyone, churn, peers).
@@ -128,6 +131,7 @@ fn main() {
             Scenario::Verify => scenarios::verify(&args).await,
             Scenario::Login => scenarios::login(&args).await,
             Scenario::Peers => scenarios::peers(&args).await,
+            Scenario::RevokeToResourceServer => resource::run(&args).await,
             Scenario::Worker | Scenario::Server => unreachable!("handled above"),
         }
     });
