@@ -81,8 +81,8 @@ pub async fn idle(args: &Args) -> Vec<String> {
 /// `everyone`: an admin logs out every user; time from the call to each socket's frame.
 pub async fn everyone(args: &Args) -> Vec<String> {
     let mut out = vec![
-        "| sockets | response (ms) | first frame | p50 | p99 | last frame (ms after the call) |".into(),
-        "|---|---|---|---|---|---|".into(),
+        "| sockets | response (ms) | first frame | p50 | p99 | last frame (ms after the call) | server CPU per recipient (µs) |".into(),
+        "|---|---|---|---|---|---|---|".into(),
     ];
     for &n in &args.sizes {
         let dir = TempDir::new();
@@ -92,6 +92,7 @@ pub async fn everyone(args: &Args) -> Vec<String> {
         let tokens: Vec<String> = minter.mint(n).await.into_iter().map(|m| m.access).collect();
         let mut workers = spawn_workers(&server.ws(), &tokens, PER_WORKER, &dir, false);
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let cpu0 = cpu_us(server.child.id());
         let t0 = mono_ns();
         let r = client
             .post(format!("{}/v1/admin/logout-everyone", server.base()))
@@ -107,17 +108,19 @@ pub async fn everyone(args: &Args) -> Vec<String> {
             tokio::time::sleep(Duration::from_millis(100)).await;
             arrivals = workers.iter_mut().flat_map(|w| w.report("logouts")).map(|(_, t)| t).collect();
         }
+        let cpu = cpu_us(server.child.id()) - cpu0;
         arrivals.sort_unstable();
         let rel = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
         let pct = |p: f64| rel(arrivals[((arrivals.len() as f64 * p) as usize).min(arrivals.len() - 1)]);
         out.push(format!(
-            "| {n} ({} got it) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {n} ({} got it) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             arrivals.len(),
             rel(t_resp),
             rel(arrivals[0]),
             pct(0.5),
             pct(0.99),
-            rel(*arrivals.last().unwrap())
+            rel(*arrivals.last().unwrap()),
+            cpu as f64 / n as f64
         ));
         eprintln!("{}", out.last().unwrap());
         drop(workers);
@@ -182,6 +185,7 @@ pub async fn revoke(args: &Args, flood_logins: bool) -> Vec<String> {
     let flood = flood_logins.then(|| {
         tokio::spawn(login_flood(server.base(), Duration::from_secs_f64(args.revokes as f64 / args.rate + 1.0)))
     });
+    let cpu0 = cpu_us(server.child.id());
     let times = open_loop_logouts(&server.base(), &measured, args.rate).await;
     let mut arrivals = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -189,7 +193,12 @@ pub async fn revoke(args: &Args, flood_logins: bool) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         arrivals = worker.report("logouts");
     }
+    let cpu = cpu_us(server.child.id()) - cpu0;
     let mut out = latency_rows(&times, &arrivals);
+    out.push(format!(
+        "(server CPU per targeted logout, request + transaction + frame, idle sockets' pings included: {:.0} µs)",
+        cpu as f64 / measured.len() as f64
+    ));
     if let Some(f) = flood {
         let (logins, secs) = f.await.unwrap();
         out.push(format!("(while a login flood ran: {logins} logins in {secs:.1} s = {:.0}/s)", logins as f64 / secs));
@@ -286,8 +295,9 @@ pub async fn churn(args: &Args) -> Vec<String> {
 /// `refresh`: refreshes per second from a pool of pre-minted tokens, each used once.
 pub async fn refresh(args: &Args) -> Vec<String> {
     let mut out = vec![
-        "| store | refreshes | concurrency | req/s | p50 (ms) | p99 (ms) | non-200 |".into(),
-        "|---|---|---|---|---|---|---|".into(),
+        "| store | refreshes | concurrency | req/s | p50 (ms) | p99 (ms) | non-200 | server CPU per refresh (µs) |"
+            .into(),
+        "|---|---|---|---|---|---|---|---|".into(),
     ];
     for postgres in [false, true] {
         let dir = TempDir::new();
@@ -299,6 +309,7 @@ pub async fn refresh(args: &Args) -> Vec<String> {
         let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
         let lat = Arc::new(std::sync::Mutex::new(hist()));
         let bad = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let cpu0 = cpu_us(server.child.id());
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..args.concurrency {
@@ -321,16 +332,18 @@ pub async fn refresh(args: &Args) -> Vec<String> {
             t.await.unwrap();
         }
         let secs = start.elapsed().as_secs_f64();
+        let cpu = cpu_us(server.child.id()) - cpu0;
         let h = lat.lock().unwrap().clone();
         out.push(format!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
             if postgres { "PostgreSQL" } else { "SQLite" },
             args.count,
             args.concurrency,
             args.count as f64 / secs,
             h.value_at_quantile(0.5) as f64 / 1000.0,
             h.value_at_quantile(0.99) as f64 / 1000.0,
-            bad.load(std::sync::atomic::Ordering::Relaxed)
+            bad.load(std::sync::atomic::Ordering::Relaxed),
+            cpu as f64 / args.count as f64
         ));
         eprintln!("{}", out.last().unwrap());
         drop(server);
@@ -347,8 +360,12 @@ pub async fn verify(args: &Args) -> Vec<String> {
     let server = Server::start(&db.url, free_port(), &[]).await;
     let minter = Minter::new(&db.url, &server.base()).await;
     let token = minter.mint(1).await.remove(0).access;
-    let mut out = vec!["| endpoint | requests | req/s | p50 (ms) | p99 (ms) |".into(), "|---|---|---|---|---|".into()];
+    let mut out = vec![
+        "| endpoint | requests | req/s | p50 (ms) | p99 (ms) | server CPU per request (µs) |".into(),
+        "|---|---|---|---|---|---|".into(),
+    ];
     for path in ["/healthz", "/v1/me"] {
+        let cpu0 = cpu_us(server.child.id());
         let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
         let lat = Arc::new(std::sync::Mutex::new(hist()));
         let start = Instant::now();
@@ -375,11 +392,13 @@ pub async fn verify(args: &Args) -> Vec<String> {
         }
         let secs = start.elapsed().as_secs_f64();
         let h = lat.lock().unwrap().clone();
+        let cpu = cpu_us(server.child.id()) - cpu0;
         out.push(format!(
-            "| GET {path} | {total} | {:.0} | {:.2} | {:.2} |",
+            "| GET {path} | {total} | {:.0} | {:.2} | {:.2} | {:.1} |",
             total as f64 / secs,
             h.value_at_quantile(0.5) as f64 / 1000.0,
-            h.value_at_quantile(0.99) as f64 / 1000.0
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            cpu as f64 / total.max(1) as f64
         ));
         eprintln!("{}", out.last().unwrap());
     }
