@@ -20,13 +20,14 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use sessiond::service_credentials::Scope;
 use sessiond_verify::{Authenticated, Claims, Rejection, Verifier, VerifierBuilder};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::helpers::*;
-use crate::service::feed_reader;
+use crate::service::{credential, feed_reader};
 
 /// A revocation must be refused by the resource server this soon after the revoking response.
 const REFUSED_WITHIN: Duration = Duration::from_secs(1);
@@ -145,6 +146,13 @@ fn notes_of(claims: Claims) -> Json<Value> {
 impl ResourceServer {
     /// Starts `verifier` and serves the API; returns once the verifier is ready.
     async fn start(verifier: Verifier) -> ResourceServer {
+        let rs = ResourceServer::serve(verifier).await;
+        rs.wait_ready().await;
+        rs
+    }
+
+    /// Starts `verifier` and serves the API at once.
+    async fn serve(verifier: Verifier) -> ResourceServer {
         verifier.start();
         let layered = Router::new()
             .route("/layered/notes", get(|Extension(claims): Extension<Claims>| async move { notes_of(claims) }))
@@ -166,10 +174,7 @@ impl ResourceServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let rs =
-            ResourceServer { base, client: reqwest::Client::builder().no_proxy().build().unwrap(), verifier, task };
-        rs.wait_ready().await;
-        rs
+        ResourceServer { base, client: reqwest::Client::builder().no_proxy().build().unwrap(), verifier, task }
     }
 
     /// Waits (bounded) until the verifier is ready: JWKS fetched and the feed synced.
@@ -523,6 +528,52 @@ async fn keep_alives_keep_a_quiet_feed_live_and_a_cut_feed_fails_closed_past_the
         let refusals = rs.refused_within(&t, since).await;
         assert_revoked_like_sessiond(&app, &t, &refusals).await;
     }
+}
+
+/// Nothing is served until the feed has synced: with a credential that lacks
+/// `revocations:read` (403) it never does, though the keys load. A credential removed while it
+/// is followed ends the stream, its reconnects get 401, and past the bound requests get 503.
+#[tokio::test]
+async fn without_a_working_credential_the_verifier_fails_closed() {
+    const BOUND: Duration = Duration::from_secs(4);
+    let proxy = Proxy::start().await;
+    let Some(app) = sessiond_behind(&proxy).await else { return };
+    let t = app.new_session().await;
+
+    let introspect_only = credential(&app, "introspector", &[Scope::Introspect]).await;
+    let rs = ResourceServer::serve(verifier(&proxy, &introspect_only).build().unwrap()).await;
+    let deadline = Instant::now() + SYNC_WITHIN;
+    while rs.verifier.status().jwks_keys == 0 {
+        assert!(Instant::now() < deadline, "the keys never loaded: {:?}", rs.verifier.status());
+        tokio::time::sleep(POLL).await;
+    }
+    for path in ["/notes", "/layered/notes"] {
+        let r = rs.get(path, Some(&t.access)).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{path}");
+    }
+    assert_eq!(rs.get("/readyz", None).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    let status = rs.verifier.status();
+    assert!(!status.ready && !status.synced && status.feed_connects == 0, "{status:?}");
+
+    let key = credential(&app, "notes-api", &[Scope::RevocationsRead]).await;
+    let rs = ResourceServer::start(verifier(&proxy, &key).staleness(BOUND).build().unwrap()).await;
+    rs.assert_accepts(&t).await;
+    let name = "notes-api".parse().unwrap();
+    let who = Default::default();
+    let removed = sessiond::service_credentials::remove(&app.state.store, app.clock.now_ms(), &name, &who).await;
+    assert!(removed.unwrap());
+    let removed_at = Instant::now();
+    let within = sessiond::http::feed::CREDENTIAL_RECHECK + BOUND + Duration::from_secs(1);
+    let refusal = loop {
+        let r = rs.get("/notes", Some(&t.access)).await;
+        if r.status != StatusCode::OK {
+            break r;
+        }
+        assert!(removed_at.elapsed() < within, "still serving {:?} after the removal", removed_at.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((refusal.status, refusal.code().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+    assert!(!rs.verifier.is_ready());
 }
 
 /// On PostgreSQL, revocations made on another instance reach a verifier that follows this one
