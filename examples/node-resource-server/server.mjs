@@ -10,26 +10,32 @@ const STALE_MS = 10_000; // fail closed when the feed has been silent this long 
 const jwks = createRemoteJWKSet(new URL("/.well-known/jwks.json", ISSUER), { cooldownDuration: 30_000 });
 
 const revoked = new Map(); // session_id → until (ms): a revoked session's tokens die by then
-let synced = false; // the first snapshot has arrived
-let lastByte = 0; // when the feed last said anything (events, or its keep-alive comments)
+// The first snapshot has arrived; when the feed last said anything (keep-alives included).
+let synced = false, lastByte = 0, feed;
 
-// The revocation feed (docs/API.md §9): a snapshot, `synced`, then live entries; EventSource
-// resumes with Last-Event-ID after a disconnect. The wrapped fetch adds the credential and
-// notes every byte, keep-alive comments included.
-const feed = new EventSource(new URL("/v1/revocations/stream", ISSUER), {
-  fetch: async (url, init) => {
-    const res = await fetch(url, { ...init, headers: { ...init.headers, Authorization: `Bearer ${SERVICE_KEY}` } });
-    if (!res.ok || !res.body) return res;
-    const seen = new TransformStream({ transform: (chunk, out) => ((lastByte = Date.now()), out.enqueue(chunk)) });
-    return new Response(res.body.pipeThrough(seen), res);
-  },
-});
-feed.addEventListener("revocation", (e) => {
-  const r = JSON.parse(e.data);
-  revoked.set(r.session_id, Date.parse(r.until));
-});
-feed.addEventListener("synced", () => (synced = true));
-setInterval(() => revoked.forEach((until, sid) => until < Date.now() && revoked.delete(sid)), 60_000).unref();
+// The revocation feed (docs/API.md §9): a snapshot, `synced`, then live entries. EventSource
+// resumes with Last-Event-ID after a disconnect; an HTTP error (400: a cursor sessiond no longer
+// knows; 401, 403, 503) closes it for good, so we start over from a snapshot. The wrapped fetch
+// adds the credential and notes every byte, keep-alive comments included.
+function follow() {
+  feed?.close();
+  const es = (feed = new EventSource(new URL("/v1/revocations/stream", ISSUER), {
+    fetch: async (url, init) => {
+      const res = await fetch(url, { ...init, headers: { ...init.headers, Authorization: `Bearer ${SERVICE_KEY}` } });
+      if (!res.ok || !res.body) return res;
+      const seen = new TransformStream({ transform: (chunk, out) => ((lastByte = Date.now()), out.enqueue(chunk)) });
+      return new Response(res.body.pipeThrough(seen), res);
+    },
+  }));
+  es.addEventListener("revocation", (e) => { const r = JSON.parse(e.data); revoked.set(r.session_id, Date.parse(r.until)); });
+  es.addEventListener("synced", () => (synced = true));
+  es.addEventListener("error", (e) => es.readyState === es.CLOSED && (console.error(e.message), setTimeout(follow, 2000)));
+}
+follow();
+setInterval(() => {
+  revoked.forEach((until, sid) => until < Date.now() && revoked.delete(sid)); // useless past `until`
+  if (feed.readyState === feed.OPEN && Date.now() - lastByte > STALE_MS) follow(); // silent: reconnect
+}, 5_000).unref();
 
 const live = () => synced && Date.now() - lastByte < STALE_MS;
 

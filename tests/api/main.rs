@@ -27,6 +27,7 @@ mod keys;
 mod metrics;
 mod oauth;
 mod refresh;
+mod resource_server;
 mod service;
 mod throttling;
 mod upgrade;

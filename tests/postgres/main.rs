@@ -42,6 +42,8 @@ mod metrics;
 mod oauth;
 #[path = "../api/refresh.rs"]
 mod refresh;
+#[path = "../api/resource_server.rs"]
+mod resource_server;
 #[path = "../api/service.rs"]
 mod service;
 #[path = "../api/throttling.rs"]
