@@ -333,6 +333,8 @@ async fn stream(
         .keep_alive(axum::response::sse::KeepAlive::new().interval(KEEP_ALIVE).text(""));
     let mut res = sse.into_response();
     res.headers_mut().insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    // nginx buffers proxied responses by default, which would hold events back: not this one.
+    res.headers_mut().insert("x-accel-buffering", axum::http::HeaderValue::from_static("no"));
     Ok(res)
 }
 
