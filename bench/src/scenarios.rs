@@ -568,10 +568,10 @@ pub async fn peers(args: &Args) -> Vec<String> {
     let mut out = vec![
         format!("{n} authenticated sockets per server; then one broadcast of `logout` to all of them."),
         String::new(),
-        "| server | RSS per idle socket (KiB) | ratio | broadcast: last frame (ms) | ratio |".into(),
-        "|---|---|---|---|---|".into(),
+        "| server | RSS per idle socket (KiB) | ratio | broadcast: last frame (ms) | ratio | server CPU per delivered logout (µs) | ratio |".into(),
+        "|---|---|---|---|---|---|---|".into(),
     ];
-    let mut base: Option<(f64, f64)> = None;
+    let mut base: Option<(f64, f64, f64)> = None;
     let mut series: Vec<(String, Vec<f64>)> = Vec::new();
     for name in ["sessiond", "node-ws", "socketio", "python-websockets", "fastwebsockets"] {
         let dir = TempDir::new();
@@ -598,7 +598,7 @@ pub async fn peers(args: &Args) -> Vec<String> {
             let peer = match start_peer(name).await {
                 Ok(p) => p,
                 Err(why) => {
-                    out.push(format!("| {name} | {why} | | | |"));
+                    out.push(format!("| {name} | {why} | | | | | |"));
                     continue;
                 }
             };
@@ -624,6 +624,7 @@ pub async fn peers(args: &Args) -> Vec<String> {
         let mut workers = spawn_workers_framed(&ws, &tokens, PER_WORKER, &dir, false, framing);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let per = (rss_of(pid) as f64 - before as f64) / n as f64;
+        let cpu0 = cpu_us(pid);
         let t0 = mono_ns();
         let req = match &bearer {
             Some(b) => client.post(&trigger).bearer_auth(b),
@@ -637,16 +638,17 @@ pub async fn peers(args: &Args) -> Vec<String> {
             arrivals = workers.iter_mut().flat_map(|w| w.report("logouts")).map(|(_, t)| t).collect();
         }
         let last = arrivals.iter().max().map_or(f64::NAN, |&t| t.saturating_sub(t0) as f64 / 1e6);
+        let cpu = (cpu_us(pid) - cpu0) as f64 / arrivals.len().max(1) as f64;
         series.push((name.to_string(), arrivals.iter().map(|&t| t.saturating_sub(t0) as f64 / 1e6).collect()));
-        let (r_mem, r_last) = match base {
+        let (r_mem, r_last, r_cpu) = match base {
             None => {
-                base = Some((per, last));
-                ("1.00".to_string(), "1.00".to_string())
+                base = Some((per, last, cpu));
+                ("1.00".to_string(), "1.00".to_string(), "1.00".to_string())
             }
-            Some((m, l)) => (format!("{:.2}", per / m), format!("{:.2}", last / l)),
+            Some((m, l, c)) => (format!("{:.2}", per / m), format!("{:.2}", last / l), format!("{:.2}", cpu / c)),
         };
         let got = if arrivals.len() < n { format!(" ({} of {n} got it)", arrivals.len()) } else { String::new() };
-        out.push(format!("| {name} | {per:.2} | {r_mem} | {last:.1}{got} | {r_last} |"));
+        out.push(format!("| {name} | {per:.2} | {r_mem} | {last:.1}{got} | {r_last} | {cpu:.1} | {r_cpu} |"));
         eprintln!("{}", out.last().unwrap());
         drop(workers);
     }
