@@ -103,12 +103,7 @@ impl Server {
 
     /// Resident set size of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
+        rss_of(self.child.id())
     }
 
     /// SIGTERM, then wait for the exit (bounded).
@@ -360,4 +355,14 @@ fn clock_ticks() -> u64 {
     } else {
         100
     }
+}
+
+/// Resident set size of a process, in KiB (`VmRSS` of `/proc/PID/status`; 0 if gone).
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

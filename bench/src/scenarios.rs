@@ -553,15 +553,6 @@ async fn start_peer(name: &str) -> Result<Peer, String> {
     }
 }
 
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `peers`: `idle` and `everyone` against sessiond and the peer servers, side by side.
 pub async fn peers(args: &Args) -> Vec<String> {
     let n = *args.sizes.first().unwrap_or(&5000);
