@@ -28,7 +28,7 @@ use sqlx::postgres::{PgListener, PgNotification};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Link;
-pub use crate::cluster::{ACKS_CHANNEL, INSTANCE_FORGET_MS, INSTANCE_TTL_MS, READY_GRACE_MS};
+use crate::cluster::{ACKS_CHANNEL, INSTANCE_FORGET_MS};
 use crate::sessions::Sessions;
 use crate::store::postgres::REVOCATIONS_CHANNEL;
 use crate::store::{PgStore, Revoked};

@@ -171,7 +171,7 @@ async fn a_failed_read_heals(a: &TestApp, b: &TestApp, failures: u32) {
     assert!(!b.state.store.failpoint_armed(REVOCATIONS_READ), "B's read did fail {failures} time(s)");
     assert_problem(b.me(&t.access).await, StatusCode::UNAUTHORIZED, "session_revoked").await;
     // Past the 5 s readiness grace: a listener still marked down would be 503 by now.
-    b.clock.advance(Duration::from_millis(sessiond::backplane::READY_GRACE_MS as u64 + 1_000));
+    b.clock.advance(Duration::from_millis(sessiond::cluster::READY_GRACE_MS as u64 + 1_000));
     let bp = b.state.link.clone().unwrap();
     wait_until("B listens and is ready again", || async {
         bp.is_up() && b.client.get(b.url("/readyz")).send().await.unwrap().status() == StatusCode::OK
