@@ -19,8 +19,12 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 #[allow(dead_code)]
+#[path = "support/answer.rs"]
+mod answer;
+#[allow(dead_code)]
 #[path = "support/skip.rs"]
 mod skip;
+use answer::Answer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sessiond");
 const PASSWORD: &str = "correct horse battery staple";
@@ -96,23 +100,6 @@ fn database_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("sessiond.db").display())
 }
 
-/// An answer read whole: status, the headers a client acts on, body.
-#[derive(Debug, PartialEq)]
-struct Answer {
-    status: StatusCode,
-    content_type: Option<String>,
-    www_authenticate: Option<String>,
-    retry_after: Option<String>,
-    body: String,
-}
-
-impl Answer {
-    fn code(&self) -> String {
-        let body: Value = serde_json::from_str(&self.body).unwrap_or_default();
-        body["code"].as_str().unwrap_or_default().to_string()
-    }
-}
-
 struct Client(reqwest::Client);
 
 impl Client {
@@ -122,15 +109,7 @@ impl Client {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        let r = req.send().await.ok()?;
-        let header = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_string());
-        Some(Answer {
-            status: r.status(),
-            content_type: header("content-type"),
-            www_authenticate: header("www-authenticate"),
-            retry_after: header("retry-after"),
-            body: r.text().await.ok()?,
-        })
+        Answer::try_read(req.send().await.ok()?).await
     }
 
     /// Waits (bounded) until `url` answers 200; `log` is shown if it never does.

@@ -5,6 +5,9 @@
 pub const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 
 #[allow(dead_code)]
+#[path = "../support/answer.rs"]
+mod answer;
+#[allow(dead_code)]
 mod helpers;
 #[allow(dead_code)]
 mod pg;

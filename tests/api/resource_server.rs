@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::answer::Answer;
 use crate::helpers::*;
 use crate::service::{credential, feed_reader};
 
@@ -238,34 +239,6 @@ impl ResourceServer {
             }
         }
         refusals
-    }
-}
-
-/// An answer read whole: status, the headers a client acts on, body.
-#[derive(Debug, PartialEq)]
-struct Answer {
-    status: StatusCode,
-    content_type: Option<String>,
-    www_authenticate: Option<String>,
-    retry_after: Option<String>,
-    body: String,
-}
-
-impl Answer {
-    async fn read(r: reqwest::Response) -> Answer {
-        let header = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_string());
-        Answer {
-            status: r.status(),
-            content_type: header("content-type"),
-            www_authenticate: header("www-authenticate"),
-            retry_after: header("retry-after"),
-            body: r.text().await.unwrap(),
-        }
-    }
-
-    fn code(&self) -> String {
-        let body: Value = serde_json::from_str(&self.body).unwrap_or_default();
-        body["code"].as_str().unwrap_or_default().to_string()
     }
 }
 
