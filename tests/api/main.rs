@@ -14,6 +14,12 @@ mod pg;
 #[allow(dead_code)]
 #[path = "../support/skip.rs"]
 mod skip;
+#[allow(dead_code)]
+#[path = "../support/ssf_c0.rs"]
+mod ssf_c0;
+#[allow(dead_code)]
+#[path = "../support/ssf_receiver.rs"]
+mod ssf_receiver;
 
 mod admin;
 mod auth;
