@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::accounts::{Accounts, Via};
@@ -66,7 +67,10 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         link: link.clone(),
         feed: feed.clone(),
     });
+    let ssf =
+        crate::ssf::Ssf::new(store.clone(), clock.clone(), crate::ssf::Settings::from_config(&config), feed.clone());
     let state = AppState {
+        ssf,
         accounts: Accounts::new(store.clone(), passwords, limits.clone(), clock.clone()),
         sessions,
         store,
@@ -129,6 +133,11 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = http::openapi::api_router(&state).split_for_parts();
     Router::new()
         .merge(api)
+        .merge(http::ssf::router().layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        )))
+        .merge(http::ssf::public_router())
         .merge(http::pages::router(&state))
         .layer(axum::Extension(http::openapi::SpecJson::new(&doc)))
         .fallback(|| async { AppError::NotFound })
@@ -275,8 +284,9 @@ fn spawn_background(state: &AppState, stop: CancellationToken) -> Vec<tokio::tas
         })
     };
     let listener = tokio::spawn(crate::backplane::run_listener(state.sessions.clone(), stop.clone()));
-    let presence = tokio::spawn(crate::backplane::run_presence(state.sessions.clone(), stop));
-    vec![reload, sweep, listener, presence]
+    let presence = tokio::spawn(crate::backplane::run_presence(state.sessions.clone(), stop.clone()));
+    let ssf = tokio::spawn(state.ssf.clone().run(stop));
+    vec![reload, sweep, listener, presence, ssf]
 }
 
 fn every<F, Fut>(period: Duration, stop: CancellationToken, mut f: F) -> tokio::task::JoinHandle<()>

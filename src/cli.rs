@@ -8,6 +8,8 @@ use anyhow::Context;
 use crate::accounts::{normalize_email, Accounts, Via};
 use crate::clock::{rfc3339, Clock};
 use crate::config::{Cli, Command, Config, KeysCommand, ServiceCommand, UserCommand};
+
+pub mod ssf_cmd;
 use crate::error::AppError;
 use crate::limits::Limits;
 use crate::password::Passwords;
@@ -28,7 +30,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::User(UserCommand::Add { email, admin, db })) => {
             add_user(&config, db.url(&config), &email, admin).await
         }
-        Some(Command::Keys(KeysCommand::Rotate { now, db })) => {
+        Some(Command::Keys(KeysCommand::Rotate { ssf: true, db, .. })) => {
+            let store = Store::connect(db.url(&config)).await?;
+            store.migrate().await?;
+            let clock = Clock::system();
+            let kid = crate::ssf::Ssf::rotate(&store, &clock).await?;
+            let ev = audit::Event::new("ssf_key_rotated").detail(serde_json::json!({ "kid": kid, "via": "cli" }));
+            audit::record(&store, clock.now_ms(), &audit::Who::system(), ev).await;
+            store.close().await;
+            println!("published SET signing key {kid}; it signs from now on");
+            Ok(())
+        }
+        Some(Command::Keys(KeysCommand::Rotate { now, db, .. })) => {
             let store = Store::connect(db.url(&config)).await?;
             store.migrate().await?;
             let clock = Clock::system();
@@ -41,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Service(cmd)) => service(cmd, &config).await,
+        Some(Command::Ssf(cmd)) => ssf_cmd::run(cmd, &config).await,
     }
 }
 

@@ -84,6 +84,9 @@ pub enum Command {
     /// Manage the credentials of the app's other services (docs/API.md §8).
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Manage Shared Signals streams (docs/SSF.md §1.3).
+    #[command(subcommand)]
+    Ssf(SsfCommand),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
 }
@@ -135,6 +138,94 @@ pub enum KeysCommand {
         /// cached the JWKS refuse its tokens until they refetch it.
         #[arg(long)]
         now: bool,
+        /// Rotate the RS256 key that signs Shared Signals SETs instead (docs/SSF.md §1.1): it
+        /// signs at once; the old key stays published while SETs it signed are undelivered.
+        #[arg(long, conflicts_with = "now")]
+        ssf: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SsfCommand {
+    /// Manage streams.
+    #[command(subcommand)]
+    Stream(SsfStreamCommand),
+    /// Re-queue a stream's dead letters.
+    Redeliver {
+        /// The stream id (`st_…`).
+        id: String,
+        /// Only SETs made at or after this time (RFC 3339, or a duration ago such as `2h`).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SsfStreamCommand {
+    /// Create a push stream for a receiver that never calls the management API (Okta, say),
+    /// owned by service credential NAME; prints the stream id.
+    Add {
+        /// The service credential (scope `ssf`) the stream belongs to.
+        #[arg(long)]
+        service: crate::service_credentials::ServiceName,
+        /// The receiver's push endpoint (absolute https).
+        #[arg(long)]
+        push: String,
+        /// The `Authorization` header value sent with every push.
+        #[arg(long = "auth-header")]
+        auth_header: Option<String>,
+        /// An event type URI to deliver; repeat. Default: every supported event.
+        #[arg(long = "event", value_name = "URI")]
+        events: Vec<String>,
+        /// Also put the subject inside each event (`events[type].subject`).
+        #[arg(long = "event-subject")]
+        event_subject: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List the streams: id, owner, method, status, health, pending SETs.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Show a stream: configuration (never the authorization header), status, health and its
+    /// pending and dead SETs by `jti`.
+    Show {
+        id: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Pause a stream: SETs are held and sent on enable (a stream-updated event says so first).
+    Pause {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Enable a stream.
+    Enable {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Disable a stream: held SETs are dropped and none are made until it is enabled.
+    Disable {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Delete a stream and every SET it holds.
+    Remove {
+        id: String,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -304,6 +395,20 @@ pub struct Config {
     /// How often the signing keyset is re-read from the database (≤ 60 s per docs/API.md §1).
     #[arg(long, env = "SESSIOND_KEYS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub keys_reload_interval: Duration,
+
+    /// Shared Signals: allow http and loopback/private push endpoints. For tests only: it turns
+    /// off the SSRF checks of docs/SSF.md §1.2.
+    #[arg(long, env = "SESSIOND_SSF_ALLOW_INSECURE_PUSH")]
+    pub ssf_allow_insecure_push: bool,
+
+    /// Shared Signals: how long a long poll waits for a SET (RFC 8936 §2.5).
+    #[arg(long, env = "SESSIOND_SSF_POLL_WAIT", default_value = "20s", value_parser = parse_duration)]
+    pub ssf_poll_wait: Duration,
+
+    /// Shared Signals: SETs in flight at once per push stream.
+    #[arg(long, env = "SESSIOND_SSF_PUSH_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub ssf_push_concurrency: u16,
 }
 
 impl Config {

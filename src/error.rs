@@ -17,6 +17,9 @@ pub enum AppError {
     /// 409 `email_taken`.
     #[error("email taken")]
     EmailTaken,
+    /// 409 `stream_exists`: the credential has a Shared Signals stream already (docs/SSF.md §1.2).
+    #[error("stream exists")]
+    StreamExists,
     /// 403 `registration_disabled`.
     #[error("registration disabled")]
     RegistrationDisabled,
@@ -85,7 +88,7 @@ impl AppError {
         use AppError::*;
         match self {
             InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            EmailTaken => StatusCode::CONFLICT,
+            EmailTaken | StreamExists => StatusCode::CONFLICT,
             RegistrationDisabled | Forbidden => StatusCode::FORBIDDEN,
             InvalidCredentials
             | InvalidToken { .. }
@@ -113,6 +116,7 @@ impl AppError {
         match self {
             InvalidRequest(_) | MethodNotAllowed => ProblemCode::InvalidRequest,
             EmailTaken => ProblemCode::EmailTaken,
+            StreamExists => ProblemCode::StreamExists,
             RegistrationDisabled => ProblemCode::RegistrationDisabled,
             InvalidCredentials => ProblemCode::InvalidCredentials,
             InvalidToken { .. } => ProblemCode::InvalidToken,
@@ -135,6 +139,7 @@ impl AppError {
         match self {
             InvalidRequest(d) => d,
             EmailTaken => "An account with this email already exists.",
+            StreamExists => "This credential has a stream already; read, update or delete it.",
             RegistrationDisabled => "Registration is closed on this server.",
             InvalidCredentials => "The email or password is not correct.",
             InvalidToken { presented: true } => "The access token is not valid.",
@@ -189,6 +194,7 @@ macro_rules! problem_codes {
 problem_codes! {
     InvalidRequest => "invalid_request",
     EmailTaken => "email_taken",
+    StreamExists => "stream_exists",
     RegistrationDisabled => "registration_disabled",
     InvalidCredentials => "invalid_credentials",
     RateLimited => "rate_limited",
@@ -212,6 +218,7 @@ impl ProblemCode {
         match self {
             InvalidRequest => AppError::InvalidRequest("A required field is missing or has the wrong type."),
             EmailTaken => AppError::EmailTaken,
+            StreamExists => AppError::StreamExists,
             RegistrationDisabled => AppError::RegistrationDisabled,
             InvalidCredentials => AppError::InvalidCredentials,
             RateLimited => AppError::RateLimited { retry_after_secs: 1 },

@@ -679,7 +679,7 @@ impl Sessions {
         // Detached: a committed revocation is always published and audited.
         detached(async move {
             let now = st.clock.now_ms();
-            let revoked = st.store.set_user_disabled(&uid, disabled.then_some(now)).await?.ok_or(AppError::NotFound)?;
+            let revoked = st.store.set_user_disabled(&uid, disabled, now).await?.ok_or(AppError::NotFound)?;
             st.publish(&revoked);
             let kind = if disabled { "user_disabled" } else { "user_enabled" };
             let ev = Event::new(kind).user(&uid).detail(json!({ "sessions_revoked": revoked.len() }));

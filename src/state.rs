@@ -37,6 +37,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Wakes the revocation feed's long polls on this instance (docs/API.md §9).
     pub feed: crate::feed::FeedSignal,
+    /// The Shared Signals transmitter (docs/SSF.md).
+    pub ssf: crate::ssf::Ssf,
 }
 
 /// The exact browser origins allowed, and a rate-limited warning when one is refused: a

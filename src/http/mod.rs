@@ -14,6 +14,8 @@ pub mod me;
 pub mod oauth;
 pub mod pages;
 pub mod service;
+pub mod ssf;
+pub mod ssf_auth;
 pub mod ws;
 
 use std::collections::HashSet;

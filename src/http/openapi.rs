@@ -228,6 +228,7 @@ fn meaning(code: ProblemCode) -> &'static str {
             `Content-Type: application/json` is expected where there is a body)"
         }
         EmailTaken => "an account with this email already exists",
+        StreamExists => "the service credential has a Shared Signals stream already",
         RegistrationDisabled => "registration is closed on this server",
         InvalidCredentials => {
             "the email or password is not correct (the same answer, after the same work, \

@@ -16,6 +16,7 @@
 pub mod postgres;
 mod shared;
 pub mod sqlite;
+pub mod ssf;
 mod time;
 mod types;
 
@@ -149,11 +150,13 @@ impl Store {
         Ok(Some(email))
     }
 
-    /// Disables (`Some(at)`) or re-enables (`None`) a user; disabling ends every live session
-    /// of the user (`account_disabled`) in the same transaction, so the flag is never committed
-    /// with sessions alive. `None` when there is no such user; else what it ended (committed).
-    pub async fn set_user_disabled(&self, id: &str, at: Option<Millis>) -> StoreResult<Option<Vec<Revoked>>> {
-        on_backend!(self, b => b.set_user_disabled(id, at).await)
+    /// Disables or re-enables a user at `now`; disabling ends every live session of the user
+    /// (`account_disabled`) in the same transaction, so the flag is never committed with
+    /// sessions alive. A real change also writes its Shared Signals outbox row
+    /// (account-disabled before the sessions' session-revoked, or account-enabled; docs/SSF.md
+    /// §2). `None` when there is no such user; else what it ended (committed).
+    pub async fn set_user_disabled(&self, id: &str, disabled: bool, now: Millis) -> StoreResult<Option<Vec<Revoked>>> {
+        on_backend!(self, b => b.set_user_disabled(id, disabled, now).await)
     }
 
     /// Replaces the password hash `verified` (the one a login just checked) with `rehashed`, the
@@ -360,6 +363,105 @@ impl Store {
     }
 
     // ---- signing keys ----
+
+    // ---- Shared Signals (docs/SSF.md; statements in `ssf.rs`) ----
+
+    pub async fn ssf_keys(&self) -> StoreResult<Vec<ssf::SsfKeyRow>> {
+        on_backend!(self, b => b.ssf_keys().await)
+    }
+
+    pub async fn ssf_kids_in_use(&self) -> StoreResult<Vec<String>> {
+        on_backend!(self, b => b.ssf_kids_in_use().await)
+    }
+
+    pub async fn ssf_insert_key(&self, k: &ssf::SsfKeyRow, only_if_empty: bool) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_insert_key(k, only_if_empty).await)
+    }
+
+    pub async fn ssf_create_stream(&self, s: &ssf::StreamRow) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_create_stream(s).await)
+    }
+
+    pub async fn ssf_stream(&self, id: &str) -> StoreResult<Option<ssf::StreamRow>> {
+        on_backend!(self, b => b.ssf_stream(id).await)
+    }
+
+    pub async fn ssf_streams(&self) -> StoreResult<Vec<ssf::StreamRow>> {
+        on_backend!(self, b => b.ssf_streams().await)
+    }
+
+    pub async fn ssf_update_stream(&self, s: &ssf::StreamRow, now: Millis) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_update_stream(s, now).await)
+    }
+
+    pub async fn ssf_delete_stream(&self, id: &str) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_delete_stream(id).await)
+    }
+
+    pub async fn ssf_set_status(
+        &self,
+        id: &str,
+        status: &str,
+        reason: Option<&str>,
+        announce: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_set_status(id, status, reason, announce, now).await)
+    }
+
+    pub async fn ssf_verify(&self, id: &str, payload: &str, now: Millis, min_interval: Millis) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_verify(id, payload, now, min_interval).await)
+    }
+
+    pub async fn ssf_exclude_subject(&self, id: &str, subject: &str, exclude: bool) -> StoreResult<()> {
+        on_backend!(self, b => b.ssf_exclude_subject(id, subject, exclude).await)
+    }
+
+    pub async fn ssf_expand(
+        &self,
+        limit: i64,
+        now: Millis,
+        build: &(dyn Fn(&ssf::SignalRow, &ssf::StreamRow, &[String]) -> Option<ssf::NewDelivery> + Send + Sync),
+    ) -> StoreResult<(usize, usize)> {
+        on_backend!(self, b => b.ssf_expand(limit, now, build).await)
+    }
+
+    pub async fn ssf_claim_push(&self, now: Millis, lease_until: Millis, limit: i64) -> StoreResult<Vec<ssf::PushJob>> {
+        on_backend!(self, b => b.ssf_claim_push(now, lease_until, limit).await)
+    }
+
+    pub async fn ssf_push_result(&self, job: &ssf::PushJob, result: &ssf::PushResult, now: Millis) -> StoreResult<()> {
+        on_backend!(self, b => b.ssf_push_result(job, result, now).await)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn ssf_poll(
+        &self,
+        stream_id: &str,
+        acks: &[String],
+        errs: &[(String, String)],
+        max: i64,
+        active: bool,
+        now: Millis,
+    ) -> StoreResult<(Vec<(String, String)>, bool)> {
+        on_backend!(self, b => b.ssf_poll(stream_id, acks, errs, max, active, now).await)
+    }
+
+    pub async fn ssf_undelivered(&self, stream_id: &str, limit: i64) -> StoreResult<Vec<ssf::DeliveryRow>> {
+        on_backend!(self, b => b.ssf_undelivered(stream_id, limit).await)
+    }
+
+    pub async fn ssf_counts(&self) -> StoreResult<Vec<ssf::StreamCounts>> {
+        on_backend!(self, b => b.ssf_counts().await)
+    }
+
+    pub async fn ssf_redeliver(&self, stream_id: &str, since: Millis, now: Millis) -> StoreResult<u64> {
+        on_backend!(self, b => b.ssf_redeliver(stream_id, since, now).await)
+    }
+
+    pub async fn ssf_prune(&self, now: Millis) -> StoreResult<u64> {
+        on_backend!(self, b => b.ssf_prune(now).await)
+    }
 
     pub async fn signing_keys(&self) -> StoreResult<Vec<KeyRow>> {
         on_backend!(self, b => b.signing_keys().await)

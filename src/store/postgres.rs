@@ -21,7 +21,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use super::shared::{
-    log_insert, revoke_update, shared_store, Presented, RevokedRow, TokenRow, ADMIN_FLAG, SESSION_COLS,
+    log_insert, revoke_update, shared_store, signal_sessions_insert, signals_revocation, Presented, RevokedRow,
+    TokenRow, ADMIN_FLAG, DISABLED_FLAG, SESSION_COLS,
 };
 use super::shared::{TOKEN_COLS, USER_FOR_SESSION};
 use super::{Millis, Revoked, Selector, SessionRow, StoreError, StoreResult, Ts, UserRow};
@@ -141,6 +142,7 @@ impl PgStore {
         reason: &str,
         now: Millis,
         request: Option<&str>,
+        txn: &str,
     ) -> StoreResult<Vec<Revoked>> {
         let sql = revoke_update(sel, reason);
         let rows: Vec<RevokedRow> = shared::bind_selector(&sql, sel, reason, now).fetch_all(&mut *tx).await?;
@@ -158,6 +160,15 @@ impl PgStore {
         .bind(Ts(now))
         .fetch_one(&mut *tx)
         .await?;
+        if signals_revocation(reason) {
+            sqlx::query(&signal_sessions_insert("= ANY($1::text[])"))
+                .bind(&ids)
+                .bind(reason)
+                .bind(Ts(now))
+                .bind(txn)
+                .execute(&mut *tx)
+                .await?;
+        }
         // Tests: a fault after the log rows are written must leave neither them nor the
         // revocation behind.
         crate::store::fail_at!(self.failpoints, super::failpoint::REVOKE_AFTER_LOG);
@@ -216,6 +227,11 @@ impl PgStore {
             .bind(version)
             .fetch_optional(&mut *tx)
             .await?)
+    }
+
+    /// Disabling's read of the flag, locking the user row (as demotion does).
+    async fn disabled_flag_for_update(&self, tx: &mut PgConnection, id: &str) -> StoreResult<Option<bool>> {
+        Ok(sqlx::query_scalar(&format!("{DISABLED_FLAG} FOR UPDATE")).bind(id).fetch_optional(&mut *tx).await?)
     }
 
     /// Demotion's read of the admin flag, locked until the role change and the revocation of
@@ -360,6 +376,7 @@ impl PgStore {
     }
 }
 
+super::ssf::ssf_store!(PgStore, sqlx::PgConnection, " FOR UPDATE SKIP LOCKED", " FOR UPDATE OF d SKIP LOCKED");
 shared_store!(PgStore, sqlx::Postgres, sqlx::PgConnection);
 
 /// Where `options` point, for error messages: host and port (or socket) and database. Built

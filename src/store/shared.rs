@@ -13,14 +13,15 @@
 //! as these methods of its store:
 //! - `begin()`: SQLite `BEGIN IMMEDIATE` on its one writer connection (every other writer
 //!   waits, so its reads need no lock); PostgreSQL a plain transaction whose reads lock rows;
-//! - `revoke_in(tx, selector, reason, now, request)`: ends the sessions and appends them to the
-//!   revocation log ([`log_insert`]); PostgreSQL allocates the log ids under an advisory lock
+//! - `revoke_in(tx, selector, reason, now, request, txn)`: ends the sessions, appends them to
+//!   the revocation log ([`log_insert`]) and writes their Shared Signals outbox rows
+//!   ([`signal_sessions_insert`], one `txn` per cause); PostgreSQL allocates the log ids under an advisory lock
 //!   (commit order) and sends `NOTIFY`, in the same transaction;
 //! - `read_presented(tx, hash)`: a refresh token, its session and the user's disabled flag
 //!   (SQLite: one join; PostgreSQL: the session row locked before the token row);
 //! - `user_for_session(tx, user_id, version)`: session creation's credential check
 //!   (PostgreSQL: `FOR SHARE`), `admin_flag_for_update(tx, id)`: demotion's read (PostgreSQL:
-//!   `FOR UPDATE`), `lock_signing_keys(tx)`: first-key creation (PostgreSQL: an advisory lock).
+//!   `FOR UPDATE`), `disabled_flag_for_update(tx, id)`: disabling's read, `lock_signing_keys(tx)`: first-key creation (PostgreSQL: an advisory lock).
 //!
 //! Everything PostgreSQL-only (revocation log reads, presence, `NOTIFY`, the listener) is in
 //! `postgres.rs` alone.
@@ -38,6 +39,10 @@ pub(super) const USER_FOR_SESSION: &str =
 
 /// Demotion's read of the admin flag. PostgreSQL adds a row lock.
 pub(super) const ADMIN_FLAG: &str = "SELECT is_admin FROM users WHERE id = $1";
+
+/// Disabling's read of the disabled flag (whether the account changes, so whether to signal
+/// it). PostgreSQL adds a row lock.
+pub(super) const DISABLED_FLAG: &str = "SELECT disabled_at IS NOT NULL FROM users WHERE id = $1";
 
 /// The columns of [`TokenRow`] from `refresh_tokens t`.
 pub(super) const TOKEN_COLS: &str = "t.id AS t_id, t.rotated_at AS t_rotated_at, t.successor_id AS t_successor_id, \
@@ -232,6 +237,29 @@ pub(super) fn log_insert(ids_in: &str) -> String {
     )
 }
 
+/// The Shared Signals outbox rows (docs/SSF.md §3.3) of the sessions `ids` just ended, in the
+/// revoking transaction: one `session-revoked` signal each, `$1` the ids (bound as in
+/// [`log_insert`]), `$2` the reason, `$3` the time, `$4` the cause's `txn`. Written only while
+/// some stream exists (a deployment without receivers pays one empty-table probe).
+pub(super) fn signal_sessions_insert(ids_in: &str) -> String {
+    format!(
+        "INSERT INTO ssf_signals (kind, user_id, session_id, reason, txn, occurred_at) \
+         SELECT 'session-revoked', user_id, id, $2, $4, $3 FROM sessions \
+         WHERE id {ids_in} AND EXISTS (SELECT 1 FROM ssf_streams) ORDER BY id"
+    )
+}
+
+/// Whether a revocation for `reason` is announced to Shared Signals receivers: expiry is not a
+/// revocation (docs/SSF.md §2, A8).
+pub(super) fn signals_revocation(reason: &str) -> bool {
+    reason != "session_expired"
+}
+
+/// A new `txn` (docs/SSF.md §2): shared by every SET of one cause, on every stream.
+pub(super) fn new_txn() -> String {
+    format!("tx_{}", uuid::Uuid::new_v4().simple())
+}
+
 /// Expands to the shared statements and transactions as methods of the backend store `$Store`
 /// (over the database `$DB`, whose connection type is `$Conn`), in a module `shared` of the
 /// backend that also holds the helpers its transactions use. `$Store` provides `reader()`,
@@ -325,26 +353,56 @@ macro_rules! shared_store {
                 pub(crate) async fn set_user_disabled(
                     &self,
                     id: &str,
-                    at: Option<Millis>,
+                    disabled: bool,
+                    now: Millis,
                 ) -> StoreResult<Option<Vec<Revoked>>> {
                     let mut tx = self.begin().await?;
-                    let r = sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
-                        .bind(at.map(Ts))
+                    let Some(was) = self.disabled_flag_for_update(&mut tx, id).await? else { return Ok(None) };
+                    sqlx::query("UPDATE users SET disabled_at = $1 WHERE id = $2")
+                        .bind(disabled.then_some(Ts(now)))
                         .bind(id)
                         .execute(&mut *tx)
                         .await?;
-                    if r.rows_affected() != 1 {
-                        return Ok(None);
-                    }
-                    let revoked = match at {
-                        Some(now) => {
-                            let sel = Selector::User { user_id: id.to_string(), except: None };
-                            self.revoke_in(&mut tx, &sel, "account_disabled", now, None).await?
+                    let txn = new_txn();
+                    let revoked = if disabled {
+                        if !was {
+                            self.signal_user(&mut tx, "account-disabled", id, "account_disabled", &txn, now).await?;
                         }
-                        None => Vec::new(),
+                        let sel = Selector::User { user_id: id.to_string(), except: None };
+                        self.revoke_in(&mut tx, &sel, "account_disabled", now, None, &txn).await?
+                    } else {
+                        if was {
+                            self.signal_user(&mut tx, "account-enabled", id, "account_enabled", &txn, now).await?;
+                        }
+                        Vec::new()
                     };
                     tx.commit().await?;
                     Ok(Some(revoked))
+                }
+
+                /// A Shared Signals outbox row about a user (credential-change, account-disabled,
+                /// account-enabled), in the caller's transaction; only while some stream exists.
+                async fn signal_user(
+                    &self,
+                    tx: &mut Conn,
+                    kind: &str,
+                    user_id: &str,
+                    reason: &str,
+                    txn: &str,
+                    now: Millis,
+                ) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO ssf_signals (kind, user_id, reason, txn, occurred_at) \
+                         SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM ssf_streams)",
+                    )
+                    .bind(kind)
+                    .bind(user_id)
+                    .bind(reason)
+                    .bind(txn)
+                    .bind(Ts(now))
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(())
                 }
 
                 pub(crate) async fn change_password(
@@ -369,7 +427,9 @@ macro_rules! shared_store {
                         return Ok(None);
                     }
                     let sel = Selector::User { user_id: user_id.to_string(), except: Some(keep.to_string()) };
-                    let revoked = self.revoke_in(&mut tx, &sel, "password_changed", now, None).await?;
+                    let txn = new_txn();
+                    self.signal_user(&mut tx, "credential-change", user_id, "password_changed", &txn, now).await?;
+                    let revoked = self.revoke_in(&mut tx, &sel, "password_changed", now, None, &txn).await?;
                     tx.commit().await?;
                     Ok(Some(revoked))
                 }
@@ -389,7 +449,7 @@ macro_rules! shared_store {
                         .await?;
                     let revoked = if was && !admin {
                         let sel = Selector::User { user_id: id.to_string(), except: None };
-                        self.revoke_in(&mut tx, &sel, "admin_revoked", now, None).await?
+                        self.revoke_in(&mut tx, &sel, "admin_revoked", now, None, &new_txn()).await?
                     } else {
                         Vec::new()
                     };
@@ -538,7 +598,7 @@ macro_rules! shared_store {
                     request: Option<&str>,
                 ) -> StoreResult<Vec<Revoked>> {
                     let mut tx = self.begin().await?;
-                    let revoked = self.revoke_in(&mut tx, sel, reason, now, request).await?;
+                    let revoked = self.revoke_in(&mut tx, sel, reason, now, request, &new_txn()).await?;
                     tx.commit().await?;
                     Ok(revoked)
                 }
@@ -705,7 +765,7 @@ macro_rules! shared_store {
                             Ok(outcome) => outcome,
                             Err((session_id, ending)) => {
                                 let sel = Selector::Session(session_id);
-                                let revoked = self.revoke_in(&mut tx, &sel, ending.reason(), r.now, None).await?;
+                                let revoked = self.revoke_in(&mut tx, &sel, ending.reason(), r.now, None, &new_txn()).await?;
                                 ending.outcome(revoked)
                             }
                         },

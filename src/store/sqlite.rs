@@ -20,7 +20,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::shared::{
-    log_insert, revoke_update, shared_store, Presented, RevokedRow, TokenRow, ADMIN_FLAG, TOKEN_COLS, USER_FOR_SESSION,
+    log_insert, revoke_update, shared_store, signal_sessions_insert, signals_revocation, Presented, RevokedRow,
+    TokenRow, ADMIN_FLAG, DISABLED_FLAG, TOKEN_COLS, USER_FOR_SESSION,
 };
 use super::{Millis, OptTs, Revoked, Selector, SessionRow, StoreError, StoreResult, Ts, UserRow};
 
@@ -111,6 +112,7 @@ impl SqliteStore {
         reason: &str,
         now: Millis,
         _request: Option<&str>,
+        txn: &str,
     ) -> StoreResult<Vec<Revoked>> {
         let sql = revoke_update(sel, reason);
         let rows: Vec<RevokedRow> = shared::bind_selector(&sql, sel, reason, now).fetch_all(&mut *tx).await?;
@@ -120,11 +122,20 @@ impl SqliteStore {
         let ids = serde_json::to_string(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
             .map_err(|e| StoreError::Db(sqlx::Error::Encode(e.into())))?;
         sqlx::query(&log_insert("IN (SELECT value FROM json_each($1))"))
-            .bind(ids)
+            .bind(&ids)
             .bind(reason)
             .bind(Ts(now))
             .execute(&mut *tx)
             .await?;
+        if signals_revocation(reason) {
+            sqlx::query(&signal_sessions_insert("IN (SELECT value FROM json_each($1))"))
+                .bind(&ids)
+                .bind(reason)
+                .bind(Ts(now))
+                .bind(txn)
+                .execute(&mut *tx)
+                .await?;
+        }
         // Tests: a fault after the log rows are written must leave neither them nor the
         // revocation behind.
         crate::store::fail_at!(self.failpoints, super::failpoint::REVOKE_AFTER_LOG);
@@ -169,12 +180,18 @@ impl SqliteStore {
         Ok(sqlx::query_scalar(ADMIN_FLAG).bind(id).fetch_optional(&mut *tx).await?)
     }
 
+    /// Disabling's read of the flag (under the write lock).
+    async fn disabled_flag_for_update(&self, tx: &mut SqliteConnection, id: &str) -> StoreResult<Option<bool>> {
+        Ok(sqlx::query_scalar(DISABLED_FLAG).bind(id).fetch_optional(&mut *tx).await?)
+    }
+
     /// First-key creation is serialised by the write lock already.
     async fn lock_signing_keys(&self, _tx: &mut SqliteConnection) -> StoreResult<()> {
         Ok(())
     }
 }
 
+super::ssf::ssf_store!(SqliteStore, sqlx::SqliteConnection, "", "");
 shared_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection);
 
 /// Copies the WAL back into the database every 250 ms with a passive checkpoint on a reader

@@ -38,6 +38,7 @@ mod oauth;
 mod refresh;
 mod resource_server;
 mod service;
+mod ssf;
 mod throttling;
 mod upgrade;
 mod ws;

@@ -49,6 +49,14 @@ mod refresh;
 mod resource_server;
 #[path = "../api/service.rs"]
 mod service;
+#[path = "../api/ssf.rs"]
+mod ssf;
+#[allow(dead_code)]
+#[path = "../support/ssf_c0.rs"]
+mod ssf_c0;
+#[allow(dead_code)]
+#[path = "../support/ssf_receiver.rs"]
+mod ssf_receiver;
 #[path = "../api/throttling.rs"]
 mod throttling;
 #[path = "../api/upgrade.rs"]

@@ -44,6 +44,21 @@ pub fn check_c0(
     aud: &str,
     seen_jtis: &mut HashSet<String>,
 ) -> Result<Value, String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64;
+    check_c0_at(set, jwks, access_jwks, issuer, aud, seen_jtis, now)
+}
+
+/// [`check_c0`] with "now" given: a test that moves the server's clock compares `iat` with
+/// the server's time.
+pub fn check_c0_at(
+    set: &str,
+    jwks: &Value,
+    access_jwks: &Value,
+    issuer: &str,
+    aud: &str,
+    seen_jtis: &mut HashSet<String>,
+    now: i64,
+) -> Result<Value, String> {
     let parts: Vec<&str> = set.split('.').collect();
     let [header_b64, payload_b64, signature_b64] = parts[..] else {
         return Err(format!("not a compact JWS: {} parts, expected 3", parts.len()));
@@ -97,7 +112,6 @@ pub fn check_c0(
     if !aud_ok {
         return Err(format!("aud is {}, expected {aud:?}", shown(claims.get("aud"))));
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64;
     match claims.get("iat").and_then(Value::as_i64) {
         Some(iat) if iat <= now + IAT_SKEW_SECS => {}
         Some(iat) => return Err(format!("iat {iat} is more than {IAT_SKEW_SECS} s after now ({now})")),

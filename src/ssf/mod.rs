@@ -1,0 +1,754 @@
+//! sessiond as an OpenID Shared Signals transmitter (docs/SSF.md; docs/API.md §11).
+//!
+//! - [`events`]: what a SET says (pure);
+//! - [`keys`]: the RS256 keys that sign SETs (aws-lc-rs, constant time);
+//! - [`push`]: the HTTP side of RFC 8935 push (SSRF checks, no redirects, classification);
+//! - this module: [`Ssf`], the service the `/ssf/*` handlers and the `sessiond ssf` commands
+//!   share (stream management, verification, poll), and its background task ([`Ssf::run`]):
+//!   the dispatcher that expands the outbox into stored, signed SETs and the push workers.
+//!
+//! The outbox rows are written by the revoking transactions themselves (`store`), so nothing
+//! is announced on rollback and nothing is lost after a commit; this room only reads them.
+
+pub mod events;
+pub mod keys;
+pub mod push;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde_json::{json, Map, Value};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{self, Who};
+use crate::clock::{Clock, Millis};
+use crate::error::AppError;
+use crate::feed::FeedSignal;
+use crate::store::ssf::{NewDelivery, PushJob, PushResult, SignalRow, SsfKeyRow, StreamRow};
+use crate::store::{Store, StoreError};
+
+use self::keys::SetKey;
+use self::push::{Outcome, Pusher};
+
+pub const PUSH: &str = "urn:ietf:rfc:8935";
+pub const POLL: &str = "urn:ietf:rfc:8936";
+/// `min_verification_interval`, seconds (docs/SSF.md §1.2).
+pub const MIN_VERIFICATION_INTERVAL_S: i64 = 10;
+/// The most SETs one poll answer holds when `maxEvents` is absent (docs/SSF.md A9).
+pub const POLL_MAX: i64 = 1000;
+/// Outbox rows one dispatcher transaction expands.
+const EXPAND_BATCH: i64 = 100;
+/// SETs in flight at once on one instance, all streams together.
+const PUSH_GLOBAL: usize = 64;
+/// How long a claimed SET is leased to this instance's push attempt.
+const PUSH_LEASE_MS: Millis = 60_000;
+/// The dispatcher's recheck when nothing woke it (docs/SSF.md §3.3: ≤ 1 s).
+const RECHECK: Duration = Duration::from_secs(1);
+/// How often a waiting long poll looks at the database (SETs made on another instance).
+const POLL_RECHECK: Duration = Duration::from_millis(200);
+/// Largest `description`, `state`, `reason` and `authorization_header` accepted.
+const MAX_TEXT: usize = 1024;
+
+/// The transmitter's settings (from the server's configuration).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub issuer: String,
+    /// `--ssf-allow-insecure-push`: http and loopback push endpoints (tests only).
+    pub allow_insecure_push: bool,
+    /// `--ssf-poll-wait`: how long a long poll waits for a SET.
+    pub poll_wait: Duration,
+    /// `--ssf-push-concurrency`: SETs in flight per stream.
+    pub push_concurrency: usize,
+}
+
+impl Settings {
+    pub fn from_config(config: &crate::config::Config) -> Settings {
+        Settings {
+            issuer: config.issuer.clone(),
+            allow_insecure_push: config.ssf_allow_insecure_push,
+            poll_wait: config.ssf_poll_wait,
+            push_concurrency: config.ssf_push_concurrency as usize,
+        }
+    }
+}
+
+/// The Shared Signals service. Cheap to clone.
+#[derive(Clone)]
+pub struct Ssf(Arc<Parts>);
+
+pub struct Parts {
+    store: Store,
+    clock: Clock,
+    settings: Settings,
+    pusher: Pusher,
+    /// Parsed signing keys by kid (parsing a private key costs more than a signature).
+    keys: Mutex<HashMap<String, Arc<SetKey>>>,
+    /// Wakes the dispatcher (a verification, a finished push, a status change).
+    wake: Notify,
+    /// Bumped after every expansion: wakes this instance's long polls.
+    expanded: watch::Sender<u64>,
+    /// Streams with a long poll waiting on this instance (one per stream waits).
+    pollers: DashMap<String, ()>,
+    /// Per-stream push concurrency.
+    inflight: DashMap<String, Arc<Semaphore>>,
+    global: Arc<Semaphore>,
+    /// Revocations committed or applied on this instance: the outbox may have new rows.
+    feed: FeedSignal,
+    stats: DashMap<String, StreamStats>,
+}
+
+/// Counters per stream since this process started (the `/metrics` families).
+#[derive(Debug, Clone, Default)]
+pub struct StreamStats {
+    pub delivered: u64,
+    pub retries: u64,
+    pub dead: u64,
+    pub last_success_ms: Option<Millis>,
+}
+
+impl std::ops::Deref for Ssf {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> AppError {
+    AppError::Internal(e.into())
+}
+
+fn db(e: StoreError) -> AppError {
+    AppError::Unavailable(e.into())
+}
+
+impl Ssf {
+    pub fn new(store: Store, clock: Clock, settings: Settings, feed: FeedSignal) -> Ssf {
+        let pusher = Pusher::new(settings.allow_insecure_push);
+        Ssf(Arc::new(Parts {
+            store,
+            clock,
+            settings,
+            pusher,
+            keys: Mutex::default(),
+            wake: Notify::new(),
+            expanded: watch::channel(0).0,
+            pollers: DashMap::new(),
+            inflight: DashMap::new(),
+            global: Arc::new(Semaphore::new(PUSH_GLOBAL)),
+            feed,
+            stats: DashMap::new(),
+        }))
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Per-stream counters, for `/metrics`.
+    pub fn stats(&self) -> Vec<(String, StreamStats)> {
+        self.stats.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    }
+
+    /// Wakes the dispatcher now (something was queued on this instance).
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    // ---- keys ----
+
+    fn parsed(&self, row: &SsfKeyRow) -> Result<Arc<SetKey>, AppError> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = keys.get(&row.kid) {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(SetKey::from_pkcs8(&row.kid, &row.private_der).map_err(internal)?);
+        keys.insert(row.kid.clone(), k.clone());
+        Ok(k)
+    }
+
+    /// The key that signs now, made on first use (racing instances: the first insert wins).
+    pub async fn signing_key(&self) -> Result<Arc<SetKey>, AppError> {
+        for _ in 0..2 {
+            let rows = self.store.ssf_keys().await.map_err(db)?;
+            if let Some(row) = rows.iter().rev().find(|r| r.retired_at.is_none()) {
+                return self.parsed(row);
+            }
+            let key = tokio::task::spawn_blocking(SetKey::generate).await.map_err(internal)?.map_err(internal)?;
+            let row = SsfKeyRow {
+                kid: key.kid().to_string(),
+                private_der: key.pkcs8_der(),
+                created_at: self.clock.now_ms(),
+                retired_at: None,
+            };
+            self.store.ssf_insert_key(&row, true).await.map_err(db)?;
+        }
+        Err(internal(anyhow::anyhow!("no SET signing key after creating one")))
+    }
+
+    /// `GET /ssf/jwks.json`: the signing key, and retired keys whose SETs are still stored
+    /// undelivered (docs/SSF.md §1.1).
+    pub async fn jwks(&self) -> Result<Value, AppError> {
+        self.signing_key().await?;
+        let rows = self.store.ssf_keys().await.map_err(db)?;
+        let in_use = self.store.ssf_kids_in_use().await.map_err(db)?;
+        let mut keys = Vec::new();
+        for row in rows.iter().rev() {
+            if row.retired_at.is_none() || in_use.contains(&row.kid) {
+                keys.push(self.parsed(row)?.public_jwk());
+            }
+        }
+        Ok(json!({ "keys": keys }))
+    }
+
+    /// `sessiond keys rotate --ssf`: a new signing key; the old ones are retired (published
+    /// while their SETs are undelivered).
+    pub async fn rotate(store: &Store, clock: &Clock) -> anyhow::Result<String> {
+        let key = tokio::task::spawn_blocking(SetKey::generate).await??;
+        let row = SsfKeyRow {
+            kid: key.kid().to_string(),
+            private_der: key.pkcs8_der(),
+            created_at: clock.now_ms(),
+            retired_at: None,
+        };
+        store.ssf_insert_key(&row, false).await?;
+        Ok(row.kid)
+    }
+
+    // ---- streams ----
+
+    /// The stream configuration as the API shows it to its owner (docs/SSF.md §1.2).
+    pub fn config_json(&self, s: &StreamRow) -> Value {
+        let mut c = Map::new();
+        c.insert("stream_id".into(), json!(s.id));
+        c.insert("iss".into(), json!(self.settings.issuer));
+        c.insert("aud".into(), json!(s.aud));
+        let mut delivery: Value = serde_json::from_str(&s.delivery).unwrap_or(json!({}));
+        if s.method == "poll" {
+            delivery = json!({ "method": POLL, "endpoint_url": self.poll_url(&s.id) });
+        }
+        c.insert("delivery".into(), delivery);
+        c.insert("events_supported".into(), json!(events::SUPPORTED));
+        if let Some(req) = s.events_requested.as_deref().and_then(|r| serde_json::from_str::<Value>(r).ok()) {
+            c.insert("events_requested".into(), req);
+        }
+        let delivered: Value = serde_json::from_str(&s.events_delivered).unwrap_or(json!([]));
+        c.insert("events_delivered".into(), delivered);
+        c.insert("min_verification_interval".into(), json!(MIN_VERIFICATION_INTERVAL_S));
+        if let Some(d) = &s.description {
+            c.insert("description".into(), json!(d));
+        }
+        Value::Object(c)
+    }
+
+    fn poll_url(&self, id: &str) -> String {
+        format!("{}/ssf/poll/{id}", self.settings.issuer.trim_end_matches('/'))
+    }
+
+    /// The Receiver-supplied part of a create, update or replace body, checked.
+    fn receiver_fields(&self, body: &Map<String, Value>, base: &mut StreamRow, replace: bool) -> Result<(), AppError> {
+        if replace || body.contains_key("delivery") {
+            let delivery = body.get("delivery").cloned().unwrap_or(Value::Null);
+            let (method, url, auth, echo) = match &delivery {
+                Value::Null => ("poll", None, None, json!({ "method": POLL })),
+                Value::Object(d) => match d.get("method").and_then(Value::as_str) {
+                    None | Some(POLL) => ("poll", None, None, json!({ "method": POLL })),
+                    Some(PUSH) => {
+                        let url = d
+                            .get("endpoint_url")
+                            .and_then(Value::as_str)
+                            .ok_or(AppError::InvalidRequest("A push stream needs delivery.endpoint_url."))?;
+                        push::check_endpoint(url, self.settings.allow_insecure_push).map_err(|e| {
+                            tracing::debug!(error = %e, "push endpoint refused");
+                            AppError::InvalidRequest(
+                                "delivery.endpoint_url must be an absolute https URL of a public host.",
+                            )
+                        })?;
+                        let auth = match d.get("authorization_header") {
+                            None | Some(Value::Null) => None,
+                            Some(Value::String(a)) if a.len() <= MAX_TEXT && !a.contains(['\r', '\n']) => {
+                                Some(a.clone())
+                            }
+                            Some(_) => {
+                                return Err(AppError::InvalidRequest(
+                                    "delivery.authorization_header must be a single-line string.",
+                                ))
+                            }
+                        };
+                        let mut echo = json!({ "method": PUSH, "endpoint_url": url });
+                        if let Some(a) = &auth {
+                            echo["authorization_header"] = json!(a);
+                        }
+                        ("push", Some(url.to_string()), auth, echo)
+                    }
+                    Some(_) => return Err(AppError::InvalidRequest("delivery.method is not supported.")),
+                },
+                _ => return Err(AppError::InvalidRequest("delivery must be an object.")),
+            };
+            base.method = method.into();
+            base.endpoint_url = url;
+            base.authorization_header = auth;
+            base.delivery = echo.to_string();
+        }
+        if replace || body.contains_key("events_requested") {
+            match body.get("events_requested") {
+                None | Some(Value::Null) => base.events_requested = None,
+                Some(Value::Array(list)) if list.len() <= 64 => {
+                    let list: Option<Vec<String>> = list.iter().map(|v| v.as_str().map(String::from)).collect();
+                    let list = list.ok_or(AppError::InvalidRequest("events_requested must be a list of URIs."))?;
+                    base.events_requested = Some(json!(list).to_string());
+                }
+                Some(_) => return Err(AppError::InvalidRequest("events_requested must be a list of URIs.")),
+            }
+            let requested: Option<Vec<String>> =
+                base.events_requested.as_deref().and_then(|r| serde_json::from_str(r).ok());
+            base.events_delivered = json!(events::delivered(requested.as_deref())).to_string();
+        }
+        if replace || body.contains_key("description") {
+            base.description = match body.get("description") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) if d.len() <= MAX_TEXT => Some(d.clone()),
+                Some(_) => return Err(AppError::InvalidRequest("description must be a string of at most 1024 bytes.")),
+            };
+        }
+        Ok(())
+    }
+
+    /// `POST /ssf/stream` (and `sessiond ssf stream add`): 409 when `owner` has a stream.
+    pub async fn create(
+        &self,
+        owner: &str,
+        aud: &str,
+        body: &Value,
+        event_subject: bool,
+        who: &Who,
+    ) -> Result<Value, AppError> {
+        let body = body.as_object().ok_or(AppError::InvalidRequest("The body must be a JSON object."))?;
+        let now = self.clock.now_ms();
+        let mut row = StreamRow {
+            id: format!("st_{}", uuid::Uuid::new_v4().simple()),
+            owner: owner.to_string(),
+            aud: aud.to_string(),
+            delivery: String::new(),
+            method: "poll".into(),
+            endpoint_url: None,
+            authorization_header: None,
+            events_requested: None,
+            events_delivered: "[]".into(),
+            description: None,
+            event_subject,
+            status: "enabled".into(),
+            status_reason: None,
+            health: "ok".into(),
+            last_success_at: None,
+            last_error: None,
+            last_verify_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.receiver_fields(body, &mut row, true)?;
+        // Sign with a key that exists before the first event needs it.
+        self.signing_key().await?;
+        if !self.store.ssf_create_stream(&row).await.map_err(db)? {
+            return Err(AppError::StreamExists);
+        }
+        let detail = json!({ "stream_id": row.id, "owner": owner, "method": row.method });
+        audit::record(&self.store, now, who, audit::Event::new("ssf_stream_created").detail(detail)).await;
+        Ok(self.config_json(&row))
+    }
+
+    /// The stream `id` if `owner` owns it; 404 otherwise (another credential's stream is
+    /// invisible, docs/SSF.md §1.2).
+    pub async fn owned(&self, owner: &str, id: &str) -> Result<StreamRow, AppError> {
+        match self.store.ssf_stream(id).await.map_err(db)? {
+            Some(s) if s.owner == owner => Ok(s),
+            _ => Err(AppError::NotFound),
+        }
+    }
+
+    /// `GET /ssf/stream`: one stream, or the caller's streams as an array.
+    pub async fn read(&self, owner: &str, id: Option<&str>) -> Result<Value, AppError> {
+        match id {
+            Some(id) => Ok(self.config_json(&self.owned(owner, id).await?)),
+            None => {
+                let all = self.store.ssf_streams().await.map_err(db)?;
+                Ok(Value::Array(all.iter().filter(|s| s.owner == owner).map(|s| self.config_json(s)).collect()))
+            }
+        }
+    }
+
+    /// `PATCH` (`replace` false) and `PUT` (`replace` true) `/ssf/stream`.
+    pub async fn update(&self, owner: &str, body: &Value, replace: bool, who: &Who) -> Result<Value, AppError> {
+        let body = body.as_object().ok_or(AppError::InvalidRequest("The body must be a JSON object."))?;
+        let id =
+            body.get("stream_id").and_then(Value::as_str).ok_or(AppError::InvalidRequest("stream_id is required."))?;
+        let mut row = self.owned(owner, id).await?;
+        // Transmitter-supplied fields may be sent back, but never changed.
+        let current = self.config_json(&row);
+        for field in ["iss", "aud", "events_supported", "events_delivered", "min_verification_interval"] {
+            if let Some(v) = body.get(field) {
+                if Some(v) != current.get(field) {
+                    return Err(AppError::InvalidRequest("A Transmitter-supplied field cannot be changed."));
+                }
+            }
+        }
+        self.receiver_fields(body, &mut row, replace)?;
+        let now = self.clock.now_ms();
+        if !self.store.ssf_update_stream(&row, now).await.map_err(db)? {
+            return Err(AppError::NotFound);
+        }
+        let detail = json!({ "stream_id": row.id, "owner": owner, "replace": replace });
+        audit::record(&self.store, now, who, audit::Event::new("ssf_stream_updated").detail(detail)).await;
+        Ok(self.config_json(&row))
+    }
+
+    /// `DELETE /ssf/stream`: the stream and every SET it holds.
+    pub async fn delete(&self, owner: &str, id: &str, who: &Who) -> Result<(), AppError> {
+        self.owned(owner, id).await?;
+        self.remove(id, who).await
+    }
+
+    /// Deletes stream `id` (the operator's `ssf stream remove` skips the owner check).
+    pub async fn remove(&self, id: &str, who: &Who) -> Result<(), AppError> {
+        if !self.store.ssf_delete_stream(id).await.map_err(db)? {
+            return Err(AppError::NotFound);
+        }
+        let now = self.clock.now_ms();
+        audit::record(
+            &self.store,
+            now,
+            who,
+            audit::Event::new("ssf_stream_deleted").detail(json!({ "stream_id": id })),
+        )
+        .await;
+        Ok(())
+    }
+
+    pub fn status_json(s: &StreamRow) -> Value {
+        let mut v = json!({ "stream_id": s.id, "status": s.status });
+        if let Some(r) = &s.status_reason {
+            v["reason"] = json!(r);
+        }
+        v
+    }
+
+    /// Sets a stream's status. `operator`: a change by sessiond itself (the CLI), announced
+    /// with a stream-updated event before it takes effect (docs/SSF.md §4); a receiver's own
+    /// change is not announced back to it.
+    pub async fn set_status(
+        &self,
+        id: &str,
+        status: &str,
+        reason: Option<&str>,
+        operator: bool,
+        who: &Who,
+    ) -> Result<Value, AppError> {
+        if !matches!(status, "enabled" | "paused" | "disabled") {
+            return Err(AppError::InvalidRequest("status must be enabled, paused or disabled."));
+        }
+        if reason.is_some_and(|r| r.len() > MAX_TEXT) {
+            return Err(AppError::InvalidRequest("reason must be at most 1024 bytes."));
+        }
+        let announce = operator.then(|| {
+            let mut p = json!({ "status": status });
+            if let Some(r) = reason {
+                p["reason"] = json!(r);
+            }
+            p.to_string()
+        });
+        let now = self.clock.now_ms();
+        if !self.store.ssf_set_status(id, status, reason, announce.as_deref(), now).await.map_err(db)? {
+            return Err(AppError::NotFound);
+        }
+        let detail = json!({ "stream_id": id, "status": status, "reason": reason, "by": if operator { "operator" } else { "receiver" } });
+        audit::record(&self.store, now, who, audit::Event::new("ssf_stream_status").detail(detail)).await;
+        self.poke();
+        let mut v = json!({ "stream_id": id, "status": status });
+        if let Some(r) = reason {
+            v["reason"] = json!(r);
+        }
+        Ok(v)
+    }
+
+    /// `subjects:add` (`add` true: deletes a matching exclusion) and `subjects:remove`.
+    pub async fn subject(&self, owner: &str, body: &Value, add: bool) -> Result<(), AppError> {
+        let id =
+            body.get("stream_id").and_then(Value::as_str).ok_or(AppError::InvalidRequest("stream_id is required."))?;
+        let subject = body.get("subject").ok_or(AppError::InvalidRequest("subject is required."))?;
+        let normalized = events::normalize_subject(subject)
+            .ok_or(AppError::InvalidRequest("subject must be an object with a format."))?;
+        if normalized.to_string().len() > 4 * MAX_TEXT {
+            return Err(AppError::InvalidRequest("subject is too large."));
+        }
+        self.owned(owner, id).await?;
+        // An unknown subject is answered the same (docs/SSF.md §1.4: no probing).
+        self.store.ssf_exclude_subject(id, &normalized.to_string(), !add).await.map_err(db)
+    }
+
+    /// `POST /ssf/verify`: queues a verification SET; 429 within `min_verification_interval`.
+    pub async fn verify(&self, owner: &str, body: &Value) -> Result<(), AppError> {
+        let id =
+            body.get("stream_id").and_then(Value::as_str).ok_or(AppError::InvalidRequest("stream_id is required."))?;
+        let state = match body.get("state") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() <= MAX_TEXT => Some(s.clone()),
+            Some(_) => return Err(AppError::InvalidRequest("state must be a string of at most 1024 bytes.")),
+        };
+        self.owned(owner, id).await?;
+        let payload = match state {
+            Some(s) => json!({ "state": s }),
+            None => json!({}),
+        };
+        let now = self.clock.now_ms();
+        let interval = MIN_VERIFICATION_INTERVAL_S * 1000;
+        if !self.store.ssf_verify(id, &payload.to_string(), now, interval).await.map_err(db)? {
+            return Err(AppError::RateLimited { retry_after_secs: MIN_VERIFICATION_INTERVAL_S as u64 });
+        }
+        self.poke();
+        Ok(())
+    }
+
+    /// `POST /ssf/poll/{id}` (RFC 8936): applies acks and errors, then answers with the
+    /// pending SETs, waiting up to `--ssf-poll-wait` for one unless `returnImmediately`.
+    pub async fn poll(&self, owner: &str, id: &str, body: &Value) -> Result<Value, AppError> {
+        let body = body.as_object().ok_or(AppError::InvalidRequest("The body must be a JSON object."))?;
+        let stream = self.owned(owner, id).await?;
+        if stream.method != "poll" {
+            return Err(AppError::InvalidRequest("This stream is delivered by push."));
+        }
+        let max = match body.get("maxEvents") {
+            None | Some(Value::Null) => POLL_MAX,
+            Some(v) => v
+                .as_i64()
+                .filter(|n| *n >= 0)
+                .ok_or(AppError::InvalidRequest("maxEvents must be a non-negative integer."))?
+                .min(POLL_MAX),
+        };
+        let immediately = match body.get("returnImmediately") {
+            None | Some(Value::Null) => false,
+            Some(v) => v.as_bool().ok_or(AppError::InvalidRequest("returnImmediately must be a boolean."))?,
+        };
+        let acks: Vec<String> = match body.get("ack") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) if a.len() <= POLL_MAX as usize => a
+                .iter()
+                .map(|v| v.as_str().map(String::from))
+                .collect::<Option<_>>()
+                .ok_or(AppError::InvalidRequest("ack must be a list of jti strings."))?,
+            Some(_) => return Err(AppError::InvalidRequest("ack must be a list of jti strings.")),
+        };
+        let errs: Vec<(String, String)> = match body.get("setErrs") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(m)) if m.len() <= POLL_MAX as usize => {
+                m.iter().map(|(jti, e)| (jti.clone(), e.to_string().chars().take(256).collect())).collect()
+            }
+            Some(_) => return Err(AppError::InvalidRequest("setErrs must be an object keyed by jti.")),
+        };
+        for (jti, err) in &errs {
+            tracing::info!(stream_id = %id, jti = %jti, error = %err, "receiver reported a SET error");
+        }
+        let active = stream.status == "enabled";
+        let deadline = tokio::time::Instant::now() + self.settings.poll_wait;
+        let mut expanded = self.expanded.subscribe();
+        let mut waiting: Option<PollerGuard> = None;
+        let (mut acks, mut errs) = (acks, errs);
+        loop {
+            let now = self.clock.now_ms();
+            let (sets, more) = self.store.ssf_poll(id, &acks, &errs, max, active, now).await.map_err(db)?;
+            acks.clear();
+            errs.clear();
+            let done = !sets.is_empty() || immediately || max == 0 || !active;
+            if done || tokio::time::Instant::now() >= deadline {
+                let sets: Map<String, Value> = sets.into_iter().map(|(j, s)| (j, Value::String(s))).collect();
+                let mut answer = json!({ "sets": sets });
+                if more {
+                    answer["moreAvailable"] = json!(true);
+                }
+                return Ok(answer);
+            }
+            if waiting.is_none() {
+                match PollerGuard::take(self, id) {
+                    Some(g) => waiting = Some(g),
+                    // Another long poll of this stream waits here: answer this one at once.
+                    None => return Ok(json!({ "sets": {} })),
+                }
+            }
+            tokio::select! {
+                _ = expanded.changed() => {}
+                _ = tokio::time::sleep(POLL_RECHECK) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.feed.closed() => return Ok(json!({ "sets": {} })),
+            }
+        }
+    }
+
+    // ---- the background task ----
+
+    /// The dispatcher and push workers, until `stop`: expands the outbox whenever this
+    /// instance committed or applied a revocation (the feed signal), was poked, or every
+    /// second (rows written by other instances or by the CLI), then pushes what is due.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut commits = self.feed.subscribe();
+        let mut last_prune: Option<tokio::time::Instant> = None;
+        loop {
+            if let Err(e) = self.expand_all().await {
+                tracing::warn!(error = %e, "SSF dispatcher: expanding the outbox failed; retrying");
+            }
+            if let Err(e) = self.push_due().await {
+                tracing::warn!(error = %e, "SSF push: claiming SETs failed; retrying");
+            }
+            if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                last_prune = Some(tokio::time::Instant::now());
+                match self.store.ssf_prune(self.clock.now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(dropped = n, "SSF: held SETs dropped past the paused-stream bound"),
+                    Err(e) => tracing::warn!(error = %e, "SSF retention sweep failed"),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+        }
+    }
+
+    /// Expands outbox rows until none is left.
+    pub async fn expand_all(&self) -> Result<usize, AppError> {
+        let mut total = 0;
+        loop {
+            let key = self.signing_key().await?;
+            let issuer = self.settings.issuer.clone();
+            let now = self.clock.now_ms();
+            let iat = now.div_euclid(1000);
+            let build = move |signal: &SignalRow, stream: &StreamRow, excluded: &[String]| -> Option<NewDelivery> {
+                let rules: Vec<Value> = excluded.iter().filter_map(|r| serde_json::from_str(r).ok()).collect();
+                let jti = uuid::Uuid::new_v4().simple().to_string();
+                let claims = events::claims(&issuer, signal, stream, &rules, &jti, iat)?;
+                match key.sign(&claims) {
+                    Ok(set_jws) => Some(NewDelivery {
+                        stream_id: stream.id.clone(),
+                        jti,
+                        kind: signal.kind.clone(),
+                        subject_key: events::subject_key(signal),
+                        kid: key.kid().to_string(),
+                        set_jws,
+                    }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SSF: signing a SET failed");
+                        None
+                    }
+                }
+            };
+            let (signals, stored) = self.store.ssf_expand(EXPAND_BATCH, now, &build).await.map_err(db)?;
+            if signals == 0 {
+                return Ok(total);
+            }
+            total += stored;
+            self.expanded.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Claims the SETs due and starts their push attempts (bounded per stream and overall).
+    async fn push_due(&self) -> Result<(), AppError> {
+        let free = self.global.available_permits();
+        if free == 0 {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let jobs = self.store.ssf_claim_push(now, now + PUSH_LEASE_MS, free as i64).await.map_err(db)?;
+        for job in jobs {
+            let Ok(global) = self.global.clone().try_acquire_owned() else { break };
+            let per_stream = self
+                .inflight
+                .entry(job.stream_id.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.settings.push_concurrency.max(1))))
+                .clone();
+            let this = self.clone();
+            tokio::spawn(async move {
+                let Ok(_slot) = per_stream.acquire_owned().await else { return };
+                this.attempt(&job).await;
+                drop(global);
+                this.poke();
+            });
+        }
+        Ok(())
+    }
+
+    /// One push attempt of `job`, and its outcome recorded.
+    async fn attempt(&self, job: &PushJob) {
+        let Some(url) = job.endpoint_url.as_deref() else { return };
+        // The backoff counts from the attempt's start.
+        let started = self.clock.now_ms();
+        let outcome = self.pusher.push(url, job.authorization_header.as_deref(), &job.set_jws).await;
+        let now = self.clock.now_ms();
+        let failures = (job.attempts.max(0) as u32) + 1;
+        let result = match outcome {
+            Outcome::Delivered => PushResult::Delivered,
+            Outcome::DeadLetter { error } => PushResult::Dead { error },
+            Outcome::Retry { error, err: Some(code), .. } if job.kind == "verification" && code == "invalid_state" => {
+                PushResult::Dead { error }
+            }
+            Outcome::Retry { retry_after, failing, error, .. } => {
+                let delay = push::backoff(failures).map(|d| retry_after.map_or(d, |r| r.max(d)));
+                match delay {
+                    Some(d) if now - job.created_at < push::MAX_AGE.as_millis() as Millis => {
+                        PushResult::Retry { next_attempt_at: started + d.as_millis() as Millis, error, failing }
+                    }
+                    _ => PushResult::Dead { error },
+                }
+            }
+        };
+        {
+            let mut st = self.stats.entry(job.stream_id.clone()).or_default();
+            match &result {
+                PushResult::Delivered => {
+                    st.delivered += 1;
+                    st.last_success_ms = Some(now);
+                }
+                PushResult::Retry { .. } => st.retries += 1,
+                PushResult::Dead { .. } => st.dead += 1,
+            }
+        }
+        match &result {
+            PushResult::Delivered => tracing::debug!(stream_id = %job.stream_id, jti = %job.jti, "SET delivered"),
+            PushResult::Retry { error, .. } => {
+                tracing::info!(stream_id = %job.stream_id, jti = %job.jti, error = %error, "SET push failed; will retry")
+            }
+            PushResult::Dead { error } => {
+                tracing::warn!(stream_id = %job.stream_id, jti = %job.jti, error = %error, "SET is a dead letter")
+            }
+        }
+        if let Err(e) = self.store.ssf_push_result(job, &result, now).await {
+            // The lease runs out and the SET is sent again: at-least-once (receivers dedupe on jti).
+            tracing::warn!(error = %e, jti = %job.jti, "SSF: recording a push result failed");
+        }
+    }
+}
+
+/// This instance's one waiting long poll of a stream; released on drop.
+struct PollerGuard {
+    ssf: Ssf,
+    id: String,
+}
+
+impl PollerGuard {
+    fn take(ssf: &Ssf, id: &str) -> Option<PollerGuard> {
+        match ssf.pollers.entry(id.to_string()) {
+            dashmap::Entry::Occupied(_) => None,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(());
+                Some(PollerGuard { ssf: ssf.clone(), id: id.to_string() })
+            }
+        }
+    }
+}
+
+impl Drop for PollerGuard {
+    fn drop(&mut self) {
+        self.ssf.pollers.remove(&self.id);
+    }
+}
