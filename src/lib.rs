@@ -40,6 +40,7 @@ pub mod reason;
 pub mod service_credentials;
 pub mod sessions;
 pub mod socket;
+pub mod ssf;
 pub mod state;
 pub mod store;
 pub mod telemetry;
