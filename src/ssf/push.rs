@@ -44,7 +44,8 @@ pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_RESPONSE_BODY: usize = 4 * 1024;
 /// The longest `Retry-After` honoured (SSF.md §3.1†): a receiver cannot park a stream for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
-/// A SET this old (from its first attempt) is a dead letter, whatever its failure count (§3.1†).
+/// A SET this long after it was stored (`created_at`) is a dead letter, whatever its failure
+/// count (SSF.md §3.1†).
 pub const MAX_AGE: Duration = Duration::from_secs(72 * 60 * 60);
 /// After this many failed attempts a SET is a dead letter: [`backoff`] answers `None`.
 pub const MAX_FAILURES: u32 = 9;
