@@ -32,6 +32,7 @@ mod oauth;
 mod refresh;
 mod resource_server;
 mod service;
+mod ssf_auth;
 mod throttling;
 mod upgrade;
 mod ws;

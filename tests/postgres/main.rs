@@ -49,6 +49,8 @@ mod refresh;
 mod resource_server;
 #[path = "../api/service.rs"]
 mod service;
+#[path = "../api/ssf_auth.rs"]
+mod ssf_auth;
 #[path = "../api/throttling.rs"]
 mod throttling;
 #[path = "../api/upgrade.rs"]
