@@ -68,10 +68,14 @@ async fn service(cmd: ServiceCommand, config: &Config) -> anyhow::Result<()> {
     let now = Clock::system().now_ms();
     let who = audit::Who::system();
     let res = match cmd {
-        ServiceCommand::Add { name, scopes, .. } => {
-            match service_credentials::create(&store, now, &name, &scopes, &who).await? {
-                Some(secret) => {
-                    let list: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        ServiceCommand::Add { name, scopes, ssf_aud, .. } => {
+            match service_credentials::create_with_ssf_aud(&store, now, &name, &scopes, ssf_aud.as_ref(), &who).await {
+                Ok(Some(secret)) => {
+                    let mut list: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+                    if scopes.contains(&service_credentials::Scope::Ssf) {
+                        let aud = ssf_aud.as_ref().map_or(name.as_str(), |a| a.as_str());
+                        list.push(format!("SSF audience {aud}"));
+                    }
                     eprintln!(
                         "created service credential {name} ({}); its secret is below, shown this once: \
                          store it now (only a digest of it is kept)",
@@ -80,7 +84,8 @@ async fn service(cmd: ServiceCommand, config: &Config) -> anyhow::Result<()> {
                     println!("{}", secret.as_str());
                     Ok(())
                 }
-                None => Err(anyhow::anyhow!("a service credential named {name} already exists")),
+                Ok(None) => Err(anyhow::anyhow!("a service credential named {name} already exists")),
+                Err(e) => Err(e.into()),
             }
         }
         ServiceCommand::List { .. } => {
@@ -105,18 +110,20 @@ async fn service(cmd: ServiceCommand, config: &Config) -> anyhow::Result<()> {
     res
 }
 
-/// `service list`: one line per credential under a header, columns aligned.
+/// `service list`: one line per credential under a header, columns aligned. `SSF AUD` is the
+/// `aud` of the credential's Shared Signals stream, `-` without scope `ssf`.
 fn service_table(list: &[service_credentials::ServiceCredential]) -> String {
-    let rows: Vec<[String; 4]> = list
+    let rows: Vec<[String; 5]> = list
         .iter()
         .map(|c| {
             let scopes: Vec<&str> = c.scopes.iter().map(|s| s.as_str()).collect();
             let used = c.last_used_at.map_or_else(|| "never".to_string(), rfc3339);
-            [c.name.clone(), scopes.join(","), rfc3339(c.created_at), used]
+            let aud = c.ssf_aud().unwrap_or("-").to_string();
+            [c.name.clone(), scopes.join(","), rfc3339(c.created_at), used, aud]
         })
         .collect();
-    let header = ["NAME", "SCOPES", "CREATED", "LAST USED"].map(String::from);
-    let mut widths = [0; 4];
+    let header = ["NAME", "SCOPES", "CREATED", "LAST USED", "SSF AUD"].map(String::from);
+    let mut widths = [0; 5];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());

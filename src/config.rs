@@ -242,6 +242,10 @@ pub enum ServiceCommand {
         /// (token introspection), ssf (Shared Signals). Repeat for several.
         #[arg(long = "scope", required = true, value_name = "SCOPE")]
         scopes: Vec<crate::service_credentials::Scope>,
+        /// With --scope ssf: the `aud` of the credential's Shared Signals stream (1 to 256
+        /// printable ASCII characters, no whitespace). Default: NAME.
+        #[arg(long = "ssf-aud", value_name = "AUD")]
+        ssf_aud: Option<crate::service_credentials::SsfAudience>,
         #[command(flatten)]
         db: DbArgs,
     },

@@ -44,6 +44,11 @@ pub enum AppError {
     /// 403 `forbidden`.
     #[error("forbidden")]
     Forbidden,
+    /// 403 `forbidden` from a Bearer-protected resource whose token lacks the scope needed, with
+    /// `WWW-Authenticate: Bearer error="insufficient_scope"` (RFC 6750 §3.1; the Shared Signals
+    /// API, docs/SSF.md §1.3).
+    #[error("insufficient scope")]
+    InsufficientScope,
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
@@ -89,7 +94,7 @@ impl AppError {
         match self {
             InvalidRequest(_) => StatusCode::BAD_REQUEST,
             EmailTaken | StreamExists => StatusCode::CONFLICT,
-            RegistrationDisabled | Forbidden => StatusCode::FORBIDDEN,
+            RegistrationDisabled | Forbidden | InsufficientScope => StatusCode::FORBIDDEN,
             InvalidCredentials
             | InvalidToken { .. }
             | TokenExpired
@@ -124,7 +129,7 @@ impl AppError {
             SessionRevoked => ProblemCode::SessionRevoked,
             InvalidRefreshToken => ProblemCode::InvalidRefreshToken,
             RefreshTokenReused => ProblemCode::RefreshTokenReused,
-            Forbidden => ProblemCode::Forbidden,
+            Forbidden | InsufficientScope => ProblemCode::Forbidden,
             NotFound => ProblemCode::NotFound,
             PayloadTooLarge => ProblemCode::PayloadTooLarge,
             RateLimited { .. } => ProblemCode::RateLimited,
@@ -149,6 +154,7 @@ impl AppError {
             InvalidRefreshToken => "The refresh token is not valid; sign in again.",
             RefreshTokenReused => "The refresh token was already used; the session has been ended. Sign in again.",
             Forbidden => "You are not allowed to do this.",
+            InsufficientScope => "The token does not have the scope this needs.",
             NotFound => "No such resource.",
             MethodNotAllowed => "This method is not allowed on this resource.",
             PayloadTooLarge => "The request body is larger than 64 KiB.",
@@ -290,6 +296,9 @@ impl IntoResponse for AppError {
             }
             AppError::InvalidToken { presented: true } | AppError::TokenExpired | AppError::SessionRevoked => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            }
+            AppError::InsufficientScope => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"insufficient_scope\""));
             }
             AppError::RateLimited { retry_after_secs } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_secs).clamp(1, 60)));

@@ -8,8 +8,12 @@
 //! the secret unknown to every instance at its next request (there is no cache). Creating and
 //! removing one is audited (`service_created`, `service_removed`).
 //!
+//! A credential with scope `ssf` also has the `aud` of its Shared Signals stream (docs/SSF.md
+//! §1.3: `--ssf-aud`, by default its name), and may obtain short-lived SSF access tokens from
+//! `POST /oauth2/token` ([`crate::tokens::ssf`]).
+//!
 //! The HTTP side (the `ServiceCaller` extractor and its 401/403 rules) is
-//! [`crate::http::service`].
+//! [`crate::http::service`]; the Shared Signals caller is [`crate::http::ssf_auth`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -92,6 +96,37 @@ impl fmt::Display for ServiceName {
     }
 }
 
+/// The `aud` of a credential's SSF stream (docs/SSF.md §1.3, SSF §4.1.8: a value that
+/// identifies the receiver): 1 to 256 printable ASCII characters, no whitespace. ASCII only, so
+/// no look-alike or bidirectional-override characters reach `service list` or a receiver's
+/// logs; URIs and plain names fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsfAudience(String);
+
+impl SsfAudience {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SsfAudience {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = (1..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err("an SSF audience has 1 to 256 printable ASCII characters and no whitespace".into());
+        }
+        Ok(SsfAudience(s.to_string()))
+    }
+}
+
+impl fmt::Display for SsfAudience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 const PREFIX: &str = "sk_";
 /// Length of a well-formed secret: prefix + base64url of 32 bytes.
 pub const SECRET_LEN: usize = 3 + 43;
@@ -142,6 +177,8 @@ pub struct ServiceCredential {
     pub scopes: Vec<Scope>,
     pub created_at: Millis,
     pub last_used_at: Option<Millis>,
+    /// The `aud` of its SSF stream as stored (`None`: its name; see [`ServiceCredential::ssf_aud`]).
+    pub stored_ssf_aud: Option<String>,
 }
 
 impl From<ServiceCredentialRow> for ServiceCredential {
@@ -150,13 +187,25 @@ impl From<ServiceCredentialRow> for ServiceCredential {
         let mut scopes: Vec<Scope> = row.scopes.split_ascii_whitespace().filter_map(|s| s.parse().ok()).collect();
         scopes.sort_unstable();
         scopes.dedup();
-        ServiceCredential { name: row.name, scopes, created_at: row.created_at, last_used_at: row.last_used_at }
+        ServiceCredential {
+            name: row.name,
+            scopes,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            stored_ssf_aud: row.ssf_aud,
+        }
     }
 }
 
 impl ServiceCredential {
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
+    }
+
+    /// The `aud` of its SSF stream: `--ssf-aud`, else its name (docs/SSF.md §1.3). `None`
+    /// without scope `ssf`.
+    pub fn ssf_aud(&self) -> Option<&str> {
+        self.has(Scope::Ssf).then(|| self.stored_ssf_aud.as_deref().unwrap_or(&self.name))
     }
 }
 
@@ -169,7 +218,8 @@ fn scope_list(scopes: &[Scope]) -> Vec<&'static str> {
 }
 
 /// Creates a credential and returns its secret (to be shown once), or `None` when the name is
-/// taken. Audited (`service_created`, with the name and scopes).
+/// taken. With scope `ssf`, its stream's `aud` is its name. Audited (`service_created`, with
+/// the name and scopes).
 pub async fn create(
     store: &Store,
     now: Millis,
@@ -177,13 +227,59 @@ pub async fn create(
     scopes: &[Scope],
     who: &Who,
 ) -> StoreResult<Option<ServiceSecret>> {
+    let aud = scopes.contains(&Scope::Ssf).then_some(name.as_str());
+    insert(store, now, name, scopes, aud, who).await
+}
+
+/// Why a credential cannot be created as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// `--ssf-aud` without scope `ssf`: the audience would mean nothing.
+    #[error("--ssf-aud needs --scope ssf (the audience is that of the credential's Shared Signals stream)")]
+    SsfAudWithoutSsf,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// [`create`] with the `aud` of the credential's SSF stream (`--ssf-aud`; `None`: its name),
+/// which needs scope `ssf`. The audience is stored explicitly (the name when `None`), so the
+/// table says which `aud` each stream has. Audited (`service_created`, with the name, scopes
+/// and `ssf_aud`).
+pub async fn create_with_ssf_aud(
+    store: &Store,
+    now: Millis,
+    name: &ServiceName,
+    scopes: &[Scope],
+    ssf_aud: Option<&SsfAudience>,
+    who: &Who,
+) -> Result<Option<ServiceSecret>, CreateError> {
+    let has_ssf = scopes.contains(&Scope::Ssf);
+    if ssf_aud.is_some() && !has_ssf {
+        return Err(CreateError::SsfAudWithoutSsf);
+    }
+    let aud = has_ssf.then(|| ssf_aud.map_or(name.as_str(), SsfAudience::as_str));
+    Ok(insert(store, now, name, scopes, aud, who).await?)
+}
+
+/// Stores a new credential with `aud` (already checked) and audits it.
+async fn insert(
+    store: &Store,
+    now: Millis,
+    name: &ServiceName,
+    scopes: &[Scope],
+    aud: Option<&str>,
+    who: &Who,
+) -> StoreResult<Option<ServiceSecret>> {
     let secret = ServiceSecret::generate();
     let list = scope_list(scopes);
-    if !store.create_service_credential(name.as_str(), &secret.digest(), &list.join(" "), now).await? {
+    if !store.create_service_credential(name.as_str(), &secret.digest(), &list.join(" "), aud, now).await? {
         return Ok(None);
     }
-    let ev = Event::new("service_created").detail(json!({ "name": name.as_str(), "scopes": list }));
-    audit::record(store, now, who, ev).await;
+    let mut detail = json!({ "name": name.as_str(), "scopes": list });
+    if let Some(aud) = aud {
+        detail["ssf_aud"] = json!(aud);
+    }
+    audit::record(store, now, who, Event::new("service_created").detail(detail)).await;
     Ok(Some(secret))
 }
 
@@ -241,9 +337,32 @@ mod tests {
             scopes: "ssf future:scope revocations:read".into(),
             created_at: 0,
             last_used_at: None,
+            ssf_aud: None,
         };
         let c = ServiceCredential::from(row);
         assert_eq!(c.scopes, [Scope::RevocationsRead, Scope::Ssf]);
         assert!(!c.has(Scope::Introspect));
+    }
+
+    #[test]
+    fn the_ssf_audience_is_checked_and_defaults_to_the_name() {
+        for ok in ["a", "billing", "https://rx.example.com/ssf", "urn:x:y", &"x".repeat(256)] {
+            assert_eq!(ok.parse::<SsfAudience>().map(|a| a.to_string()).as_deref(), Ok(ok));
+        }
+        for bad in ["", " ", "has space", "tab\there", "nl\n", "bell\u{7}", "caf\u{e9}", "\u{202e}x", &"x".repeat(257)]
+        {
+            let err = bad.parse::<SsfAudience>().unwrap_err();
+            assert!(err.contains("1 to 256 printable ASCII"), "{bad:?}: {err}");
+        }
+        let row = |scopes: &str, aud: Option<&str>| ServiceCredentialRow {
+            name: "billing".into(),
+            scopes: scopes.into(),
+            created_at: 0,
+            last_used_at: None,
+            ssf_aud: aud.map(str::to_string),
+        };
+        assert_eq!(ServiceCredential::from(row("ssf", None)).ssf_aud(), Some("billing"));
+        assert_eq!(ServiceCredential::from(row("ssf", Some("rx"))).ssf_aud(), Some("rx"));
+        assert_eq!(ServiceCredential::from(row("introspect", Some("rx"))).ssf_aud(), None);
     }
 }

@@ -151,6 +151,7 @@ fn openapi_document_describes_the_api() {
         ("GET", "/v1/revocations/stream"),
         ("POST", "/oauth2/revoke"),
         ("POST", "/oauth2/introspect"),
+        ("POST", "/oauth2/token"),
         ("GET", "/.well-known/oauth-authorization-server"),
         ("GET", "/v1/ws"),
         ("GET", "/.well-known/jwks.json"),
@@ -211,8 +212,9 @@ fn openapi_document_describes_the_api() {
         assert!(responses.keys().any(|s| s.starts_with('2') || s == "101"), "{method} {path}: a success response");
         let protected = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
         for (status, response) in responses {
-            if path.starts_with("/oauth2/") && status == "400" {
-                // RFC 6749 §5.2: the OAuth error form, not problem+json (docs/API.md §10).
+            if (path.starts_with("/oauth2/") && status == "400") || (path == "/oauth2/token" && status == "401") {
+                // RFC 6749 §5.2: the OAuth error form, not problem+json (docs/API.md §10;
+                // `invalid_client` of the token endpoint is a 401).
                 assert!(response["content"]["application/json"].is_object(), "{method} {path} 400: OAuth form");
             } else if status.starts_with('4') || status.starts_with('5') {
                 assert!(

@@ -87,3 +87,8 @@ CREATE TABLE ssf_deliveries (
 );
 CREATE INDEX ssf_deliveries_stream_idx ON ssf_deliveries (stream_id, state, id);
 CREATE INDEX ssf_deliveries_kid_idx ON ssf_deliveries (kid, state);
+
+-- The `aud` of the SSF stream of a credential with scope `ssf` (docs/SSF.md §1.3:
+-- `sessiond service add NAME --scope ssf [--ssf-aud AUD]`). NULL (credentials created before
+-- this migration, or without scope `ssf`) means the credential's name.
+ALTER TABLE service_credentials ADD COLUMN ssf_aud TEXT;

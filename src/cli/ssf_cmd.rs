@@ -75,7 +75,7 @@ async fn command(ssf: &Ssf, store: &Store, clock: &Clock, cmd: SsfCommand) -> an
                 delivery["authorization_header"] = json!(a);
             }
             let body = json!({ "delivery": delivery, "events_requested": requested });
-            let aud = cred.name.clone(); // MERGE: ssf_aud
+            let aud = cred.ssf_aud().unwrap_or(&cred.name).to_string();
             let config = ssf.create(service.as_str(), &aud, &body, event_subject, &who).await.map_err(explain)?;
             eprintln!(
                 "created push stream for {service}: events {}",

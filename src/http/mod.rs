@@ -12,11 +12,14 @@ pub mod feed;
 pub mod health;
 pub mod me;
 pub mod oauth;
+pub mod oauth_token;
 pub mod pages;
 pub mod service;
 pub mod ssf;
 pub mod ssf_auth;
 pub mod ws;
+
+pub use ssf_auth::SsfCaller;
 
 use std::collections::HashSet;
 

@@ -1,6 +1,7 @@
-//! The standard token endpoints (docs/API.md §10): RFC 7009 revocation, RFC 7662 introspection
-//! and RFC 8414 metadata. Their bodies are `application/x-www-form-urlencoded` and their errors
-//! the OAuth form `{"error": "invalid_request"}` (RFC 6749 §5.2), as the RFCs say, not
+//! The standard token endpoints (docs/API.md §10): RFC 7009 revocation, RFC 7662 introspection,
+//! RFC 8414 metadata, and the client-credentials token endpoint ([`super::oauth_token`]). Their
+//! bodies are `application/x-www-form-urlencoded` and their errors the OAuth form
+//! `{"error": "invalid_request"}` (RFC 6749 §5.2), as the RFCs say, not
 //! problem+json: third-party OAuth clients parse them. (A missing or wrong service credential
 //! on introspection is a service endpoint's 401/403 problem, docs/API.md §8.)
 
@@ -24,7 +25,11 @@ use crate::sessions::{Introspection, Sessions};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::default().routes(routes!(revoke)).routes(routes!(introspect)).routes(routes!(metadata))
+    OpenApiRouter::default()
+        .routes(routes!(revoke))
+        .routes(routes!(introspect))
+        .routes(routes!(metadata))
+        .merge(super::oauth_token::router())
 }
 
 /// A response whose error body is meant as it is (the OAuth error form): the problem+json
@@ -34,7 +39,13 @@ pub struct OAuthBody;
 
 /// `{"error": "invalid_request"}` with 400, `Cache-Control: no-store` (RFC 6749 §5.2).
 pub fn invalid_request() -> Response {
-    let mut res = (StatusCode::BAD_REQUEST, Json(OAuthError { error: "invalid_request" })).into_response();
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_request")
+}
+
+/// `{"error": error}` with `status` and `Cache-Control: no-store` (RFC 6749 §5.2), marked
+/// [`OAuthBody`] so it reaches the client as it is.
+pub fn oauth_error(status: StatusCode, error: &'static str) -> Response {
+    let mut res = (status, Json(OAuthError { error })).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.extensions_mut().insert(OAuthBody);
     res
@@ -63,38 +74,45 @@ impl<S: Send + Sync> FromRequest<S> for Form {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Response> {
-        let is_form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-        if !is_form {
+        let [token, hint] = read_form(req, state, ["token", "token_type_hint"]).await?;
+        Ok(Form(TokenForm { token, hint }))
+    }
+}
+
+/// The parameters `names` of an `application/x-www-form-urlencoded` body, from a bounded body.
+/// Each at most once (RFC 6749 §3.1); an empty value counts as absent; other parameters are
+/// ignored. `Err` (the OAuth `invalid_request`; 413 over the body limit) for a body that is
+/// not a form, or a repeated parameter.
+pub async fn read_form<S: Send + Sync, const N: usize>(
+    req: Request,
+    state: &S,
+    names: [&str; N],
+) -> std::result::Result<[Option<String>; N], Response> {
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Err(invalid_request());
+    }
+    let body = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            e.into_response()
+        } else {
+            invalid_request()
+        }
+    })?;
+    let mut values: [Option<String>; N] = std::array::from_fn(|_| None);
+    for (k, v) in form_urlencoded::parse(&body) {
+        let Some(i) = names.iter().position(|n| *n == k) else { continue };
+        if values[i].is_some() {
             return Err(invalid_request());
         }
-        let body = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                e.into_response()
-            } else {
-                invalid_request()
-            }
-        })?;
-        let mut form = TokenForm::default();
-        for (k, v) in form_urlencoded::parse(&body) {
-            let slot = match k.as_ref() {
-                "token" => &mut form.token,
-                "token_type_hint" => &mut form.hint,
-                _ => continue,
-            };
-            if slot.is_some() {
-                return Err(invalid_request());
-            }
-            *slot = Some(v.into_owned());
-        }
-        form.token = form.token.filter(|t| !t.is_empty());
-        form.hint = form.hint.filter(|t| !t.is_empty());
-        Ok(Form(form))
+        values[i] = Some(v.into_owned());
     }
+    Ok(values.map(|v| v.filter(|v| !v.is_empty())))
 }
 
 /// The body of a token request (RFC 7009 §2.1, RFC 7662 §2.1).
@@ -253,6 +271,14 @@ struct Metadata {
     revocation_endpoint_auth_methods_supported: Vec<&'static str>,
     /// Empty: sessiond issues no authorization codes.
     response_types_supported: Vec<&'static str>,
+    /// `POST /oauth2/token`: client credentials for the Shared Signals API (docs/SSF.md §1.3).
+    token_endpoint: String,
+    /// `["client_credentials"]`.
+    grant_types_supported: Vec<&'static str>,
+    /// `["client_secret_basic", "client_secret_post"]`: a service credential's name and secret.
+    token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// `["ssf.read", "ssf.manage"]`: the scopes a token can have.
+    scopes_supported: Vec<&'static str>,
 }
 
 /// Authorization server metadata (RFC 8414).
@@ -272,5 +298,9 @@ async fn metadata(State(config): State<Arc<Config>>) -> Json<Metadata> {
         introspection_endpoint_auth_methods_supported: vec!["bearer"],
         revocation_endpoint_auth_methods_supported: vec!["none"],
         response_types_supported: vec![],
+        token_endpoint: format!("{base}/oauth2/token"),
+        grant_types_supported: vec!["client_credentials"],
+        token_endpoint_auth_methods_supported: vec!["client_secret_basic", "client_secret_post"],
+        scopes_supported: vec!["ssf.read", "ssf.manage"],
     })
 }

@@ -15,7 +15,7 @@ use super::extract::bearer;
 use crate::clock::{Clock, Millis};
 use crate::error::AppError;
 use crate::service_credentials::{Scope, ServiceCredential, ServiceSecret};
-use crate::store::Store;
+use crate::store::{ServiceCredentialRow, Store};
 
 /// `last_used_at` moves at most this often per credential.
 pub const LAST_USED_PRECISION_MS: Millis = 60_000;
@@ -63,13 +63,19 @@ where
             tracing::debug!("unknown service credential");
             return Err(AppError::InvalidToken { presented: true });
         };
-        let now = Clock::from_ref(state).now_ms();
-        if row.last_used_at.is_none_or(|t| now - t >= LAST_USED_PRECISION_MS) {
-            // Conditional in the database too, so racing requests and instances write it once.
-            if let Err(e) = store.touch_service_credential(&row.name, now, now - LAST_USED_PRECISION_MS).await {
-                tracing::warn!(error = %e, service = %row.name, "recording a service credential's use failed");
-            }
-        }
+        note_use(&store, &Clock::from_ref(state), &row).await;
         Ok(ServiceCaller(row.into()))
+    }
+}
+
+/// Records that a credential was used (`last_used_at`), at most once per
+/// [`LAST_USED_PRECISION_MS`]; a failure is logged, never the request's failure.
+pub(crate) async fn note_use(store: &Store, clock: &Clock, row: &ServiceCredentialRow) {
+    let now = clock.now_ms();
+    if row.last_used_at.is_none_or(|t| now - t >= LAST_USED_PRECISION_MS) {
+        // Conditional in the database too, so racing requests and instances write it once.
+        if let Err(e) = store.touch_service_credential(&row.name, now, now - LAST_USED_PRECISION_MS).await {
+            tracing::warn!(error = %e, service = %row.name, "recording a service credential's use failed");
+        }
     }
 }

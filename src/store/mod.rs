@@ -295,15 +295,17 @@ impl Store {
 
     // ---- service credentials (docs/API.md §8) ----
 
-    /// Stores a credential (only the digest of its secret); false when the name is taken.
+    /// Stores a credential (only the digest of its secret) with the `aud` of its SSF stream;
+    /// false when the name is taken.
     pub async fn create_service_credential(
         &self,
         name: &str,
         digest: &[u8; 32],
         scopes: &str,
+        ssf_aud: Option<&str>,
         now: Millis,
     ) -> StoreResult<bool> {
-        on_backend!(self, b => b.create_service_credential(name, digest, scopes, now).await)
+        on_backend!(self, b => b.create_service_credential(name, digest, scopes, ssf_aud, now).await)
     }
 
     /// Every credential, by name.
@@ -319,6 +321,12 @@ impl Store {
     /// The credential whose secret has this SHA-256 digest.
     pub async fn service_credential_by_digest(&self, digest: &[u8; 32]) -> StoreResult<Option<ServiceCredentialRow>> {
         on_backend!(self, b => b.service_credential_by_digest(digest).await)
+    }
+
+    /// The credential of this name with its secret's digest (what an SSF access token is bound
+    /// to, `tokens::ssf`).
+    pub async fn service_credential_binding(&self, name: &str) -> StoreResult<Option<ServiceCredentialBinding>> {
+        on_backend!(self, b => b.service_credential_binding(name).await)
     }
 
     /// Sets `last_used_at` to `now` unless it is already after `unless_after` (so racing

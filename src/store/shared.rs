@@ -276,7 +276,7 @@ macro_rules! shared_store {
             use $crate::store::shared::*;
             use $crate::store::{
                 AuditRow, KeyRow, LogEntry, NewAuditEvent, NewSession, Revoked, RotateOutcome, Rotation, Selector,
-                ServiceCredentialRow, SessionRow, StoreError, StoreResult, Ts, UserRow, UserSummary,
+                ServiceCredentialBinding, ServiceCredentialRow, SessionRow, StoreError, StoreResult, Ts, UserRow, UserSummary,
             };
 
             type Conn = $Conn;
@@ -689,16 +689,18 @@ macro_rules! shared_store {
                     name: &str,
                     digest: &[u8; 32],
                     scopes: &str,
+                    ssf_aud: Option<&str>,
                     now: Millis,
                 ) -> StoreResult<bool> {
                     let res = sqlx::query(
-                        "INSERT INTO service_credentials (name, secret_digest, scopes, created_at) \
-                         VALUES ($1, $2, $3, $4)",
+                        "INSERT INTO service_credentials (name, secret_digest, scopes, created_at, ssf_aud) \
+                         VALUES ($1, $2, $3, $4, $5)",
                     )
                     .bind(name)
                     .bind(&digest[..])
                     .bind(scopes)
                     .bind(Ts(now))
+                    .bind(ssf_aud)
                     .execute(self.writer())
                     .await;
                     match res {
@@ -710,7 +712,7 @@ macro_rules! shared_store {
 
                 pub(crate) async fn service_credentials(&self) -> StoreResult<Vec<ServiceCredentialRow>> {
                     Ok(sqlx::query_as(
-                        "SELECT name, scopes, created_at, last_used_at FROM service_credentials ORDER BY name",
+                        "SELECT name, scopes, created_at, last_used_at, ssf_aud FROM service_credentials ORDER BY name",
                     )
                     .fetch_all(self.reader())
                     .await?)
@@ -729,10 +731,23 @@ macro_rules! shared_store {
                     digest: &[u8; 32],
                 ) -> StoreResult<Option<ServiceCredentialRow>> {
                     Ok(sqlx::query_as(
-                        "SELECT name, scopes, created_at, last_used_at FROM service_credentials \
+                        "SELECT name, scopes, created_at, last_used_at, ssf_aud FROM service_credentials \
                          WHERE secret_digest = $1",
                     )
                     .bind(&digest[..])
+                    .fetch_optional(self.reader())
+                    .await?)
+                }
+
+                pub(crate) async fn service_credential_binding(
+                    &self,
+                    name: &str,
+                ) -> StoreResult<Option<ServiceCredentialBinding>> {
+                    Ok(sqlx::query_as(
+                        "SELECT name, scopes, created_at, last_used_at, ssf_aud, secret_digest \
+                         FROM service_credentials WHERE name = $1",
+                    )
+                    .bind(name)
                     .fetch_optional(self.reader())
                     .await?)
                 }

@@ -176,6 +176,18 @@ pub struct ServiceCredentialRow {
     pub created_at: Millis,
     #[sqlx(try_from = "super::OptTs")]
     pub last_used_at: Option<Millis>,
+    /// The `aud` of its SSF stream as stored (migration 0006); `None` means the name.
+    pub ssf_aud: Option<String>,
+}
+
+/// A service credential with the digest of its secret: what an SSF access token is checked
+/// against on every use (the token is bound to the digest, so a credential removed and created
+/// again under the same name does not revive the old one's tokens).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ServiceCredentialBinding {
+    #[sqlx(flatten)]
+    pub row: ServiceCredentialRow,
+    pub secret_digest: Vec<u8>,
 }
 
 /// Inputs of one refresh rotation.

@@ -31,6 +31,9 @@ pub const ACTIVATION_DELAY: Duration = Duration::from_secs(300 + 60);
 struct Keyset {
     /// kid → verifying key. Every entry is Ed25519/EdDSA: the algorithm is pinned per key.
     verify: KeySet,
+    /// The keys that verify SSF access tokens ([`super::ssf`]): those of `verify`, plus keys
+    /// retired from it whose SSF tokens (longer-lived than access tokens) may still be live.
+    ssf_verify: KeySet,
     /// The newest active key.
     signer: Option<(String, EncodingKey)>,
     /// The JWKS document, pre-rendered.
@@ -88,7 +91,12 @@ pub async fn rotate(store: &Store, clock: &Clock, now: bool) -> StoreResult<(Str
 
 impl Keys {
     pub fn new(issuer: &str, audience: &str, access_ttl: Duration) -> Self {
-        let empty = Keyset { verify: KeySet::new(), signer: None, jwks: Arc::from(r#"{"keys":[]}"#) };
+        let empty = Keyset {
+            verify: KeySet::new(),
+            ssf_verify: KeySet::new(),
+            signer: None,
+            jwks: Arc::from(r#"{"keys":[]}"#),
+        };
         Keys {
             set: Arc::new(RwLock::new(Arc::new(empty))),
             verified: VerifiedCache::new(),
@@ -111,6 +119,9 @@ impl Keys {
     /// A key is published (JWKS, verification) from its creation until every token it may have
     /// signed has expired: it stops signing when the next key activates, so it retires at that
     /// activation + access TTL + leeway. The signer is the newest key whose activation has come.
+    /// SSF access tokens are signed with the same keys but live longer ([`super::ssf::SSF_TOKEN_TTL`]):
+    /// a key verifies them until that activation + their lifetime + leeway, even when it has left
+    /// the JWKS (nobody but sessiond verifies them).
     pub async fn reload(&self, store: &Store, now: Millis) -> StoreResult<()> {
         let rows = store.signing_keys().await?; // ordered by activates_at
         self.load(&rows, now);
@@ -121,12 +132,17 @@ impl Keys {
     /// [`Keys::reload`] does after reading the rows; public for property tests and fuzzing.
     pub fn load(&self, rows: &[KeyRow], now: Millis) {
         let retire_after = ms(self.access_ttl) + LEEWAY_SECS * 1000;
+        let ssf_retire_after = ms(super::ssf::SSF_TOKEN_TTL) + LEEWAY_SECS * 1000;
         let mut verify = KeySet::new();
+        let mut ssf_verify = KeySet::new();
         let mut jwks = Vec::new();
         let mut signer = None;
         for (i, row) in rows.iter().enumerate() {
             let superseded_at =
                 rows[i + 1..].iter().map(|r| r.activates_at).filter(|&a| a > row.activates_at && a <= now).min();
+            if superseded_at.is_none_or(|s| now <= s + ssf_retire_after) {
+                let _ = ssf_verify.insert_ed25519(&row.kid, &row.public_x);
+            }
             if superseded_at.is_some_and(|s| now > s + retire_after) {
                 continue;
             }
@@ -142,7 +158,7 @@ impl Keys {
             }
         }
         let jwks: Arc<str> = serde_json::json!({ "keys": jwks }).to_string().into();
-        let set = Arc::new(Keyset { verify, signer, jwks });
+        let set = Arc::new(Keyset { verify, ssf_verify, signer, jwks });
         match self.set.write() {
             Ok(mut g) => *g = set,
             Err(poisoned) => *poisoned.into_inner() = set,
@@ -186,6 +202,27 @@ impl Keys {
         header.typ = Some("at+jwt".into());
         header.kid = Some(kid.clone());
         Ok((jsonwebtoken::encode(&header, &claims, key)?, exp))
+    }
+
+    /// The issuer every token names (`--issuer`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Signs `claims` with the current key, header `{"alg":"EdDSA","typ":typ,"kid"}`: for the
+    /// other kinds of token signed with these keys ([`super::ssf`]), each with its own `typ`.
+    pub(crate) fn sign<T: serde::Serialize>(&self, typ: &str, claims: &T) -> anyhow::Result<String> {
+        let set = self.current();
+        let (kid, key) = set.signer.as_ref().ok_or_else(|| anyhow::anyhow!("no active signing key"))?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(typ.into());
+        header.kid = Some(kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, key)?)
+    }
+
+    /// The key that verifies SSF access tokens signed under `kid` ([`super::ssf::verify`]).
+    pub(crate) fn ssf_verifying_key(&self, kid: &str) -> Option<jsonwebtoken::DecodingKey> {
+        self.current().ssf_verify.get(kid).cloned()
     }
 
     /// Verifies an access token against the in-memory keyset and remembers it (a request

@@ -39,6 +39,7 @@ mod refresh;
 mod resource_server;
 mod service;
 mod ssf;
+mod ssf_auth;
 mod throttling;
 mod upgrade;
 mod ws;

@@ -51,6 +51,8 @@ mod resource_server;
 mod service;
 #[path = "../api/ssf.rs"]
 mod ssf;
+#[path = "../api/ssf_auth.rs"]
+mod ssf_auth;
 #[allow(dead_code)]
 #[path = "../support/ssf_c0.rs"]
 mod ssf_c0;
