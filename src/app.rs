@@ -67,8 +67,13 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         link: link.clone(),
         feed: feed.clone(),
     });
-    let ssf =
-        crate::ssf::Ssf::new(store.clone(), clock.clone(), crate::ssf::Settings::from_config(&config), feed.clone());
+    let ssf = crate::ssf::Ssf::new(
+        store.clone(),
+        clock.clone(),
+        crate::ssf::Settings::from_config(&config),
+        feed.clone(),
+        metrics.clone(),
+    );
     let state = AppState {
         ssf,
         accounts: Accounts::new(store.clone(), passwords, limits.clone(), clock.clone()),

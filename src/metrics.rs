@@ -63,8 +63,44 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// One Shared Signals stream (ids are bounded: one stream per service credential).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: String,
+}
+
+/// The Shared Signals families (docs/SSF.md §3), per stream.
+pub struct SsfMetrics {
+    /// SETs stored and not yet delivered (all instances), refreshed by the dispatcher.
+    pub pending: Family<StreamLabels, Gauge>,
+    /// Dead letters kept (all instances), refreshed by the dispatcher.
+    pub dead: Family<StreamLabels, Gauge>,
+    /// SETs delivered by this instance (push 2xx).
+    pub delivered: Family<StreamLabels, Counter>,
+    /// Failed push attempts that will be retried, by this instance.
+    pub retries: Family<StreamLabels, Counter>,
+    /// SETs this instance made dead letters.
+    pub dead_letters: Family<StreamLabels, Counter>,
+    /// Unix time of this instance's last successful push.
+    pub last_success: Family<StreamLabels, Gauge>,
+}
+
+impl SsfMetrics {
+    /// Forgets a deleted stream's series.
+    pub fn forget(&self, stream: &str) {
+        let l = StreamLabels { stream: stream.to_string() };
+        self.pending.remove(&l);
+        self.dead.remove(&l);
+        self.delivered.remove(&l);
+        self.retries.remove(&l);
+        self.dead_letters.remove(&l);
+        self.last_success.remove(&l);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub ssf: SsfMetrics,
     pub http_requests: Family<HttpLabels, Counter>,
     pub logins: Family<OutcomeLabels, Counter>,
     pub refreshes: Family<OutcomeLabels, Counter>,
@@ -153,8 +189,35 @@ impl Metrics {
             "Sockets closed with 4429 to make room for a newer socket of their user",
             ws_evicted.clone(),
         );
+        let ssf = SsfMetrics {
+            pending: Family::default(),
+            dead: Family::default(),
+            delivered: Family::default(),
+            retries: Family::default(),
+            dead_letters: Family::default(),
+            last_success: Family::default(),
+        };
+        registry.register(
+            "ssf_pending",
+            "Shared Signals SETs stored, not yet delivered, per stream",
+            ssf.pending.clone(),
+        );
+        registry.register("ssf_dead", "Shared Signals dead letters kept, per stream", ssf.dead.clone());
+        registry.register("ssf_delivered", "SETs pushed with a 2xx answer by this instance", ssf.delivered.clone());
+        registry.register(
+            "ssf_retries",
+            "Failed SET pushes that will be retried, by this instance",
+            ssf.retries.clone(),
+        );
+        registry.register("ssf_dead_letters", "SETs made dead letters by this instance", ssf.dead_letters.clone());
+        registry.register(
+            "ssf_last_success_timestamp_seconds",
+            "Unix time of this instance's last successful push, per stream",
+            ssf.last_success.clone(),
+        );
         Metrics {
             registry,
+            ssf,
             http_requests,
             logins,
             refreshes,

@@ -31,7 +31,13 @@ pub async fn run(cmd: SsfCommand, config: &Config) -> anyhow::Result<()> {
     let store = Store::connect(db.url(config)).await?;
     store.migrate().await?;
     let clock = Clock::system();
-    let ssf = Ssf::new(store.clone(), clock.clone(), Settings::from_config(config), FeedSignal::default());
+    let ssf = Ssf::new(
+        store.clone(),
+        clock.clone(),
+        Settings::from_config(config),
+        FeedSignal::default(),
+        Default::default(),
+    );
     let res = command(&ssf, &store, &clock, cmd).await;
     store.close().await;
     res

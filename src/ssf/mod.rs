@@ -27,6 +27,7 @@ use crate::audit::{self, Who};
 use crate::clock::{Clock, Millis};
 use crate::error::AppError;
 use crate::feed::FeedSignal;
+use crate::metrics::{Metrics, StreamLabels};
 use crate::store::ssf::{NewDelivery, PushJob, PushResult, SignalRow, SsfKeyRow, StreamRow};
 use crate::store::{Store, StoreError};
 
@@ -47,6 +48,8 @@ const PUSH_GLOBAL: usize = 64;
 const PUSH_LEASE_MS: Millis = 60_000;
 /// The dispatcher's recheck when nothing woke it (docs/SSF.md §3.3: ≤ 1 s).
 const RECHECK: Duration = Duration::from_secs(1);
+/// How often the dispatcher refreshes the pending and dead-letter gauges.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// How often a waiting long poll looks at the database (SETs made on another instance).
 const POLL_RECHECK: Duration = Duration::from_millis(200);
 /// Largest `description`, `state`, `reason` and `authorization_header` accepted.
@@ -97,16 +100,7 @@ pub struct Parts {
     global: Arc<Semaphore>,
     /// Revocations committed or applied on this instance: the outbox may have new rows.
     feed: FeedSignal,
-    stats: DashMap<String, StreamStats>,
-}
-
-/// Counters per stream since this process started (the `/metrics` families).
-#[derive(Debug, Clone, Default)]
-pub struct StreamStats {
-    pub delivered: u64,
-    pub retries: u64,
-    pub dead: u64,
-    pub last_success_ms: Option<Millis>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::ops::Deref for Ssf {
@@ -125,7 +119,7 @@ fn db(e: StoreError) -> AppError {
 }
 
 impl Ssf {
-    pub fn new(store: Store, clock: Clock, settings: Settings, feed: FeedSignal) -> Ssf {
+    pub fn new(store: Store, clock: Clock, settings: Settings, feed: FeedSignal, metrics: Arc<Metrics>) -> Ssf {
         let pusher = Pusher::new(settings.allow_insecure_push);
         Ssf(Arc::new(Parts {
             store,
@@ -139,17 +133,12 @@ impl Ssf {
             inflight: DashMap::new(),
             global: Arc::new(Semaphore::new(PUSH_GLOBAL)),
             feed,
-            stats: DashMap::new(),
+            metrics,
         }))
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    /// Per-stream counters, for `/metrics`.
-    pub fn stats(&self) -> Vec<(String, StreamStats)> {
-        self.stats.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
     }
 
     /// Wakes the dispatcher now (something was queued on this instance).
@@ -415,6 +404,7 @@ impl Ssf {
         if !self.store.ssf_delete_stream(id).await.map_err(db)? {
             return Err(AppError::NotFound);
         }
+        self.metrics.ssf.forget(id);
         let now = self.clock.now_ms();
         audit::record(
             &self.store,
@@ -592,12 +582,17 @@ impl Ssf {
     pub async fn run(self, stop: CancellationToken) {
         let mut commits = self.feed.subscribe();
         let mut last_prune: Option<tokio::time::Instant> = None;
+        let mut last_gauges: Option<tokio::time::Instant> = None;
         loop {
             if let Err(e) = self.expand_all().await {
                 tracing::warn!(error = %e, "SSF dispatcher: expanding the outbox failed; retrying");
             }
             if let Err(e) = self.push_due().await {
                 tracing::warn!(error = %e, "SSF push: claiming SETs failed; retrying");
+            }
+            if last_gauges.is_none_or(|t| t.elapsed() >= GAUGES_EVERY) {
+                last_gauges = Some(tokio::time::Instant::now());
+                self.refresh_gauges().await;
             }
             if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 last_prune = Some(tokio::time::Instant::now());
@@ -613,6 +608,17 @@ impl Ssf {
                 _ = commits.changed() => {}
                 _ = tokio::time::sleep(RECHECK) => {}
             }
+        }
+    }
+
+    /// The pending and dead-letter gauges, from the database (every instance's SETs).
+    async fn refresh_gauges(&self) {
+        let Ok(counts) = self.store.ssf_counts().await else { return };
+        let m = &self.metrics.ssf;
+        for c in counts {
+            let labels = StreamLabels { stream: c.stream_id };
+            m.pending.get_or_create(&labels).set(c.pending);
+            m.dead.get_or_create(&labels).set(c.dead);
         }
     }
 
@@ -702,15 +708,18 @@ impl Ssf {
                 }
             }
         };
-        {
-            let mut st = self.stats.entry(job.stream_id.clone()).or_default();
-            match &result {
-                PushResult::Delivered => {
-                    st.delivered += 1;
-                    st.last_success_ms = Some(now);
-                }
-                PushResult::Retry { .. } => st.retries += 1,
-                PushResult::Dead { .. } => st.dead += 1,
+        let labels = StreamLabels { stream: job.stream_id.clone() };
+        let m = &self.metrics.ssf;
+        match &result {
+            PushResult::Delivered => {
+                m.delivered.get_or_create(&labels).inc();
+                m.last_success.get_or_create(&labels).set(now.div_euclid(1000));
+            }
+            PushResult::Retry { .. } => {
+                m.retries.get_or_create(&labels).inc();
+            }
+            PushResult::Dead { .. } => {
+                m.dead_letters.get_or_create(&labels).inc();
             }
         }
         match &result {

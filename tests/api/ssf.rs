@@ -178,8 +178,16 @@ async fn c3_auth_on_create() {
     let r = post(&app, "/ssf/stream", &user.access, body.clone()).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let other = credential(&app, "no-ssf", &[Scope::RevocationsRead]).await;
-    let r = post(&app, "/ssf/stream", &other, body).await;
+    let r = post(&app, "/ssf/stream", &other, body.clone()).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A read-only token from /oauth2/token may read, not create.
+    let (name, sk) = receiver_credential(&app).await;
+    let read_only = crate::ssf_auth::token_for(&app, &name, &sk, Some("ssf.read")).await;
+    let r = post(&app, "/ssf/stream", &read_only, body).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains(r#"error="insufficient_scope""#));
+    let r = call(&app, reqwest::Method::GET, "/ssf/stream", &read_only, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -489,7 +497,7 @@ async fn c16_retry_until_accepted_byte_identical() {
     let Some(app) = ssf_app().await else { return };
     let rx = Receiver::start().await;
     let (name, sk) = receiver_credential(&app).await;
-    push_stream(&app, &sk, &rx, None).await;
+    let stream = push_stream(&app, &sk, &rx, None).await;
     let mut c0 = Checker::new(&app).await;
     rx.answer_next(500, "");
     rx.answer_next(500, "");
@@ -509,6 +517,11 @@ async fn c16_retry_until_accepted_byte_identical() {
     app.clock.advance(Duration::from_secs(120));
     rx.expect_none(Duration::from_secs(2)).await;
     assert_eq!(rx.count(), 3);
+    // Observable per stream: two retries, one delivery.
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let id = stream["stream_id"].as_str().unwrap();
+    assert!(metrics.contains(&format!("sessiond_ssf_retries_total{{stream=\"{id}\"}} 2")), "{metrics}");
+    assert!(metrics.contains(&format!("sessiond_ssf_delivered_total{{stream=\"{id}\"}} 1")), "{metrics}");
 }
 
 #[tokio::test]
@@ -648,7 +661,14 @@ async fn c22_long_poll_wakes_on_a_logout_and_times_out_empty() {
     assert_eq!(r, json!({ "sets": {} }));
     assert!(started.elapsed() >= Duration::from_millis(1900), "{:?}", started.elapsed());
 
-    let t = app.new_session().await;
+    // The logout happens on another instance where there can be one (PostgreSQL): the SET is
+    // made there, and this instance's long poll finds it.
+    let other = match crate::BACKEND {
+        Backend::Postgres => Some(another_instance(&app).await),
+        Backend::Sqlite => None,
+    };
+    let logout_app = other.as_ref().unwrap_or(&app);
+    let t = logout_app.new_session().await;
     let waiter = {
         let (client, url, sk) = (app.client.clone(), app.url(&path), sk.clone());
         tokio::spawn(async move {
@@ -658,7 +678,7 @@ async fn c22_long_poll_wakes_on_a_logout_and_times_out_empty() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await; // let the poll start waiting
     let logout_done = {
-        app.post_auth("/v1/auth/logout", &t.access, None).await;
+        logout_app.post_auth("/v1/auth/logout", &t.access, None).await;
         std::time::Instant::now()
     };
     let (answered, body) = waiter.await.unwrap();
@@ -746,4 +766,89 @@ async fn c24_subjects_remove_and_add() {
     let unknown = json!({ "format": "iss_sub", "iss": iss, "sub": "u_nobody" });
     let r = post(&app, "/ssf/subjects:add", &sk, json!({ "stream_id": id, "subject": unknown })).await;
     assert_eq!(r.status(), StatusCode::OK);
+}
+
+// ---- keys rotate --ssf; exactly once across instances ----
+
+/// `sessiond keys rotate --ssf` signs from then on with a new key; the old key stays published
+/// while a SET it signed is undelivered (docs/SSF.md §1.1), and goes once it is delivered.
+#[tokio::test]
+async fn key_rotation_keeps_the_old_key_while_its_sets_wait() {
+    let Some(app) = ssf_app().await else { return };
+    let rx = Receiver::start().await;
+    let (name, sk) = receiver_credential(&app).await;
+    let stream = push_stream(&app, &sk, &rx, None).await;
+    let id = stream["stream_id"].as_str().unwrap();
+    let kids = |jwks: Value| -> Vec<String> {
+        jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
+    };
+    let jwks =
+        || async { app.client.get(app.url("/ssf/jwks.json")).send().await.unwrap().json::<Value>().await.unwrap() };
+    let old = kids(jwks().await);
+    assert_eq!(old.len(), 1);
+    // A SET signed by the old key waits in a paused stream.
+    post(&app, "/ssf/status", &sk, json!({ "stream_id": id, "status": "paused" })).await;
+    let t = app.new_session().await;
+    app.post_auth("/v1/auth/logout", &t.access, None).await;
+    let pending = || async { app.state.store.ssf_undelivered(id, 10).await.unwrap() };
+    let deadline = std::time::Instant::now() + WAIT;
+    while pending().await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the SET was never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .args(["keys", "rotate", "--ssf", "--database-url", &app.state.config.database_url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let both = kids(jwks().await);
+    assert_eq!(both.len(), 2);
+    assert!(both.contains(&old[0]));
+    // New SETs are signed by the new key; the held one still verifies with the old key.
+    post(&app, "/ssf/status", &sk, json!({ "stream_id": id, "status": "enabled" })).await;
+    let mut c0 = Checker::new(&app).await;
+    let (held, _) = next_set(&rx, &mut c0, &name).await;
+    assert_eq!(held.header()["kid"], json!(old[0]));
+    let t2 = app.new_session().await;
+    app.post_auth("/v1/auth/logout", &t2.access, None).await;
+    let (fresh, _) = next_set(&rx, &mut c0, &name).await;
+    assert_ne!(fresh.header()["kid"], json!(old[0]));
+    // Delivered: the old key is no longer published.
+    let deadline = std::time::Instant::now() + WAIT;
+    while kids(jwks().await).contains(&old[0]) {
+        assert!(std::time::Instant::now() < deadline, "the retired key stayed published");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Several instances dispatch and push at once (PostgreSQL, `SKIP LOCKED`): every SET is made
+/// once and delivered once.
+#[tokio::test]
+async fn two_instances_make_and_push_each_set_once() {
+    if crate::BACKEND != Backend::Postgres {
+        return;
+    }
+    let Some(app) = ssf_app().await else { return };
+    let b = another_instance(&app).await;
+    let rx = Receiver::start().await;
+    let (name, sk) = receiver_credential(&app).await;
+    push_stream(&app, &sk, &rx, None).await;
+    let mut c0 = Checker::new(&app).await;
+    let mut sessions = Vec::new();
+    for i in 0..20 {
+        let on = if i % 2 == 0 { &app } else { &b };
+        sessions.push((on, on.new_session().await));
+    }
+    let logouts = sessions.iter().map(|(on, t)| on.post_auth("/v1/auth/logout", &t.access, None));
+    futures::future::join_all(logouts).await;
+    let got = rx.next_n(20, Duration::from_secs(10)).await;
+    let mut ids: Vec<String> =
+        got.iter().map(|r| c0.check(&r.body, &name)["sub_id"]["session"]["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    let mut want: Vec<String> = sessions.iter().map(|(_, t)| t.session_id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+    rx.expect_none(Duration::from_secs(2)).await;
 }

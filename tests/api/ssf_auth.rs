@@ -61,7 +61,7 @@ async fn token_request(app: &TestApp, authorization: Option<&str>, body: &str) -
 }
 
 /// A token by `client_secret_basic` with `scope` (none: the default); asserts the answer.
-async fn token_for(app: &TestApp, name: &str, secret: &str, scope: Option<&str>) -> String {
+pub async fn token_for(app: &TestApp, name: &str, secret: &str, scope: Option<&str>) -> String {
     let mut pairs = vec![("grant_type", "client_credentials")];
     if let Some(s) = scope {
         pairs.push(("scope", s));
