@@ -114,6 +114,11 @@ pub fn claims(
         if signal.stream_id.as_deref() != Some(stream.id.as_str()) {
             return None;
         }
+        // A disabled stream holds nothing, verification included; only its own
+        // stream-updated events go out (docs/SSF.md §4).
+        if signal.kind == "verification" && stream.status == "disabled" {
+            return None;
+        }
     } else {
         if signal.stream_id.is_some() || stream.status == "disabled" {
             return None;

@@ -425,12 +425,7 @@ impl Store {
         on_backend!(self, b => b.ssf_exclude_subject(id, subject, exclude).await)
     }
 
-    pub async fn ssf_expand(
-        &self,
-        limit: i64,
-        now: Millis,
-        build: &(dyn Fn(&ssf::SignalRow, &ssf::StreamRow, &[String]) -> Option<ssf::NewDelivery> + Send + Sync),
-    ) -> StoreResult<(usize, usize)> {
+    pub async fn ssf_expand(&self, limit: i64, now: Millis, build: &ssf::BuildSet) -> StoreResult<(usize, usize)> {
         on_backend!(self, b => b.ssf_expand(limit, now, build).await)
     }
 

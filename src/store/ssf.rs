@@ -137,6 +137,10 @@ pub struct StreamCounts {
     pub dead: i64,
 }
 
+/// The dispatcher's SET builder: given an outbox row, a stream and that stream's excluded
+/// subjects, the SET to store for the stream, or `None`.
+pub type BuildSet = dyn Fn(&SignalRow, &StreamRow, &[String]) -> Option<NewDelivery> + Send + Sync;
+
 /// What a push attempt came to, as the store records it.
 #[derive(Debug, Clone)]
 pub enum PushResult {
@@ -402,7 +406,7 @@ macro_rules! ssf_store {
                     &self,
                     limit: i64,
                     now: Millis,
-                    build: &(dyn Fn(&SignalRow, &StreamRow, &[String]) -> Option<NewDelivery> + Send + Sync),
+                    build: &BuildSet,
                 ) -> StoreResult<(usize, usize)> {
                     let mut tx = self.begin().await?;
                     let signals: Vec<SignalRow> = sqlx::query_as(concat!(

@@ -707,7 +707,7 @@ async fn c23_operator_pause_enable_announce_and_delete() {
     let out = ssf_cli(&app, &["stream", "enable", id]);
     assert!(out.status.success());
     // The announcement and the held SET (in flight together: they are about different subjects).
-    let mut two = vec![next_set(&rx, &mut c0, &name).await.1, next_set(&rx, &mut c0, &name).await.1];
+    let mut two = [next_set(&rx, &mut c0, &name).await.1, next_set(&rx, &mut c0, &name).await.1];
     two.sort_by_key(|c| event_of(c).0 != format!("{S}stream-updated"));
     assert_eq!(event_of(&two[0]), (format!("{S}stream-updated"), json!({ "status": "enabled" })));
     assert_eq!(two[1]["sub_id"]["session"]["id"], json!(t.session_id));
