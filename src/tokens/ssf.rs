@@ -38,15 +38,13 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::jwt::{Keys, VerifyError, LEEWAY_SECS, MAX_TOKEN_LEN};
+use super::jwt::{Keys, VerifyError, LEEWAY_SECS};
 use crate::clock::Millis;
 
 /// Lifetime of an SSF access token (IOP §2.7.1: short-lived; `expires_in` of the answer).
 pub const SSF_TOKEN_TTL: Duration = Duration::from_secs(900);
 /// The JOSE `typ` of an SSF access token: never `at+jwt`, so no user-token check accepts it.
 pub const SSF_TOKEN_TYP: &str = "sessiond-ssf+jwt";
-/// The only header parameters issued, and so the only ones accepted.
-const ALLOWED_HEADER_PARAMS: [&str; 3] = ["alg", "typ", "kid"];
 
 /// The `aud` of SSF access tokens: the management API under the issuer (never `--audience`).
 pub fn audience(issuer: &str) -> String {
@@ -152,28 +150,8 @@ pub fn issue(
 /// non-empty `sub`, `cid`, `jti` and known scopes. Says nothing about the credential: the caller
 /// looks it up and compares `cid`.
 pub fn verify(keys: &Keys, token: &str, now_secs: i64) -> Result<SsfClaims, VerifyError> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(VerifyError::Invalid("too long"));
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(VerifyError::Invalid("not three segments"));
-    };
-    let header = URL_SAFE_NO_PAD.decode(h).map_err(|_| VerifyError::Invalid("header encoding"))?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|_| VerifyError::Invalid("header json"))?;
-    if header.keys().any(|k| !ALLOWED_HEADER_PARAMS.contains(&k.as_str())) {
-        return Err(VerifyError::Invalid("header parameter not allowed"));
-    }
-    if header.get("alg").and_then(|v| v.as_str()) != Some("EdDSA") {
-        return Err(VerifyError::Invalid("alg"));
-    }
-    if header.get("typ").and_then(|v| v.as_str()) != Some(SSF_TOKEN_TYP) {
-        return Err(VerifyError::Invalid("typ"));
-    }
-    let Some(kid) = header.get("kid").and_then(|v| v.as_str()) else {
-        return Err(VerifyError::Invalid("kid missing"));
-    };
+    let kid = sessiond_verify::token::checked_kid(token, |t| t == SSF_TOKEN_TYP)?;
+    let kid = kid.as_str();
     let Some(key) = keys.ssf_verifying_key(kid) else { return Err(VerifyError::Invalid("unknown kid")) };
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.set_issuer(&[keys.issuer()]);
@@ -191,12 +169,7 @@ pub fn verify(keys: &Keys, token: &str, now_secs: i64) -> Result<SsfClaims, Veri
     if SsfScopes::parse(&claims.scope).is_none() {
         return Err(VerifyError::Invalid("scope"));
     }
-    if claims.exp.saturating_add(LEEWAY_SECS) < now_secs {
-        return Err(VerifyError::Expired);
-    }
-    if claims.iat > now_secs.saturating_add(LEEWAY_SECS) {
-        return Err(VerifyError::Invalid("iat in the future"));
-    }
+    sessiond_verify::token::check_exp_iat(claims.exp, claims.iat, LEEWAY_SECS, false, now_secs)?;
     Ok(claims)
 }
 
@@ -299,7 +272,7 @@ mod tests {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&more).unwrap());
         parts[1] = &payload;
         assert!(verify(&keys, &parts.join("."), NOW).is_err());
-        for junk in ["", "a.b", "a.b.c.d", "sk_x", &"x".repeat(MAX_TOKEN_LEN + 1)] {
+        for junk in ["", "a.b", "a.b.c.d", "sk_x", &"x".repeat(super::super::jwt::MAX_TOKEN_LEN + 1)] {
             assert!(verify(&keys, junk, NOW).is_err(), "{junk:?}");
         }
 

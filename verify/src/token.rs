@@ -147,9 +147,11 @@ fn validation(issuer: &str, audience: &str, leeway_secs: i64) -> Validation {
     v
 }
 
-/// Verifies `token` against `keys` and `policy` at `now_secs` (seconds since the Unix epoch).
-/// Does not consult any denylist: a verified token's session may still have been revoked.
-pub fn verify(token: &str, keys: &KeySet, policy: &Policy, now_secs: i64) -> Result<Verified, VerifyError> {
+/// The structural checks every sessiond-signed JWT passes before any key is touched: at most
+/// [`MAX_TOKEN_LEN`], three segments, a JSON header with only the allowed parameters, `alg`
+/// `EdDSA` (pinned), a `typ` that `typ_ok` accepts, and a `kid`, which is returned. Shared by
+/// access tokens ([`verify`]) and the server's other token kinds, so the rule lives here once.
+pub fn checked_kid(token: &str, typ_ok: impl Fn(&str) -> bool) -> Result<String, VerifyError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(VerifyError::Invalid("too long"));
     }
@@ -166,17 +168,21 @@ pub fn verify(token: &str, keys: &KeySet, policy: &Policy, now_secs: i64) -> Res
     if header.get("alg").and_then(|v| v.as_str()) != Some("EdDSA") {
         return Err(VerifyError::Invalid("alg"));
     }
-    // RFC 9068 §4: "at+jwt" or "application/at+jwt"; media types compare case-insensitively.
-    let typ_ok = header
-        .get("typ")
-        .and_then(|v| v.as_str())
-        .is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"));
-    if !typ_ok {
+    if !header.get("typ").and_then(|v| v.as_str()).is_some_and(typ_ok) {
         return Err(VerifyError::Invalid("typ"));
     }
-    let Some(kid) = header.get("kid").and_then(|v| v.as_str()) else {
-        return Err(VerifyError::Invalid("kid missing"));
-    };
+    match header.get("kid").and_then(|v| v.as_str()) {
+        Some(kid) => Ok(kid.to_string()),
+        None => Err(VerifyError::Invalid("kid missing")),
+    }
+}
+
+/// Verifies `token` against `keys` and `policy` at `now_secs` (seconds since the Unix epoch).
+/// Does not consult any denylist: a verified token's session may still have been revoked.
+pub fn verify(token: &str, keys: &KeySet, policy: &Policy, now_secs: i64) -> Result<Verified, VerifyError> {
+    // RFC 9068 §4: "at+jwt" or "application/at+jwt"; media types compare case-insensitively.
+    let kid = checked_kid(token, |t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt"))?;
+    let kid = kid.as_str();
     let Some(key) = keys.get(kid) else { return Err(VerifyError::Invalid(UNKNOWN_KID)) };
 
     let data = jsonwebtoken::decode::<Claims>(token, key, &policy.validation).map_err(|e| match e.kind() {
@@ -194,10 +200,15 @@ pub fn verify(token: &str, keys: &KeySet, policy: &Policy, now_secs: i64) -> Res
 /// The caller's clock decides `exp` and `iat`, on every verification, cached or not:
 /// expired once `exp + leeway < now`; invalid when issued more than the leeway in the future.
 pub fn check_times(claims: &Claims, policy: &Policy, now_secs: i64) -> Result<(), VerifyError> {
-    if !policy.ignore_exp && claims.exp.saturating_add(policy.leeway_secs) < now_secs {
+    check_exp_iat(claims.exp, claims.iat, policy.leeway_secs, policy.ignore_exp, now_secs)
+}
+
+/// [`check_times`] on bare `exp` and `iat` (for the server's other token kinds).
+pub fn check_exp_iat(exp: i64, iat: i64, leeway_secs: i64, ignore_exp: bool, now_secs: i64) -> Result<(), VerifyError> {
+    if !ignore_exp && exp.saturating_add(leeway_secs) < now_secs {
         return Err(VerifyError::Expired);
     }
-    if claims.iat > now_secs.saturating_add(policy.leeway_secs) {
+    if iat > now_secs.saturating_add(leeway_secs) {
         return Err(VerifyError::Invalid("iat in the future"));
     }
     Ok(())
