@@ -22,6 +22,10 @@ pub struct FeedSignal {
     /// Cancelled at shutdown: waiting followers get their (empty) answer at once instead of
     /// holding the graceful shutdown for up to the longest wait.
     closing: CancellationToken,
+    /// Wakes this instance's Shared Signals dispatcher (the revoking transaction wrote outbox
+    /// rows). A `Notify` keeps one permit, so a commit while it works is not lost; kept apart
+    /// from `commits`, whose receivers count the waiting followers.
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl Default for FeedSignal {
@@ -30,6 +34,7 @@ impl Default for FeedSignal {
             commits: Arc::new(watch::channel(0).0),
             streams: Arc::default(),
             closing: CancellationToken::new(),
+            outbox: Arc::default(),
         }
     }
 }
@@ -38,6 +43,13 @@ impl FeedSignal {
     /// Revocations were committed (here or elsewhere, and applied here): wake every follower.
     pub fn committed(&self) {
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
+        self.outbox.notify_one();
+    }
+
+    /// Resolves after the next [`committed`](Self::committed) (or at once if one happened since
+    /// the last call): for the one Shared Signals dispatcher of this instance.
+    pub async fn outbox_written(&self) {
+        self.outbox.notified().await
     }
 
     /// A receiver that sees the commits signalled from now on: take it *before* reading the log,

@@ -46,12 +46,16 @@ pub const POLL_MAX: i64 = 1000;
 const EXPAND_BATCH: i64 = 32;
 /// SETs in flight at once on one instance, all streams together.
 const PUSH_GLOBAL: usize = 64;
-/// How long a claimed SET is leased to this instance's push attempt.
-const PUSH_LEASE_MS: Millis = 60_000;
+/// How long a claimed SET is leased to this instance's push attempt: longer than one attempt
+/// can take (10 s), short enough that another instance resends soon after a crash. A SET is
+/// leased only while its push is in flight (one that must wait for a per-stream slot is given
+/// back at once), and on SQLite (one instance) the leases left by a killed process are dropped
+/// at start.
+const PUSH_LEASE_MS: Millis = 15_000;
 /// The dispatcher's recheck when nothing woke it (docs/SSF.md §3.3: ≤ 1 s).
 const RECHECK: Duration = Duration::from_secs(1);
 /// How often the dispatcher refreshes the pending and dead-letter gauges.
-const GAUGES_EVERY: Duration = Duration::from_secs(5);
+const GAUGES_EVERY: Duration = Duration::from_secs(2);
 /// How often a waiting long poll looks at the database (SETs made on another instance).
 const POLL_RECHECK: Duration = Duration::from_millis(200);
 /// Largest `description`, `state`, `reason` and `authorization_header` accepted.
@@ -100,6 +104,8 @@ pub struct Parts {
     /// Per-stream push concurrency.
     inflight: DashMap<String, Arc<Semaphore>>,
     global: Arc<Semaphore>,
+    /// Streams with pending SETs at the last gauge refresh: bounds a claim.
+    busy_streams: std::sync::atomic::AtomicUsize,
     /// Revocations committed or applied on this instance: the outbox may have new rows.
     feed: FeedSignal,
     metrics: Arc<Metrics>,
@@ -134,6 +140,7 @@ impl Ssf {
             pollers: DashMap::new(),
             inflight: DashMap::new(),
             global: Arc::new(Semaphore::new(PUSH_GLOBAL)),
+            busy_streams: Default::default(),
             feed,
             metrics,
         }))
@@ -582,7 +589,13 @@ impl Ssf {
     /// instance committed or applied a revocation (the feed signal), was poked, or every
     /// second (rows written by other instances or by the CLI), then pushes what is due.
     pub async fn run(self, stop: CancellationToken) {
-        let mut commits = self.feed.subscribe();
+        if self.store.postgres().is_none() {
+            match self.store.ssf_clear_leases().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(leases = n, "SSF: pushes interrupted by the last stop will be resent"),
+                Err(e) => tracing::warn!(error = %e, "SSF: clearing stale leases failed"),
+            }
+        }
         let mut last_prune: Option<tokio::time::Instant> = None;
         let mut last_gauges: Option<tokio::time::Instant> = None;
         loop {
@@ -607,7 +620,7 @@ impl Ssf {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = commits.changed() => {}
+                _ = self.feed.outbox_written() => {}
                 _ = tokio::time::sleep(RECHECK) => {}
             }
         }
@@ -616,6 +629,8 @@ impl Ssf {
     /// The pending and dead-letter gauges, from the database (every instance's SETs).
     async fn refresh_gauges(&self) {
         let Ok(counts) = self.store.ssf_counts().await else { return };
+        let busy = counts.iter().filter(|c| c.pending > 0).count();
+        self.busy_streams.store(busy, std::sync::atomic::Ordering::Relaxed);
         let m = &self.metrics.ssf;
         for c in counts {
             let labels = StreamLabels { stream: c.stream_id };
@@ -666,20 +681,27 @@ impl Ssf {
         if free == 0 {
             return Ok(());
         }
+        // Claim no more than the streams can take at once (extra rows would be given back).
+        let streams = self.busy_streams.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        let limit = free.min(streams.saturating_mul(self.settings.push_concurrency.max(1)));
         let now = self.clock.now_ms();
-        let jobs = self.store.ssf_claim_push(now, now + PUSH_LEASE_MS, free as i64).await.map_err(db)?;
+        let jobs = self.store.ssf_claim_push(now, now + PUSH_LEASE_MS, limit as i64).await.map_err(db)?;
         for job in jobs {
-            let Ok(global) = self.global.clone().try_acquire_owned() else { break };
             let per_stream = self
                 .inflight
                 .entry(job.stream_id.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(self.settings.push_concurrency.max(1))))
                 .clone();
+            let slots = self.global.clone().try_acquire_owned().ok().zip(per_stream.try_acquire_owned().ok());
+            let Some((global, slot)) = slots else {
+                // No slot now: give the SET back rather than hold its lease while waiting.
+                self.store.ssf_release_lease(job.id).await.map_err(db)?;
+                continue;
+            };
             let this = self.clone();
             tokio::spawn(async move {
-                let Ok(_slot) = per_stream.acquire_owned().await else { return };
                 this.attempt(&job).await;
-                drop(global);
+                drop((global, slot));
                 this.poke();
             });
         }

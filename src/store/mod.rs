@@ -433,6 +433,14 @@ impl Store {
         on_backend!(self, b => b.ssf_claim_push(now, lease_until, limit).await)
     }
 
+    pub async fn ssf_release_lease(&self, id: i64) -> StoreResult<()> {
+        on_backend!(self, b => b.ssf_release_lease(id).await)
+    }
+
+    pub async fn ssf_clear_leases(&self) -> StoreResult<u64> {
+        on_backend!(self, b => b.ssf_clear_leases().await)
+    }
+
     pub async fn ssf_push_result(&self, job: &ssf::PushJob, result: &ssf::PushResult, now: Millis) -> StoreResult<()> {
         on_backend!(self, b => b.ssf_push_result(job, result, now).await)
     }

@@ -499,6 +499,24 @@ macro_rules! ssf_store {
                     Ok(jobs)
                 }
 
+                /// Gives a leased SET back at once (this worker will not push it now).
+                pub(crate) async fn ssf_release_lease(&self, id: i64) -> StoreResult<()> {
+                    sqlx::query("UPDATE ssf_deliveries SET leased_until = NULL WHERE id = $1 AND state = 'pending'")
+                        .bind(id)
+                        .execute(self.writer())
+                        .await?;
+                    Ok(())
+                }
+
+                /// Drops every lease: for a single-instance database at start, where any lease
+                /// left is a killed process's push that will never report.
+                pub(crate) async fn ssf_clear_leases(&self) -> StoreResult<u64> {
+                    let r = sqlx::query("UPDATE ssf_deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL")
+                        .execute(self.writer())
+                        .await?;
+                    Ok(r.rows_affected())
+                }
+
                 /// Records a push attempt's result (and the stream's health).
                 pub(crate) async fn ssf_push_result(
                     &self,
