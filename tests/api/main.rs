@@ -40,6 +40,7 @@ mod resource_server;
 mod service;
 mod ssf;
 mod ssf_auth;
+mod ssf_crash;
 mod throttling;
 mod upgrade;
 mod ws;

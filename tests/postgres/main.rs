@@ -56,6 +56,8 @@ mod ssf_auth;
 #[allow(dead_code)]
 #[path = "../support/ssf_c0.rs"]
 mod ssf_c0;
+#[path = "../api/ssf_crash.rs"]
+mod ssf_crash;
 #[allow(dead_code)]
 #[path = "../support/ssf_receiver.rs"]
 mod ssf_receiver;
