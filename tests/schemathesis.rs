@@ -188,6 +188,8 @@ fn openapi_document_describes_the_api() {
         "payload_too_large",
         "internal",
         "unavailable",
+        // The Shared Signals management API's 409 (docs/SSF.md §8.7).
+        "stream_exists",
     ];
     assert_eq!(codes, api_md_codes.into_iter().collect());
     let problem = &doc["components"]["schemas"]["Problem"];

@@ -99,8 +99,9 @@ async fn i12_a_database_of_the_old_format_upgrades_in_place_and_keeps_working() 
             let want = if column == "is_admin" { "boolean" } else { "timestamp with time zone" };
             assert_eq!(ty, want, "{table}.{column}");
         }
-        // 0005 adds service_credentials.created_at.
-        assert_eq!(types.len(), 8, "{types:?}");
+        // 0005 adds service_credentials.created_at; 0006 ssf_keys, ssf_streams and
+        // ssf_deliveries.created_at.
+        assert_eq!(types.len(), 11, "{types:?}");
     } else {
         // SQLite gets its revocation log in 0005, holding the revocations whose tokens may live.
         let (log, _) = app.state.store.revocations_snapshot(now).await.unwrap();
