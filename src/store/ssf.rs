@@ -464,7 +464,9 @@ macro_rules! ssf_store {
                 /// Leases up to `limit` SETs due for a push: on enabled push streams (a
                 /// stream-updated SET goes out whatever the status, ahead of what is held), the
                 /// oldest pending SET of each subject only (SETs about one subject are never in
-                /// flight together nor reordered, §3.1), not leased by another worker.
+                /// flight together nor reordered, §3.1), not leased by another worker. "Oldest"
+                /// is by outbox row (the order events were written), not by stored SET: two
+                /// instances may expand one user's events in either order.
                 pub(crate) async fn ssf_claim_push(
                     &self,
                     now: Millis,
@@ -480,8 +482,9 @@ macro_rules! ssf_store {
                            AND (s.status = 'enabled' OR d.kind = 'stream-updated') \
                            AND d.next_attempt_at <= $1 AND (d.leased_until IS NULL OR d.leased_until <= $1) \
                            AND NOT EXISTS (SELECT 1 FROM ssf_deliveries e WHERE e.stream_id = d.stream_id \
-                             AND e.subject_key = d.subject_key AND e.state = 'pending' AND e.id < d.id) \
-                         ORDER BY CASE WHEN d.kind = 'stream-updated' THEN 0 ELSE 1 END, d.id LIMIT $2",
+                             AND e.subject_key = d.subject_key AND e.state = 'pending' \
+                             AND (e.signal_id < d.signal_id OR (e.signal_id = d.signal_id AND e.id < d.id))) \
+                         ORDER BY CASE WHEN d.kind = 'stream-updated' THEN 0 ELSE 1 END, d.signal_id, d.id LIMIT $2",
                         $lock_push
                     ))
                     .bind(Ts(now))
@@ -627,7 +630,7 @@ macro_rules! ssf_store {
                         let rows: Vec<(i64, String, String)> = sqlx::query_as(
                             "SELECT id, jti, set_jws FROM ssf_deliveries \
                              WHERE stream_id = $1 AND state = 'pending' AND ($2 OR kind = 'stream-updated') \
-                               AND (returned_at IS NULL OR returned_at <= $3) ORDER BY id LIMIT $4",
+                               AND (returned_at IS NULL OR returned_at <= $3) ORDER BY signal_id, id LIMIT $4",
                         )
                         .bind(stream_id)
                         .bind(active)
