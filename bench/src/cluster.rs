@@ -15,11 +15,11 @@ pub async fn run(args: &Args) -> Vec<String> {
     let minter = Minter::new(&db.url, &a.base()).await;
     let idle: Vec<String> = minter.mint(args.idle).await.into_iter().map(|m| m.access).collect();
     let _idle = spawn_workers(&b.ws(), &idle, 9_500, &dir, false);
-    let measured = minter.mint(args.revokes).await;
+    let measured = minter.mint(args.revokes()).await;
     let tokens: Vec<String> = measured.iter().map(|m| m.access.clone()).collect();
     let mut worker = Worker::spawn(&b.ws(), &tokens, &dir, false);
     assert_eq!(worker.wait_ready().1, 0);
-    let times = open_loop_logouts(&a.base(), &measured, args.rate).await;
+    let times = open_loop_logouts(&a.base(), &measured, args.rate()).await;
     let mut arrivals = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while arrivals.len() < measured.len() && Instant::now() < deadline {

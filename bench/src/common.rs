@@ -142,6 +142,8 @@ pub struct Minter {
 pub struct Minted {
     pub access: String,
     pub refresh: String,
+    /// The session's id (the access token's `sid`).
+    pub session_id: String,
 }
 
 impl Minter {
@@ -172,34 +174,56 @@ impl Minter {
         Minter { store, keys, clock, user_id, admin_access }
     }
 
+    /// `n` sessions of the one bench user.
     pub async fn mint(&self, n: usize) -> Vec<Minted> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let token = RefreshToken::generate();
-            let now = self.clock.now_ms();
-            let s = self
-                .store
-                .create_session(NewSession {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    user_id: self.user_id.clone(),
-                    device_name: Some("bench".into()),
-                    user_agent: None,
-                    ip: None,
-                    now,
-                    idle_ttl: ms(Duration::from_secs(86400)),
-                    max_age: ms(Duration::from_secs(86400)),
-                    access_ttl: ms(Duration::from_secs(1800)),
-                    refresh: NewRefresh { id: uuid::Uuid::now_v7().to_string(), hash: token.digest() },
-                    credential_version: 0,
-                })
-                .await
-                .unwrap()
-                .expect("the bench user is enabled and its credential unchanged")
-                .1;
-            let (access, _) = self.keys.issue(&self.user_id, &s.id, vec![], now, s.access_expires_at).unwrap();
-            out.push(Minted { access, refresh: token.as_str().to_string() });
+            out.push(self.mint_for(&self.user_id).await);
         }
         out
+    }
+
+    /// `n` sessions, each of a new user of its own (SSF pushes SETs about one user one at a
+    /// time, so one user's thousand sessions would measure that ordering, not the pipeline).
+    pub async fn mint_users(&self, n: usize) -> Vec<Minted> {
+        use futures::StreamExt;
+        futures::stream::iter(0..n)
+            .map(|_| async move {
+                let user_id = uuid::Uuid::now_v7().to_string();
+                let email = format!("bench-{}@example.com", uuid::Uuid::new_v4().simple());
+                self.store.create_user(&user_id, &email, "$argon2id$unused", false, self.clock.now_ms()).await.unwrap();
+                self.mint_for(&user_id).await
+            })
+            .buffered(8)
+            .collect()
+            .await
+    }
+
+    /// One session of `user_id`, with its access token.
+    async fn mint_for(&self, user_id: &str) -> Minted {
+        let token = RefreshToken::generate();
+        let now = self.clock.now_ms();
+        let s = self
+            .store
+            .create_session(NewSession {
+                id: uuid::Uuid::now_v7().to_string(),
+                user_id: user_id.to_string(),
+                device_name: Some("bench".into()),
+                user_agent: None,
+                ip: None,
+                now,
+                idle_ttl: ms(Duration::from_secs(86400)),
+                max_age: ms(Duration::from_secs(86400)),
+                access_ttl: ms(Duration::from_secs(1800)),
+                refresh: NewRefresh { id: uuid::Uuid::now_v7().to_string(), hash: token.digest() },
+                credential_version: 0,
+            })
+            .await
+            .unwrap()
+            .expect("the bench user is enabled and its credential unchanged")
+            .1;
+        let (access, _) = self.keys.issue(user_id, &s.id, vec![], now, s.access_expires_at).unwrap();
+        Minted { access, refresh: token.as_str().to_string(), session_id: s.id }
     }
 }
 

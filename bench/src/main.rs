@@ -15,6 +15,9 @@
 //!   login     argon2 logins/s                                   --seconds 10
 //!   peers     idle + everyone vs Node ws, Socket.IO, Python websockets, fastwebsockets
 //!                                                               --sizes 5000 (bench/peers/setup.sh first)
+//!   revoke-to-resource-server  logout → first 401 at the notes example --revokes 1000 --rate 100
+//!   ssf       Shared Signals push: logout → SET at a receiver, and a logout-everyone burst
+//!                                 --revokes 500 --rate 50 --burst 5000 --streams 1 --stores sqlite,postgres
 //!   --database-url postgres://postgres@127.0.0.1:5432/test  (admin URL; a throwaway DB is made)
 //! ```
 //!
@@ -28,6 +31,7 @@ mod cluster;
 mod common;
 mod resource;
 mod scenarios;
+mod ssf;
 mod worker;
 
 use clap::Parser;
@@ -61,6 +65,9 @@ pub enum Scenario {
     Peers,
     /// Logout → first 401 at a resource server (the `notes` example) following the feed.
     RevokeToResourceServer,
+    /// Shared Signals push: logout → SET at a receiver (--revokes, --rate), and the SETs/s of a
+    /// logout-everyone burst (--burst), over --streams push streams, on --stores.
+    Ssf,
     /// Internal: a socket-holding worker process.
     #[value(hide = true)]
     Worker,
@@ -74,12 +81,22 @@ pub enum Scenario {
 pub struct Args {
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Logouts to time (revoke, cluster, revoke-to-resource-server).
-    #[arg(long, default_value_t = 1000)]
-    pub revokes: usize,
-    /// Logouts per second, open loop (revoke, cluster, revoke-to-resource-server).
-    #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
+    /// Logouts to time (revoke, cluster, revoke-to-resource-server: default 1000; ssf: 500).
+    #[arg(long)]
+    revokes: Option<usize>,
+    /// Logouts per second, open loop (revoke, cluster, revoke-to-resource-server: default 100;
+    /// ssf: 50).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Live sessions (each of its own user) that one logout-everyone ends (ssf).
+    #[arg(long, default_value_t = 5000)]
+    pub burst: usize,
+    /// SSF push streams, each of its own service credential and receiver path (ssf).
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// Stores to run on, comma separated (ssf).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Store::Sqlite])]
+    pub stores: Vec<Store>,
     /// Idle sockets held meanwhile (revoke, cluster, revoke-to-resource-server).
     #[arg(long, default_value_t = 10_000)]
     pub idle: usize,
@@ -101,6 +118,26 @@ pub struct Args {
     /// Internal: the arguments of the worker process.
     #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub rest: Vec<String>,
+}
+
+/// A backend the scenario runs on (`--stores`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Store {
+    Sqlite,
+    /// A throwaway database in `--database-url`.
+    Postgres,
+}
+
+impl Args {
+    /// `--revokes`, defaulting per scenario.
+    pub fn revokes(&self) -> usize {
+        self.revokes.unwrap_or(if self.scenario == Scenario::Ssf { 500 } else { 1000 })
+    }
+
+    /// `--rate`, defaulting per scenario.
+    pub fn rate(&self) -> f64 {
+        self.rate.unwrap_or(if self.scenario == Scenario::Ssf { 50.0 } else { 100.0 })
+    }
 }
 
 fn main() {
@@ -132,6 +169,7 @@ fn main() {
             Scenario::Login => scenarios::login(&args).await,
             Scenario::Peers => scenarios::peers(&args).await,
             Scenario::RevokeToResourceServer => resource::run(&args).await,
+            Scenario::Ssf => ssf::run(&args).await,
             Scenario::Worker | Scenario::Server => unreachable!("handled above"),
         }
     });

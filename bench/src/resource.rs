@@ -102,7 +102,7 @@ async fn one(args: &Args, postgres: bool) -> String {
     let notes = Notes::start(&issuer_a, secret.as_str()).await;
     let idle: Vec<String> = minter.mint(args.idle).await.into_iter().map(|m| m.access).collect();
     let _idle = spawn_workers(&revoking.ws(), &idle, 9_500, &dir, false);
-    let measured = minter.mint(args.revokes).await;
+    let measured = minter.mint(args.revokes()).await;
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
     let notes_url = format!("http://127.0.0.1:{}/notes", notes.port);
     for m in &measured {
@@ -113,7 +113,7 @@ async fn one(args: &Args, postgres: bool) -> String {
     let cpu_before = cpu_us(a.child.id()) + b.as_ref().map_or(0, |b| cpu_us(b.child.id()));
 
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
-    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let period = Duration::from_secs_f64(1.0 / args.rate());
     let mut tasks = Vec::new();
     for (i, m) in measured.iter().enumerate() {
         let (client, logout, notes_url, access) =

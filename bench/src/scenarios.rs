@@ -178,15 +178,15 @@ pub async fn revoke(args: &Args, flood_logins: bool) -> Vec<String> {
     let minter = Minter::new(&db.url, &server.base()).await;
     let idle_tokens: Vec<String> = minter.mint(args.idle).await.into_iter().map(|m| m.access).collect();
     let _idle = spawn_workers(&server.ws(), &idle_tokens, PER_WORKER, &dir, false);
-    let measured = minter.mint(args.revokes).await;
+    let measured = minter.mint(args.revokes()).await;
     let tokens: Vec<String> = measured.iter().map(|m| m.access.clone()).collect();
     let mut worker = Worker::spawn(&server.ws(), &tokens, &dir, false);
     assert_eq!(worker.wait_ready().1, 0);
     let flood = flood_logins.then(|| {
-        tokio::spawn(login_flood(server.base(), Duration::from_secs_f64(args.revokes as f64 / args.rate + 1.0)))
+        tokio::spawn(login_flood(server.base(), Duration::from_secs_f64(args.revokes() as f64 / args.rate() + 1.0)))
     });
     let cpu0 = cpu_us(server.child.id());
-    let times = open_loop_logouts(&server.base(), &measured, args.rate).await;
+    let times = open_loop_logouts(&server.base(), &measured, args.rate()).await;
     let mut arrivals = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while arrivals.len() < measured.len() && Instant::now() < deadline {
