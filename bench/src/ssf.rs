@@ -17,7 +17,8 @@
 //!    the response to the last SET at the receiver. The dispatcher expands the whole outbox
 //!    (signs and stores every SET) before it claims any push, so the first SET's arrival
 //!    marks the end of signing: "signed and stored/s" is measured from the call to it, and
-//!    "pushed/s" from it to the last.
+//!    "pushed/s" from it to the last. Right after the burst's response, one more session
+//!    (made after the burst's commit) logs out: how long its SET waits behind the burst.
 //!
 //! Server CPU (user + system, /proc) is taken around phases 0, 2 and 3. Also, once: RS256
 //! signing alone in this process (the same `SetKey` the server signs with).
@@ -139,8 +140,8 @@ pub async fn run(args: &Args) -> Vec<String> {
         "|---|---|---|---|---|---|---|---|---|---|---|".into(),
     ];
     let mut burst = vec![
-        "| store | streams | sessions ended | SETs delivered | response (ms) | first SET (ms after the call) | last SET | SETs/s, response → last SET | signed and stored/s, call → first SET | pushed/s, first → last SET | server CPU per SET (µs) |".into(),
-        "|---|---|---|---|---|---|---|---|---|---|---|".into(),
+        "| store | streams | sessions ended | SETs delivered | response (ms) | first SET (ms after the call) | last SET | SETs/s, response → last SET | signed and stored/s, call → first SET | pushed/s, first → last SET | server CPU per SET (µs) | one more logout just after the response: its SET after (ms) |".into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
     ];
     for &store in &args.stores {
         let (l, b) = one(args, store).await;
@@ -303,17 +304,25 @@ async fn one(args: &Args, store: Store) -> (String, String) {
     assert_eq!(r.status().as_u16(), 200, "logout-everyone");
     let ended = r.json::<Value>().await.unwrap()["revoked_sessions"].as_u64().unwrap_or(0) as usize;
     assert!(ended > burst.len(), "every burst session (and the admin's) ended");
+    // One more logout while the burst is being delivered (a session made after the burst's
+    // commit): its SETs queue behind the burst's.
+    let late = minter.mint_users(1).await.remove(0);
+    let r = client.post(format!("{}/v1/auth/logout", server.base())).bearer_auth(&late.access).send().await.unwrap();
+    let late_resp = mono_ns();
+    assert_eq!(r.status().as_u16(), 204, "the late logout");
     let expected = ended * args.streams;
-    let all = rx.wait_count(base + expected, Duration::from_secs(300)).await;
+    let all = rx.wait_count(base + expected + args.streams, Duration::from_secs(300)).await;
     let cpu = cpu_us(pid) - cpu0;
-    let arrivals = rx.since(base);
+    let (late_sets, arrivals): (Vec<Arrival>, Vec<Arrival>) =
+        rx.since(base).into_iter().partition(|a| a.session.as_deref() == Some(late.session_id.as_str()));
+    let late_ms = late_sets.iter().map(|a| a.at.saturating_sub(late_resp) as f64 / 1e6).fold(f64::NAN, f64::max);
     let first = arrivals.iter().map(|a| a.at).min().unwrap_or(t0);
     let last = arrivals.iter().map(|a| a.at).max().unwrap_or(t0);
     let ms = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
     let per_stream: Vec<usize> = (0..args.streams).map(|s| arrivals.iter().filter(|a| a.stream == s).count()).collect();
     eprintln!("{name}: burst SETs per stream {per_stream:?}, duplicates so far {}", rx.duplicates());
     let burst_row = format!(
-        "| {name} | {} | {ended} | {} of {expected}{} | {:.0} | {:.0} | {:.0} | **{:.0}** | {:.0} | {:.0} | {:.0} |",
+        "| {name} | {} | {ended} | {} of {expected}{} | {:.0} | {:.0} | {:.0} | **{:.0}** | {:.0} | {:.0} | {:.0} | {late_ms:.0} ({} of {}) |",
         args.streams,
         arrivals.len(),
         if all { "" } else { " (timed out)" },
@@ -324,6 +333,8 @@ async fn one(args: &Args, store: Store) -> (String, String) {
         per_s(expected, first.saturating_sub(t0)),
         per_s(arrivals.len().saturating_sub(1), last.saturating_sub(first)),
         cpu as f64 / arrivals.len().max(1) as f64,
+        late_sets.len(),
+        args.streams,
     );
     eprintln!("{burst_row}");
     drop(server);

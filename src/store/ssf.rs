@@ -467,6 +467,23 @@ macro_rules! ssf_store {
                 /// flight together nor reordered, §3.1), not leased by another worker. "Oldest"
                 /// is by outbox row (the order events were written), not by stored SET: two
                 /// instances may expand one user's events in either order.
+                ///
+                /// "Oldest pending of its subject" is `row_number() = 1` over the pending SETs
+                /// partitioned by (stream, subject): one sort of the backlog per claim, whatever
+                /// the planner believes. It was a correlated `NOT EXISTS (an older pending SET
+                /// of this subject)`, which PostgreSQL runs as a nested loop probing through
+                /// `ssf_deliveries_stream_idx` (every pending SET of the stream, per candidate)
+                /// whenever its statistics say few SETs are pending, which they do after a
+                /// burst and always in the generic plan of sqlx's prepared statement:
+                /// quadratic in the backlog, 4.4 s per claim at 5,000 pending even with
+                /// `ssf_deliveries_subject_idx`, so a logout-everyone over 5,000 sessions was
+                /// pushed at ~10 SETs/s (BENCHMARKS.md, `ssf`). This form takes 15 ms there
+                /// (generic or custom plan) and 24 ms on SQLite. Poll streams' rows and a paused
+                /// stream's held rows are left out before the window: their partitions go
+                /// whole (a paused stream keeps only its stream-updated rows, a subject of
+                /// their own), so the numbering of the rest is unchanged. The outer query
+                /// repeats the state and lease checks, which PostgreSQL re-evaluates on a row
+                /// another instance has just leased.
                 pub(crate) async fn ssf_claim_push(
                     &self,
                     now: Millis,
@@ -478,12 +495,19 @@ macro_rules! ssf_store {
                         "SELECT d.id, d.stream_id, d.jti, d.kind, d.set_jws, d.attempts, d.created_at, \
                            s.endpoint_url, s.authorization_header \
                          FROM ssf_deliveries d JOIN ssf_streams s ON s.id = d.stream_id \
-                         WHERE d.state = 'pending' AND s.method = 'push' \
-                           AND (s.status = 'enabled' OR d.kind = 'stream-updated') \
-                           AND d.next_attempt_at <= $1 AND (d.leased_until IS NULL OR d.leased_until <= $1) \
-                           AND NOT EXISTS (SELECT 1 FROM ssf_deliveries e WHERE e.stream_id = d.stream_id \
-                             AND e.subject_key = d.subject_key AND e.state = 'pending' \
-                             AND (e.signal_id < d.signal_id OR (e.signal_id = d.signal_id AND e.id < d.id))) \
+                         WHERE d.state = 'pending' AND (d.leased_until IS NULL OR d.leased_until <= $1) \
+                           AND d.id IN ( \
+                             SELECT h.id FROM ( \
+                               SELECT e.id, e.kind, e.signal_id, e.next_attempt_at, e.leased_until, \
+                                 row_number() OVER (PARTITION BY e.stream_id, e.subject_key \
+                                                    ORDER BY e.signal_id, e.id) AS rn \
+                               FROM ssf_deliveries e JOIN ssf_streams t ON t.id = e.stream_id \
+                               WHERE e.state = 'pending' AND t.method = 'push' \
+                                 AND (t.status = 'enabled' OR e.kind = 'stream-updated')) h \
+                             WHERE h.rn = 1 AND h.next_attempt_at <= $1 \
+                               AND (h.leased_until IS NULL OR h.leased_until <= $1) \
+                             ORDER BY CASE WHEN h.kind = 'stream-updated' THEN 0 ELSE 1 END, h.signal_id, h.id \
+                             LIMIT $2) \
                          ORDER BY CASE WHEN d.kind = 'stream-updated' THEN 0 ELSE 1 END, d.signal_id, d.id LIMIT $2",
                         $lock_push
                     ))

@@ -806,9 +806,11 @@ async fn key_rotation_keeps_the_old_key_while_its_sets_wait() {
     let both = kids(jwks().await);
     assert_eq!(both.len(), 2);
     assert!(both.contains(&old[0]));
-    // New SETs are signed by the new key; the held one still verifies with the old key.
-    post(&app, "/ssf/status", &sk, json!({ "stream_id": id, "status": "enabled" })).await;
+    // New SETs are signed by the new key; the held one still verifies with the old key. The
+    // checker reads the JWKS before the enable: once the held SET is delivered the old key is
+    // unpublished, which may happen before a read made after the enable.
     let mut c0 = Checker::new(&app).await;
+    post(&app, "/ssf/status", &sk, json!({ "stream_id": id, "status": "enabled" })).await;
     let (held, _) = next_set(&rx, &mut c0, &name).await;
     assert_eq!(held.header()["kid"], json!(old[0]));
     let t2 = app.new_session().await;
