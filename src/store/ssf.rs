@@ -473,14 +473,15 @@ macro_rules! ssf_store {
                 /// the planner believes. It was a correlated `NOT EXISTS (an older pending SET
                 /// of this subject)`, which PostgreSQL runs as a nested loop probing through
                 /// `ssf_deliveries_stream_idx` (every pending SET of the stream, per candidate)
-                /// whenever its statistics say few SETs are pending, which they do after a
-                /// burst and always in the generic plan of sqlx's prepared statement:
-                /// quadratic in the backlog, 4.4 s per claim at 5,000 pending even with
-                /// `ssf_deliveries_subject_idx`, so a logout-everyone over 5,000 sessions was
-                /// pushed at ~10 SETs/s (BENCHMARKS.md, `ssf`). This form takes 15 ms there
-                /// (generic or custom plan) and 24 ms on SQLite. Poll streams' rows and a paused
-                /// stream's held rows are left out before the window: their partitions go
-                /// whole (a paused stream keeps only its stream-updated rows, a subject of
+                /// when its statistics say few SETs are pending, as they do while a burst is
+                /// new (measured: the generic plan of sqlx's prepared statement, at 5,000
+                /// pending, even with `ssf_deliveries_subject_idx`): quadratic in the backlog,
+                /// 4.4 s per claim, so a logout-everyone over 5,000 sessions was pushed at ~10
+                /// SETs/s (BENCHMARKS.md, `ssf`). This form takes 15 ms there (generic or
+                /// custom plan), and 29 ms on SQLite (the probe with that index: 11 ms; SQLite
+                /// has no such plan flip, but one query serves both). Poll streams' rows and a
+                /// paused stream's held rows are left out before the window: their partitions
+                /// go whole (a paused stream keeps only its stream-updated rows, a subject of
                 /// their own), so the numbering of the rest is unchanged. The outer query
                 /// repeats the state and lease checks, which PostgreSQL re-evaluates on a row
                 /// another instance has just leased.
