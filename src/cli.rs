@@ -122,15 +122,20 @@ fn service_table(list: &[service_credentials::ServiceCredential]) -> String {
             [c.name.clone(), scopes.join(","), rfc3339(c.created_at), used, aud]
         })
         .collect();
-    let header = ["NAME", "SCOPES", "CREATED", "LAST USED", "SSF AUD"].map(String::from);
-    let mut widths = [0; 5];
-    for row in std::iter::once(&header).chain(&rows) {
+    aligned(["NAME", "SCOPES", "CREATED", "LAST USED", "SSF AUD"], &rows)
+}
+
+/// A table for the terminal: `header` then `rows`, columns padded to their widest cell.
+pub(crate) fn aligned<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let header = header.map(String::from);
+    let mut widths = [0; N];
+    for row in std::iter::once(&header).chain(rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(&header).chain(rows) {
         let line: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:w$}")).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');

@@ -88,6 +88,8 @@ CREATE TABLE ssf_deliveries (
 CREATE INDEX ssf_deliveries_stream_idx ON ssf_deliveries (stream_id, state, id);
 CREATE INDEX ssf_deliveries_kid_idx ON ssf_deliveries (kid, state);
 -- The push claim's ordering check: is an older SET about the same subject still pending?
+-- The dispatcher's "anything due?" read, every second: only the pending rows.
+CREATE INDEX ssf_deliveries_due_idx ON ssf_deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX ssf_deliveries_subject_idx ON ssf_deliveries (stream_id, subject_key, state, signal_id);
 
 -- The `aud` of the SSF stream of a credential with scope `ssf` (docs/SSF.md §1.3:

@@ -96,20 +96,15 @@ async fn command(ssf: &Ssf, store: &Store, clock: &Clock, cmd: SsfCommand) -> an
             if streams.is_empty() {
                 eprintln!("no streams (a receiver creates one with POST /ssf/stream, or `sessiond ssf stream add`)");
             }
-            println!("ID  OWNER  METHOD  STATUS  HEALTH  PENDING  DEAD");
-            for s in streams {
-                let c = counts.iter().find(|c| c.stream_id == s.id);
-                println!(
-                    "{}  {}  {}  {}  {}  {}  {}",
-                    s.id,
-                    s.owner,
-                    s.method,
-                    s.status,
-                    s.health,
-                    c.map_or(0, |c| c.pending),
-                    c.map_or(0, |c| c.dead)
-                );
-            }
+            let rows: Vec<[String; 7]> = streams
+                .into_iter()
+                .map(|s| {
+                    let c = counts.iter().find(|c| c.stream_id == s.id);
+                    let (pending, dead) = c.map_or((0, 0), |c| (c.pending, c.dead));
+                    [s.id, s.owner, s.method, s.status, s.health, pending.to_string(), dead.to_string()]
+                })
+                .collect();
+            print!("{}", super::aligned(["ID", "OWNER", "METHOD", "STATUS", "HEALTH", "PENDING", "DEAD"], &rows));
             Ok(())
         }
         SsfCommand::Stream(SsfStreamCommand::Show { id, .. }) => {

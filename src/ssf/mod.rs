@@ -189,8 +189,11 @@ impl Ssf {
     /// `GET /ssf/jwks.json`: the signing key, and retired keys whose SETs are still stored
     /// undelivered (docs/SSF.md §1.1).
     pub async fn jwks(&self) -> Result<Value, AppError> {
-        self.signing_key().await?;
-        let rows = self.store.ssf_keys().await.map_err(db)?;
+        let mut rows = self.store.ssf_keys().await.map_err(db)?;
+        if rows.iter().all(|r| r.retired_at.is_some()) {
+            self.signing_key().await?;
+            rows = self.store.ssf_keys().await.map_err(db)?;
+        }
         let in_use = self.store.ssf_kids_in_use().await.map_err(db)?;
         let mut keys = Vec::new();
         for row in rows.iter().rev() {
@@ -553,9 +556,17 @@ impl Ssf {
         let mut expanded = self.expanded.subscribe();
         let mut waiting: Option<PollerGuard> = None;
         let (mut acks, mut errs) = (acks, errs);
+        let mut first = true;
         loop {
             let now = self.clock.now_ms();
-            let (sets, more) = self.store.ssf_poll(id, &acks, &errs, max, active, now).await.map_err(db)?;
+            // The first round applies acks and errors; a waiting round reads before it writes.
+            let ready = first || self.store.ssf_poll_ready(id, active, now).await.map_err(db)?;
+            let (sets, more) = if ready {
+                self.store.ssf_poll(id, &acks, &errs, max, active, now).await.map_err(db)?
+            } else {
+                (Vec::new(), false)
+            };
+            first = false;
             acks.clear();
             errs.clear();
             let done = !sets.is_empty() || immediately || max == 0 || !active;
@@ -643,6 +654,9 @@ impl Ssf {
     pub async fn expand_all(&self) -> Result<usize, AppError> {
         let mut total = 0;
         loop {
+            if !self.store.ssf_has_unexpanded().await.map_err(db)? {
+                return Ok(total);
+            }
             let key = self.signing_key().await?;
             let issuer = self.settings.issuer.clone();
             let now = self.clock.now_ms();

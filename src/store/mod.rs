@@ -429,6 +429,14 @@ impl Store {
         on_backend!(self, b => b.ssf_expand(limit, now, build).await)
     }
 
+    pub async fn ssf_has_unexpanded(&self) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_has_unexpanded().await)
+    }
+
+    pub async fn ssf_poll_ready(&self, stream_id: &str, active: bool, now: Millis) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_poll_ready(stream_id, active, now).await)
+    }
+
     pub async fn ssf_claim_push(&self, now: Millis, lease_until: Millis, limit: i64) -> StoreResult<Vec<ssf::PushJob>> {
         on_backend!(self, b => b.ssf_claim_push(now, lease_until, limit).await)
     }

@@ -398,6 +398,29 @@ macro_rules! ssf_store {
 
                 // ---- the dispatcher ----
 
+                /// Whether some outbox row waits to be expanded (a read: the idle dispatcher,
+                /// every second and every revocation, takes no write transaction, which on
+                /// SQLite is the one write lock).
+                pub(crate) async fn ssf_has_unexpanded(&self) -> StoreResult<bool> {
+                    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ssf_signals WHERE expanded_at IS NULL)")
+                        .fetch_one(self.reader())
+                        .await?)
+                }
+
+                /// Whether a poll of `stream_id` would hand out a SET now (a read: a waiting long
+                /// poll asks this before taking a write transaction).
+                pub(crate) async fn ssf_poll_ready(&self, stream_id: &str, active: bool, now: Millis) -> StoreResult<bool> {
+                    Ok(sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM ssf_deliveries WHERE stream_id = $1 AND state = 'pending' \
+                           AND ($2 OR kind = 'stream-updated') AND (returned_at IS NULL OR returned_at <= $3))",
+                    )
+                    .bind(stream_id)
+                    .bind(active)
+                    .bind(Ts(now - REDELIVER_AFTER_MS))
+                    .fetch_one(self.reader())
+                    .await?)
+                }
+
                 /// Claims up to `limit` outbox rows, builds their SETs with `build` (given the
                 /// signal, a stream and that stream's excluded subjects; `None` = not for this
                 /// stream) and stores them with the rows marked expanded, in one transaction.
@@ -491,6 +514,16 @@ macro_rules! ssf_store {
                     lease_until: Millis,
                     limit: i64,
                 ) -> StoreResult<Vec<PushJob>> {
+                    // A read first (`ssf_deliveries_due_idx`): nothing due, no write transaction.
+                    let due: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM ssf_deliveries WHERE state = 'pending' AND next_attempt_at <= $1)",
+                    )
+                    .bind(Ts(now))
+                    .fetch_one(self.reader())
+                    .await?;
+                    if !due {
+                        return Ok(Vec::new());
+                    }
                     let mut tx = self.begin().await?;
                     let jobs: Vec<PushJob> = sqlx::query_as(concat!(
                         "SELECT d.id, d.stream_id, d.jti, d.kind, d.set_jws, d.attempts, d.created_at, \

@@ -18,7 +18,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sessiond");
 const FEED: &str = "/v1/revocations";
 
 /// `sessiond service ARGS… --database-url URL`.
-fn service_cli(url: &str, args: &[&str]) -> Output {
+pub fn service_cli(url: &str, args: &[&str]) -> Output {
     Command::new(BIN)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -7,7 +7,7 @@
 //! own socket with the real server's state (same database, keys and clock): `GET /read` answers
 //! the caller, `POST /manage` also requires `ssf.manage`.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use axum::routing::{get, post};
@@ -21,6 +21,7 @@ use sessiond::service_credentials::{self, Scope, ServiceName, SsfAudience};
 
 use crate::helpers::*;
 use crate::service::credential;
+use crate::service::service_cli;
 
 const TOKEN: &str = "/oauth2/token";
 const FORM: &str = "application/x-www-form-urlencoded";
@@ -382,21 +383,6 @@ async fn errors_of_the_extractor_are_problem_json_not_oauth_bodies() {
     assert!(body.get("error").is_none(), "{body}");
     let err = AppError::InsufficientScope;
     assert_eq!((err.status(), err.code()), (StatusCode::FORBIDDEN, "forbidden"));
-}
-
-const BIN: &str = env!("CARGO_BIN_EXE_sessiond");
-
-/// `sessiond service ARGS… --database-url URL`.
-fn service_cli(url: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .arg("service")
-        .args(args)
-        .args(["--database-url", url])
-        .output()
-        .unwrap()
 }
 
 #[tokio::test]
