@@ -118,6 +118,9 @@ pub struct Metrics {
     pub ws_logouts: Family<ReasonLabels, Counter>,
     /// Seconds from the revocation's commit (publish) to the `logout` frame written.
     pub ws_push_latency: Histogram,
+    /// Unix time (s) the last `logout` frame was written: with the time of a revoking request,
+    /// how long the whole fan-out took as the server saw it (the bench reads it).
+    pub ws_last_logout_written: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Sockets closed because their outbound queue was full.
     pub ws_queue_full_closes: Counter,
     /// Sockets closed with 4429 to make room for a newer socket of their user (per-user cap).
@@ -148,6 +151,12 @@ impl Metrics {
         // 50 µs … ~1.6 s
         let ws_push_latency =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16));
+        let ws_last_logout_written = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "ws_last_logout_written_timestamp_seconds",
+            "Unix time the last logout frame was written",
+            ws_last_logout_written.clone(),
+        );
         let ws_queue_full_closes = Counter::default();
         let ws_evicted = Counter::default();
         let ws_refused = Family::<OutcomeLabels, Counter>::default();
@@ -229,6 +238,7 @@ impl Metrics {
             ws_authenticated,
             ws_logouts,
             ws_push_latency,
+            ws_last_logout_written,
             ws_queue_full_closes,
             ws_evicted,
             ws_refused,

@@ -38,6 +38,9 @@ use crate::store::{NewRefresh, NewSession, Revoked, RotateOutcome, Rotation, Sel
 use crate::tokens::jwt::{Keys, VerifyError};
 use crate::tokens::refresh::RefreshToken;
 
+/// A revocation ending more sessions than this logs one line for all of them (each at debug).
+const LOG_EACH_UP_TO: usize = 64;
+
 /// The sessions service: cheap to clone (one `Arc`), so every handler and socket task holds
 /// its own handle. Its parts are public for the read-only uses of the rooms above (listings,
 /// health, the socket's settings).
@@ -711,8 +714,17 @@ impl Sessions {
     /// sessions' access tokens from now on, then every socket of those sessions gets the logout
     /// event. Every revocation path ends here. Returns how many sockets were notified.
     pub fn publish(&self, revoked: &[Revoked]) -> usize {
-        for r in revoked {
-            tracing::info!(session_id = %r.session_id, user_id = %r.user_id, reason = %r.reason, "session revoked");
+        // One line per session, unless a revocation ends many (logging out everyone at 19k
+        // sessions wrote 19k lines inside the fan-out); then one line, and each at debug level.
+        if revoked.len() <= LOG_EACH_UP_TO {
+            for r in revoked {
+                tracing::info!(session_id = %r.session_id, user_id = %r.user_id, reason = %r.reason, "session revoked");
+            }
+        } else {
+            tracing::info!(sessions = revoked.len(), reason = %revoked[0].reason, "sessions revoked");
+            for r in revoked {
+                tracing::debug!(session_id = %r.session_id, user_id = %r.user_id, reason = %r.reason, "session revoked");
+            }
         }
         if let Some(first) = revoked.first() {
             self.metrics.revoked(&first.reason, revoked.len());

@@ -8,14 +8,19 @@
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::SinkExt;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::clock::{rfc3339, Millis};
+use crate::clock::rfc3339;
 use crate::error::AppError;
-use crate::hub::protocol::{close, parse, ClientMessage, ParseError, ServerMessage};
+use crate::hub::protocol::{close, logout_frame, parse, ClientMessage, ParseError, ServerMessage};
 use crate::hub::{HubEvent, RegisterError, Registration};
 use crate::limits::UnauthenticatedGuard;
 use crate::sessions::Sessions;
@@ -44,11 +49,10 @@ enum Auth {
 enum Step {
     Continue,
     Close(u16, &'static str),
-    /// Send the logout event, then close 4001.
+    /// Send the logout event (a ready frame), then close 4001.
     Logout {
-        reason: String,
-        session_id: String,
-        at: Millis,
+        frame: Utf8Bytes,
+        reason: Arc<str>,
         published: Option<std::time::Instant>,
     },
     /// End without a goodbye (peer gone, or killed).
@@ -64,6 +68,8 @@ pub struct Socket {
     /// Cancelled when the hub kills the socket (a full mailbox, an eviction); a fresh token
     /// until the socket registers.
     kill: CancellationToken,
+    /// Keeps shutdown waiting until the socket has ended.
+    _tracked: TaskTrackerToken,
 }
 
 /// Counts the socket as open while alive.
@@ -76,14 +82,22 @@ impl Drop for OpenGuard {
 }
 
 impl Socket {
-    /// Serves one upgraded socket until it ends. `slot` holds the socket's place under the
-    /// per-IP cap of unauthenticated sockets until it authenticates.
-    pub async fn run(ws: WebSocket, sessions: Sessions, slot: UnauthenticatedGuard) {
+    /// The task that serves one upgraded socket until it ends. `slot` holds the socket's place
+    /// under the per-IP cap of unauthenticated sockets until it authenticates; `tracked` keeps
+    /// shutdown waiting for it. Boxed, and built by a plain function: a future moved through
+    /// several `async` layers (the upgrade's callback, a wrapper `async fn`) is stored again in
+    /// each, so the WebSocket and the loop's state were held two or three times per idle socket.
+    pub fn run(
+        ws: WebSocket,
+        sessions: Sessions,
+        slot: UnauthenticatedGuard,
+        tracked: TaskTrackerToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         use tracing::Instrument;
         let conn_id = sessions.hub.next_conn_id();
-        let socket =
-            Socket { ws, sessions, conn_id, auth: Auth::Pending { _slot: slot }, kill: CancellationToken::new() };
-        socket.serve().instrument(tracing::debug_span!("ws", conn_id)).await
+        let auth = Auth::Pending { _slot: slot };
+        let socket = Socket { ws, sessions, conn_id, auth, kill: CancellationToken::new(), _tracked: tracked };
+        Box::pin(socket.serve().instrument(tracing::debug_span!("ws", conn_id)))
     }
 
     async fn serve(mut self) {
@@ -98,15 +112,13 @@ impl Socket {
         let mut missed: u8 = 0;
         let mut received: u16 = 0;
 
-        loop {
+        let end = loop {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Step::Close(close::RESTART, "server restarting"),
                 _ = self.kill.cancelled() => Step::Drop,
                 Some(event) = next_event(&mut self.auth) => match event {
-                    HubEvent::Logout { reason, session_id, at, published } => Step::Logout {
-                        reason: reason.to_string(), session_id: session_id.to_string(), at, published: Some(published),
-                    },
+                    HubEvent::Logout { frame, reason, published } => Step::Logout { frame, reason, published: Some(published) },
                     HubEvent::Evicted => Step::Close(close::TOO_MANY, "too many sockets for this user"),
                 },
                 _ = &mut deadline => match self.auth {
@@ -149,33 +161,40 @@ impl Socket {
             };
             match step {
                 Step::Continue => continue,
-                Step::Drop => break,
-                Step::Close(code, why) => {
-                    tracing::debug!(code, why, "closing socket");
-                    self.close_with(code, why).await;
-                    break;
-                }
-                Step::Logout { reason, session_id, at, published } => {
-                    let msg =
-                        ServerMessage::Logout { reason: &reason, session_id: &session_id, at: rfc3339(at) }.to_json();
-                    // The event and the close frame leave in one write: `feed` only buffers (the
-                    // write buffer holds small frames until a flush), the close's `send` flushes.
-                    let close =
-                        Message::Close(Some(CloseFrame { code: close::LOGGED_OUT, reason: "logged out".into() }));
-                    let fed = tokio::time::timeout(WRITE_TIMEOUT, self.ws.feed(Message::Text(msg.into()))).await;
-                    if matches!(fed, Ok(Ok(()))) && self.send(close).await {
-                        let m = self.sessions.hub.metrics();
-                        if let Some(p) = published {
-                            m.ws_push_latency.observe(p.elapsed().as_secs_f64());
-                        }
-                        m.ws_logout(&reason);
+                end => break end,
+            }
+        };
+        // Boxed: the ends' futures (a write under a timeout, the close drain) would otherwise add
+        // to the state every idle socket keeps for its whole life.
+        Box::pin(self.finish(end)).await;
+        // Dropping `self.auth` removes the registration.
+    }
+
+    /// How a socket ends: a close handshake, the logout event and close 4001, or nothing.
+    async fn finish(&mut self, end: Step) {
+        match end {
+            Step::Continue | Step::Drop => {}
+            Step::Close(code, why) => {
+                tracing::debug!(code, why, "closing socket");
+                self.close_with(code, why).await;
+            }
+            Step::Logout { frame, reason, published } => {
+                // The event and the close frame leave in one write: `feed` only buffers (the
+                // write buffer holds small frames until a flush), the close's `send` flushes.
+                let close = Message::Close(Some(CloseFrame { code: close::LOGGED_OUT, reason: "logged out".into() }));
+                let fed = tokio::time::timeout(WRITE_TIMEOUT, self.ws.feed(Message::Text(frame))).await;
+                if matches!(fed, Ok(Ok(()))) && self.send(close).await {
+                    let m = self.sessions.hub.metrics();
+                    if let Some(p) = published {
+                        m.ws_push_latency.observe(p.elapsed().as_secs_f64());
                     }
-                    tracing::debug!(%reason, "socket logged out");
-                    break;
+                    m.ws_logout(&reason);
+                    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                    m.ws_last_logout_written.set(unix.map_or(0.0, |d| d.as_secs_f64()));
                 }
+                tracing::debug!(%reason, "socket logged out");
             }
         }
-        // Dropping `self.auth` removes the registration.
     }
 
     /// Handles one text message. The per-IP slot is released the moment the socket registers,
@@ -306,9 +325,8 @@ fn receive_error(e: axum::Error) -> Step {
 fn logout_from_denylist(sessions: &Sessions, session_id: &str) -> Step {
     match sessions.denylist.get(session_id) {
         Some(ended) => Step::Logout {
-            reason: ended.reason.to_string(),
-            session_id: session_id.to_string(),
-            at: ended.at,
+            frame: logout_frame(&ended.reason, session_id, ended.at),
+            reason: ended.reason.clone(),
             published: None,
         },
         None => Step::Close(close::UNAUTHENTICATED, "invalid or expired token"),

@@ -19,7 +19,7 @@ use crate::state::{AllowedOrigins, AppState};
 /// Per-socket read buffer. tungstenite's default (128 KiB, eagerly zero-filled) costs ~137 KB
 /// of RSS per idle socket (PERFORMANCE.md §0). Client messages are tiny (an `auth` message is
 /// well under 1 KiB); longer ones are read in several chunks.
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Outbound frames smaller than this wait for a flush, so the logout event and its close frame
 /// go out in one write; every other message is flushed at once.
 const WRITE_BUFFER: usize = 1024;
@@ -102,8 +102,5 @@ async fn upgrade(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(WIRE_LIMIT)
         .max_frame_size(WIRE_LIMIT)
-        .on_upgrade(move |socket| async move {
-            Socket::run(socket, sessions, unauthenticated).await;
-            drop(token);
-        })
+        .on_upgrade(move |socket| Socket::run(socket, sessions, unauthenticated, token))
 }

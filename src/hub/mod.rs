@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -33,7 +34,6 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::Millis;
 use crate::metrics::Metrics;
 use crate::store::Revoked;
 
@@ -78,8 +78,9 @@ impl Mailbox {
 /// An event for one socket.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
-    /// The socket's session ended: send the logout event, then close 4001.
-    Logout { reason: Arc<str>, session_id: Arc<str>, at: Millis, published: Instant },
+    /// The socket's session ended: send the logout event (`frame`, serialised once per session),
+    /// then close 4001.
+    Logout { frame: Utf8Bytes, reason: Arc<str>, published: Instant },
     /// A newer socket of the same user took this one's place under the per-user cap: close
     /// 4429. The socket has already left the registry.
     Evicted,
@@ -265,11 +266,11 @@ impl Hub {
             else {
                 continue;
             };
-            let (reason, session_id): (Arc<str>, Arc<str>) = (r.reason.as_str().into(), r.session_id.as_str().into());
+            let frame = protocol::logout_frame(&r.reason, &r.session_id, r.at);
+            let reason: Arc<str> = r.reason.as_str().into();
             for id in ids {
                 let Some(conn) = self.inner.conns.get(&id) else { continue };
-                let event =
-                    HubEvent::Logout { reason: reason.clone(), session_id: session_id.clone(), at: r.at, published };
+                let event = HubEvent::Logout { frame: frame.clone(), reason: reason.clone(), published };
                 match conn.mailbox.push(event) {
                     Ok(()) => reached += 1,
                     Err(_) => {

@@ -1,6 +1,9 @@
 //! The WebSocket wire protocol of docs/API.md §5: what clients send and what the server sends.
 
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
+
+use crate::clock::{rfc3339, Millis};
 
 /// Close codes (docs/API.md §5).
 pub mod close {
@@ -70,6 +73,12 @@ impl ServerMessage<'_> {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// A session's `logout` event as a ready text frame, serialised once and shared (a cheap
+/// reference-counted clone) by every socket of the session.
+pub fn logout_frame(reason: &str, session_id: &str, at: Millis) -> Utf8Bytes {
+    ServerMessage::Logout { reason, session_id, at: rfc3339(at) }.to_json().into()
 }
 
 #[cfg(test)]
