@@ -3,7 +3,9 @@
 #   node-ws.mjs       Node `ws`            (npm, package.json)
 #   socketio.mjs      Node `socket.io`     (npm, package.json; WebSocket transport only)
 #   py_websockets.py  Python `websockets`  (pip)
-#   fastwebsockets/   Rust `fastwebsockets` on hyper 1 (its own cargo project, release build)
+#   fastwebsockets/   Rust, its own cargo project (release build) of two binaries:
+#                     fastwebsockets-peer (`fastwebsockets` on hyper 1) and axum-peer (axum's
+#                     WebSocket with sessiond's buffer sizes: `axum-tuned` in --peers)
 set -euo pipefail
 cd "$(dirname "$0")"
 npm install --no-audit --no-fund --loglevel=error

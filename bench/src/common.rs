@@ -89,16 +89,7 @@ impl Server {
     }
 
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = client.get(format!("{}/readyz", self.base())).send().await.map(|r| r.status().as_u16() == 200);
-            if ok.unwrap_or(false) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "server not ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert!(ready_within(&self.base(), Duration::from_secs(60)).await, "server not ready");
     }
 
     /// Resident set size of the server process, in KiB.
@@ -124,6 +115,22 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `{base}/readyz` until it answers 200; false if it has not within `timeout`.
+pub async fn ready_within(base: &str, timeout: Duration) -> bool {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ok = client.get(format!("{base}/readyz")).send().await.map(|r| r.status().as_u16() == 200);
+        if ok.unwrap_or(false) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -254,6 +261,8 @@ impl Framing {
 
 /// A worker process holding authenticated sockets (this binary's hidden `worker` subcommand).
 pub struct Worker {
+    /// The index of its first socket among all the tokens of [`spawn_workers_framed`].
+    first: usize,
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -275,7 +284,7 @@ impl Worker {
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Worker { child, stdin, stdout }
+        Worker { first: 0, child, stdin, stdout }
     }
 
     pub fn read_line(&mut self) -> String {
@@ -327,13 +336,38 @@ pub fn spawn_workers_framed(
     reconnect: bool,
     framing: Framing,
 ) -> Vec<Worker> {
-    let mut workers: Vec<Worker> =
-        tokens.chunks(per_worker).map(|chunk| Worker::spawn_framed(url, chunk, dir, reconnect, framing)).collect();
+    let mut workers: Vec<Worker> = tokens
+        .chunks(per_worker)
+        .enumerate()
+        .map(|(k, chunk)| {
+            let mut w = Worker::spawn_framed(url, chunk, dir, reconnect, framing);
+            w.first = k * per_worker;
+            w
+        })
+        .collect();
     for w in &mut workers {
         let (ok, failed) = w.wait_ready();
         assert_eq!(failed, 0, "worker: {ok} ok, {failed} failed");
     }
     workers
+}
+
+/// Polls the workers' `logout` frames until `n` have arrived or `timeout` has passed: (index
+/// among all their tokens, arrival ns).
+pub async fn await_logouts(workers: &mut [Worker], n: usize, timeout: Duration) -> Vec<(usize, u64)> {
+    let deadline = Instant::now() + timeout;
+    let mut arrivals = Vec::new();
+    while arrivals.len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        arrivals = workers
+            .iter_mut()
+            .flat_map(|w| {
+                let first = w.first;
+                w.report("logouts").into_iter().map(move |(i, t)| (first + i, t))
+            })
+            .collect();
+    }
+    arrivals
 }
 
 pub fn hist() -> Histogram<u64> {
@@ -368,6 +402,23 @@ pub fn cpu_us(pid: u32) -> u64 {
     // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
     let hz = clock_ticks();
     (ticks(11) + ticks(12)) * 1_000_000 / hz
+}
+
+/// [`cpu_us`] once the process has gone quiet: no tick charged over 200 ms (at most 10 s), so
+/// work a server defers past the moment measured (closing the sockets after their last frame
+/// went out, freeing them) is counted too.
+pub async fn cpu_us_settled(pid: u32) -> u64 {
+    let tick = 1_000_000 / clock_ticks();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut now = cpu_us(pid);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let next = cpu_us(pid);
+        if next - now <= tick || Instant::now() > deadline {
+            return now;
+        }
+        now = next;
+    }
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).

@@ -13,8 +13,11 @@
 //!   refresh-store  the rotation transaction alone, in process   --count 5000
 //!   verify    /v1/me and /healthz req/s + in-process verify µs  --seconds 10 --concurrency 64
 //!   login     argon2 logins/s                                   --seconds 10
-//!   peers     idle + everyone vs Node ws, Socket.IO, Python websockets, fastwebsockets
-//!                                                               --sizes 5000 (bench/peers/setup.sh first)
+//!   peers     sessiond vs peer servers (bench/peers/setup.sh first): idle RSS + broadcast
+//!             fan-out at each size, and targeted logouts (per-user sockets, open loop); a fresh
+//!             process per measurement, rounds interleaved, medians and sessiond ÷ best peer
+//!                 --sizes 5000,15000 --rounds 3 --targeted 5000 --per-user 25 --rate 100
+//!                 --peers sessiond,node-ws,axum-tuned,fastwebsockets,socketio,python-websockets
 //!   revoke-to-resource-server  logout → first 401 at the notes example --revokes 1000 --rate 100
 //!   ssf       Shared Signals push: logout → SET at a receiver, and a logout-everyone burst
 //!                                 --revokes 500 --rate 50 --burst 5000 --streams 1 --stores sqlite,postgres
@@ -29,6 +32,7 @@
 
 mod cluster;
 mod common;
+mod peers;
 mod resource;
 mod scenarios;
 mod ssf;
@@ -61,7 +65,13 @@ pub enum Scenario {
     Verify,
     /// Argon2 logins/s (--seconds).
     Login,
-    /// Idle and everyone against the peers (bench/peers/setup.sh first) (--sizes).
+    /// sessiond against the peer servers (bench/peers/setup.sh first), --rounds times, each
+    /// measurement in a fresh server process, the servers' order rotated every round: RSS per
+    /// idle socket, then one broadcast `logout` (p50, p99, last frame; server CPU per delivered
+    /// frame) at each of --sizes (default 5000,15000); and --targeted sockets, --per-user of
+    /// them per user, whose users are logged out one by one at --rate/s, open loop (frame −
+    /// scheduled send: p50, p99, max; CPU per frame). Tables: median (min–max) per server and
+    /// sessiond ÷ the best peer. --peers chooses and orders the servers.
     Peers,
     /// Logout → first 401 at a resource server (the `notes` example) following the feed.
     RevokeToResourceServer,
@@ -84,8 +94,8 @@ pub struct Args {
     /// Logouts to time (revoke, cluster, revoke-to-resource-server: default 1000; ssf: 500).
     #[arg(long)]
     revokes: Option<usize>,
-    /// Logouts per second, open loop (revoke, cluster, revoke-to-resource-server: default 100;
-    /// ssf: 50).
+    /// Logouts per second, open loop (revoke, cluster, revoke-to-resource-server, peers' targeted
+    /// logouts: default 100; ssf: 50).
     #[arg(long)]
     rate: Option<f64>,
     /// Live sessions (each of its own user) that one logout-everyone ends (ssf).
@@ -100,9 +110,23 @@ pub struct Args {
     /// Idle sockets held meanwhile (revoke, cluster, revoke-to-resource-server).
     #[arg(long, default_value_t = 10_000)]
     pub idle: usize,
-    /// Socket counts, comma separated (idle, everyone, churn, peers).
-    #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000, 10_000, 19_000])]
-    pub sizes: Vec<usize>,
+    /// Socket counts, comma separated (idle, everyone, churn: default 1000,5000,10000,19000;
+    /// peers: 5000,15000).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// Rounds of every measurement (peers); results are medians over them.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Servers to compare, comma separated, in this order (peers): sessiond, node-ws,
+    /// axum-tuned, fastwebsockets, socketio, python-websockets.
+    #[arg(long, value_delimiter = ',', default_values_t = ["sessiond", "node-ws", "axum-tuned", "fastwebsockets", "socketio", "python-websockets"].map(String::from))]
+    pub peers: Vec<String>,
+    /// Sockets of the targeted-logout measurement (peers); 0 skips it.
+    #[arg(long, default_value_t = 5000)]
+    pub targeted: usize,
+    /// Sockets per user in the targeted-logout measurement (peers).
+    #[arg(long, default_value_t = 25)]
+    pub per_user: usize,
     /// Operations (refresh, refresh-store).
     #[arg(long, default_value_t = 20_000)]
     pub count: usize,
@@ -132,6 +156,13 @@ impl Args {
     /// `--revokes`, defaulting per scenario.
     pub fn revokes(&self) -> usize {
         self.revokes.unwrap_or(if self.scenario == Scenario::Ssf { 500 } else { 1000 })
+    }
+
+    /// `--sizes`, defaulting per scenario.
+    pub fn sizes(&self) -> Vec<usize> {
+        let default: &[usize] =
+            if self.scenario == Scenario::Peers { &[5000, 15_000] } else { &[1000, 5000, 10_000, 19_000] };
+        self.sizes.clone().unwrap_or_else(|| default.to_vec())
     }
 
     /// `--rate`, defaulting per scenario.
@@ -167,7 +198,7 @@ fn main() {
             Scenario::RefreshStore => scenarios::refresh_store(&args).await,
             Scenario::Verify => scenarios::verify(&args).await,
             Scenario::Login => scenarios::login(&args).await,
-            Scenario::Peers => scenarios::peers(&args).await,
+            Scenario::Peers => peers::run(&args).await,
             Scenario::RevokeToResourceServer => resource::run(&args).await,
             Scenario::Ssf => ssf::run(&args).await,
             Scenario::Worker | Scenario::Server => unreachable!("handled above"),

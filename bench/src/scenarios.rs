@@ -10,7 +10,7 @@ use crate::common::*;
 use crate::Args;
 
 /// Sockets per worker process (each process may hold ~20k files).
-const PER_WORKER: usize = 9_500;
+pub const PER_WORKER: usize = 9_500;
 
 /// A database for one run: a temp SQLite file, or a fresh PostgreSQL database.
 pub struct Db {
@@ -59,7 +59,7 @@ pub async fn idle(args: &Args) -> Vec<String> {
     let mut workers = Vec::new();
     let mut held = 0;
     let mut prev = base;
-    for &n in &args.sizes {
+    for &n in &args.sizes() {
         let tokens: Vec<String> = minter.mint(n - held).await.into_iter().map(|m| m.access).collect();
         workers.extend(spawn_workers(&server.ws(), &tokens, PER_WORKER, &dir, false));
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -84,7 +84,7 @@ pub async fn everyone(args: &Args) -> Vec<String> {
         "| sockets | response (ms) | first frame | p50 | p99 | last frame (ms after the call) | server CPU per recipient (µs) |".into(),
         "|---|---|---|---|---|---|---|".into(),
     ];
-    for &n in &args.sizes {
+    for &n in &args.sizes() {
         let dir = TempDir::new();
         let db = Db::new(args, &dir, false).await;
         let server = Server::start(&db.url, free_port(), &[]).await;
@@ -102,12 +102,8 @@ pub async fn everyone(args: &Args) -> Vec<String> {
             .unwrap();
         let t_resp = mono_ns();
         assert_eq!(r.status().as_u16(), 200);
-        let mut arrivals = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while arrivals.len() < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            arrivals = workers.iter_mut().flat_map(|w| w.report("logouts")).map(|(_, t)| t).collect();
-        }
+        let mut arrivals: Vec<u64> =
+            await_logouts(&mut workers, n, Duration::from_secs(60)).await.into_iter().map(|(_, t)| t).collect();
         let cpu = cpu_us(server.child.id()) - cpu0;
         arrivals.sort_unstable();
         let rel = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
@@ -130,21 +126,37 @@ pub async fn everyone(args: &Args) -> Vec<String> {
     out
 }
 
-/// Logs out `sessions` through `base` on an open-loop schedule of `rate`/s; returns for each
-/// session (request start, response) monotonic ns.
-pub async fn open_loop_logouts(base: &str, sessions: &[Minted], rate: f64) -> Vec<(u64, u64)> {
+/// One request of an open-loop schedule, in monotonic ns.
+#[derive(Clone, Copy)]
+pub struct Timed {
+    /// When the schedule said to send it.
+    pub scheduled: u64,
+    pub sent: u64,
+    /// When its response arrived.
+    pub done: u64,
+}
+
+/// Sends `n` requests on an open-loop schedule of `rate`/s: send times fixed in advance (the
+/// first 200 ms from now), so a slow response delays no later request (no coordinated
+/// omission). `request(client, i)` builds the i-th; each must succeed.
+pub async fn open_loop(
+    n: usize,
+    rate: f64,
+    request: impl Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder,
+) -> Vec<Timed> {
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
-    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let lead = Duration::from_millis(200);
+    let (start, start_ns) = (tokio::time::Instant::now() + lead, mono_ns() + lead.as_nanos() as u64);
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut tasks = Vec::new();
-    for (i, s) in sessions.iter().enumerate() {
-        let (client, url, access) = (client.clone(), format!("{base}/v1/auth/logout"), s.access.clone());
+    for i in 0..n {
+        let (req, due) = (request(&client, i), period * i as u32);
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep_until(start + period * i as u32).await;
+            tokio::time::sleep_until(start + due).await;
             let sent = mono_ns();
-            let r = client.post(url).bearer_auth(access).send().await.unwrap();
-            assert_eq!(r.status().as_u16(), 204);
-            (sent, mono_ns())
+            let r = req.send().await.unwrap();
+            assert!(r.status().is_success(), "open-loop request {i}: {}", r.status());
+            Timed { scheduled: start_ns + due.as_nanos() as u64, sent, done: mono_ns() }
         }));
     }
     let mut out = Vec::new();
@@ -152,6 +164,14 @@ pub async fn open_loop_logouts(base: &str, sessions: &[Minted], rate: f64) -> Ve
         out.push(t.await.unwrap());
     }
     out
+}
+
+/// Logs out `sessions` (`POST /v1/auth/logout`, 204) through `base` on an open-loop schedule
+/// of `rate`/s; returns for each session (request start, response) monotonic ns.
+pub async fn open_loop_logouts(base: &str, sessions: &[Minted], rate: f64) -> Vec<(u64, u64)> {
+    let url = format!("{base}/v1/auth/logout");
+    let times = open_loop(sessions.len(), rate, |c, i| c.post(&url).bearer_auth(&sessions[i].access)).await;
+    times.iter().map(|t| (t.sent, t.done)).collect()
 }
 
 /// Latency rows from (send, response) times and the worker's (index, arrival) events.
@@ -255,7 +275,7 @@ pub async fn churn(args: &Args) -> Vec<String> {
         "| sockets | re-authenticated | all back after (s, from SIGTERM) | p50 | p99 |".into(),
         "|---|---|---|---|---|".into(),
     ];
-    for &n in &args.sizes {
+    for &n in &args.sizes() {
         let dir = TempDir::new();
         let db = Db::new(args, &dir, false).await;
         let port = free_port();
@@ -466,240 +486,4 @@ pub async fn refresh_store(args: &Args) -> Vec<String> {
         db.drop_db().await;
     }
     out
-}
-
-/// A peer server process (bench/peers/): same protocol, minimal, no verification.
-struct Peer {
-    child: std::process::Child,
-    port: u16,
-    /// Where the sockets connect, and how they frame the protocol.
-    ws: String,
-    framing: Framing,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn peers_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers"))
-}
-
-/// Starts a peer, or says why it cannot.
-async fn start_peer(name: &str) -> Result<Peer, String> {
-    let dir = peers_dir();
-    let port = free_port();
-    let mut ws = format!("ws://127.0.0.1:{port}/");
-    let mut framing = Framing::Plain;
-    let mut cmd = match name {
-        "node-ws" => {
-            if !dir.join("node_modules/ws").exists() {
-                return Err("not installed (run bench/peers/setup.sh: npm `ws`)".into());
-            }
-            let mut c = std::process::Command::new("node");
-            c.arg(dir.join("node-ws.mjs"));
-            c
-        }
-        "socketio" => {
-            if !dir.join("node_modules/socket.io").exists() {
-                return Err("not installed (run bench/peers/setup.sh: npm `socket.io`)".into());
-            }
-            ws = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
-            framing = Framing::EngineIo;
-            let mut c = std::process::Command::new("node");
-            c.arg(dir.join("socketio.mjs"));
-            c
-        }
-        "fastwebsockets" => {
-            let bin = dir.join("fastwebsockets/target/release/fastwebsockets-peer");
-            if !bin.exists() {
-                return Err(
-                    "not installed (run bench/peers/setup.sh: cargo build of bench/peers/fastwebsockets)".into()
-                );
-            }
-            std::process::Command::new(bin)
-        }
-        "python-websockets" => {
-            let ok = std::process::Command::new("python3").args(["-c", "import websockets"]).status();
-            if !ok.is_ok_and(|s| s.success()) {
-                return Err("not installed (run bench/peers/setup.sh: pip `websockets`)".into());
-            }
-            let mut c = std::process::Command::new("python3");
-            c.arg(dir.join("py_websockets.py"));
-            c
-        }
-        other => return Err(format!("unknown peer {other}")),
-    };
-    let child = cmd
-        .env("PORT", port.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("not installed ({e})"))?;
-    let peer = Peer { child, port, ws, framing };
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if client.get(format!("http://127.0.0.1:{port}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(peer);
-        }
-        if Instant::now() > deadline {
-            return Err("did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `peers`: `idle` and `everyone` against sessiond and the peer servers, side by side.
-pub async fn peers(args: &Args) -> Vec<String> {
-    let n = *args.sizes.first().unwrap_or(&5000);
-    let mut out = vec![
-        format!("{n} authenticated sockets per server; then one broadcast of `logout` to all of them."),
-        String::new(),
-        "| server | RSS per idle socket (KiB) | ratio | broadcast: last frame (ms) | ratio | server CPU per delivered logout (µs) | ratio |".into(),
-        "|---|---|---|---|---|---|---|".into(),
-    ];
-    let mut base: Option<(f64, f64, f64)> = None;
-    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
-    for name in ["sessiond", "node-ws", "socketio", "python-websockets", "fastwebsockets"] {
-        let dir = TempDir::new();
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        // (pid, ws url, framing, tokens, how to trigger the broadcast, admin bearer)
-        let mut _server = None;
-        let mut _peer = None;
-        let (pid, ws, framing, tokens, trigger, bearer) = if name == "sessiond" {
-            let db = Db::new(args, &dir, false).await;
-            let server = Server::start(&db.url, free_port(), &[]).await;
-            let minter = Minter::new(&db.url, &server.base()).await;
-            let tokens: Vec<String> = minter.mint(n).await.into_iter().map(|m| m.access).collect();
-            let v = (
-                server.child.id(),
-                server.ws(),
-                Framing::Plain,
-                tokens,
-                format!("{}/v1/admin/logout-everyone", server.base()),
-                Some(minter.admin_access.clone()),
-            );
-            _server = Some(server);
-            v
-        } else {
-            let peer = match start_peer(name).await {
-                Ok(p) => p,
-                Err(why) => {
-                    out.push(format!("| {name} | {why} | | | | | |"));
-                    continue;
-                }
-            };
-            let tokens = (0..n).map(|i| format!("peer-token-{i}")).collect();
-            let v = (
-                peer.child.id(),
-                peer.ws.clone(),
-                peer.framing,
-                tokens,
-                format!("http://127.0.0.1:{}/broadcast", peer.port),
-                None,
-            );
-            _peer = Some(peer);
-            v
-        };
-        for _ in 0..20 {
-            let _ = client
-                .get(trigger.replace("/v1/admin/logout-everyone", "/healthz").replace("/broadcast", "/readyz"))
-                .send()
-                .await;
-        }
-        let before = rss_of(pid);
-        let mut workers = spawn_workers_framed(&ws, &tokens, PER_WORKER, &dir, false, framing);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let per = (rss_of(pid) as f64 - before as f64) / n as f64;
-        let cpu0 = cpu_us(pid);
-        let t0 = mono_ns();
-        let req = match &bearer {
-            Some(b) => client.post(&trigger).bearer_auth(b),
-            None => client.get(&trigger),
-        };
-        assert!(req.send().await.unwrap().status().is_success());
-        let mut arrivals: Vec<u64> = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while arrivals.len() < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            arrivals = workers.iter_mut().flat_map(|w| w.report("logouts")).map(|(_, t)| t).collect();
-        }
-        let last = arrivals.iter().max().map_or(f64::NAN, |&t| t.saturating_sub(t0) as f64 / 1e6);
-        let cpu = (cpu_us(pid) - cpu0) as f64 / arrivals.len().max(1) as f64;
-        series.push((name.to_string(), arrivals.iter().map(|&t| t.saturating_sub(t0) as f64 / 1e6).collect()));
-        let (r_mem, r_last, r_cpu) = match base {
-            None => {
-                base = Some((per, last, cpu));
-                ("1.00".to_string(), "1.00".to_string(), "1.00".to_string())
-            }
-            Some((m, l, c)) => (format!("{:.2}", per / m), format!("{:.2}", last / l), format!("{:.2}", cpu / c)),
-        };
-        let got = if arrivals.len() < n { format!(" ({} of {n} got it)", arrivals.len()) } else { String::new() };
-        out.push(format!("| {name} | {per:.2} | {r_mem} | {last:.1}{got} | {r_last} | {cpu:.1} | {r_cpu} |"));
-        eprintln!("{}", out.last().unwrap());
-        drop(workers);
-    }
-    let chart = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/charts"))
-        .join(format!("peers-broadcast-{n}.svg"));
-    let _ = std::fs::create_dir_all(chart.parent().unwrap());
-    match write_fanout_chart(&chart, n, &series) {
-        Ok(()) => out.push(format!("\nchart: {}", chart.display())),
-        Err(e) => out.push(format!("\nchart failed: {e}")),
-    }
-    out
-}
-
-/// Writes an SVG chart: for each server, the share of sockets that got the `logout` frame
-/// against milliseconds after the broadcast call.
-fn write_fanout_chart(path: &std::path::Path, n: usize, series: &[(String, Vec<f64>)]) -> Result<(), String> {
-    use plotters::prelude::*;
-    let max_ms = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(1.0_f64, f64::max) * 1.05;
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let title = format!("logout broadcast to {n} sockets: share delivered over time");
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..max_ms, 0.0..100.0)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("ms after the call")
-        .y_desc("% of sockets with the frame")
-        .draw()
-        .map_err(|e| e.to_string())?;
-    let colors = [RED, BLUE, RGBColor(230, 130, 0), GREEN, MAGENTA, CYAN];
-    for (i, (name, times)) in series.iter().enumerate() {
-        let mut sorted = times.clone();
-        sorted.sort_by(|a, b| a.total_cmp(b));
-        let len = sorted.len().max(1) as f64;
-        // At most ~400 points per line keeps the SVG small.
-        let step = (sorted.len() / 400).max(1);
-        let points: Vec<(f64, f64)> = sorted
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| k % step == 0 || *k + 1 == sorted.len())
-            .map(|(k, &t)| (t, (k + 1) as f64 * 100.0 / len))
-            .collect();
-        let color = colors[i % colors.len()];
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| e.to_string())?;
-    root.present().map_err(|e| e.to_string())
 }

@@ -3,9 +3,11 @@
 //!
 //! Connect to ws://127.0.0.1:$PORT/, send {"type":"auth","access_token":…} → {"type":"ready"};
 //! GET /broadcast sends {"type":"logout",…} to every authenticated socket and closes it (4001);
-//! GET /readyz → 200. No token verification and no database: it is the floor for "a socket and a
-//! broadcast". One task per socket; each authenticated socket registers a one-slot channel in
-//! the hub, and the broadcast pushes the message into every channel.
+//! GET /logout?user=U does the same to user U's sockets only (a token `u17-3` is user `u17`'s,
+//! any other token its own user's); GET /readyz → 200. No token verification and no database:
+//! it is the floor for "a socket and a broadcast". One task per socket; each authenticated
+//! socket registers a one-slot channel in the hub under its user, and a logout pushes the
+//! message into the channels.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,11 +27,35 @@ use tokio::sync::oneshot;
 /// One broadcast's `logout` message, shared by all its sockets.
 type Logout = Arc<[u8]>;
 
-/// The authenticated sockets: id → the channel their task waits on.
+/// The authenticated sockets: user → socket id → the channel its task waits on.
 #[derive(Default)]
 struct Hub {
     next: AtomicU64,
-    authed: Mutex<HashMap<u64, oneshot::Sender<Logout>>>,
+    users: Mutex<HashMap<String, HashMap<u64, oneshot::Sender<Logout>>>>,
+}
+
+impl Hub {
+    /// Sends `msg` to the sockets of `user`, or of everyone; returns how many got it.
+    fn logout(&self, user: Option<&str>, reason: &str) -> usize {
+        let msg = serde_json::json!({"type": "logout", "reason": reason, "session_id": "-", "at": "-"});
+        let msg: Logout = serde_json::to_vec(&msg).unwrap().into();
+        let sockets: Vec<_> = {
+            let mut users = self.users.lock().unwrap();
+            match user {
+                Some(u) => users.remove(u).into_iter().flatten().collect(),
+                None => users.drain().flat_map(|(_, s)| s).collect(),
+            }
+        };
+        sockets.into_iter().filter_map(|(_, tx)| tx.send(msg.clone()).ok()).count()
+    }
+}
+
+/// The user a token stands for: `u17-3` → `u17`; any other token is a user of its own.
+fn user_of(token: &str) -> &str {
+    match token.split_once('-') {
+        Some((user, _)) if token.starts_with('u') => user,
+        _ => token,
+    }
 }
 
 async fn socket(fut: upgrade::UpgradeFut, hub: Arc<Hub>) -> Result<(), WebSocketError> {
@@ -43,14 +69,14 @@ async fn socket(fut: upgrade::UpgradeFut, hub: Arc<Hub>) -> Result<(), WebSocket
     if first.opcode != OpCode::Text {
         return ws.write_frame(Frame::close(1008, b"")).await;
     }
-    let auth = serde_json::from_slice::<serde_json::Value>(&first.payload)
-        .is_ok_and(|m| m["type"] == "auth" && m["access_token"].is_string());
-    if !auth {
+    let auth = serde_json::from_slice::<serde_json::Value>(&first.payload).ok().filter(|m| m["type"] == "auth");
+    let Some(token) = auth.as_ref().and_then(|m| m["access_token"].as_str()) else {
         return ws.write_frame(Frame::close(4401, b"")).await;
-    }
+    };
+    let user = user_of(token).to_string();
     let (tx, mut rx) = oneshot::channel();
     let id = hub.next.fetch_add(1, Ordering::Relaxed);
-    hub.authed.lock().unwrap().insert(id, tx);
+    hub.users.lock().unwrap().entry(user.clone()).or_default().insert(id, tx);
     let res = async {
         ws.write_frame(Frame::text(Payload::Borrowed(br#"{"type":"ready"}"#))).await?;
         loop {
@@ -75,7 +101,13 @@ async fn socket(fut: upgrade::UpgradeFut, hub: Arc<Hub>) -> Result<(), WebSocket
         }
     }
     .await;
-    hub.authed.lock().unwrap().remove(&id);
+    let mut users = hub.users.lock().unwrap();
+    if let Some(sockets) = users.get_mut(&user) {
+        sockets.remove(&id);
+        if sockets.is_empty() {
+            users.remove(&user);
+        }
+    }
     res
 }
 
@@ -97,15 +129,16 @@ async fn serve(mut req: Request<Incoming>, hub: Arc<Hub>) -> Result<Response<Bod
     }
     Ok(match req.uri().path() {
         "/broadcast" => {
-            let msg = serde_json::json!({"type": "logout", "reason": "admin_logout", "session_id": "-", "at": "-"});
-            let msg: Logout = serde_json::to_vec(&msg).unwrap().into();
-            let sockets: Vec<_> = hub.authed.lock().unwrap().drain().map(|(_, tx)| tx).collect();
-            let mut n = 0;
-            for tx in sockets {
-                n += usize::from(tx.send(msg.clone()).is_ok());
-            }
+            let n = hub.logout(None, "admin_logout");
             respond(StatusCode::OK, format!("{{\"notified\":{n}}}"))
         }
+        "/logout" => match req.uri().query().and_then(|q| q.strip_prefix("user=")) {
+            Some(user) => {
+                let n = hub.logout(Some(user), "logout");
+                respond(StatusCode::OK, format!("{{\"notified\":{n}}}"))
+            }
+            None => respond(StatusCode::BAD_REQUEST, "?user= missing"),
+        },
         "/readyz" => respond(StatusCode::OK, "ok"),
         _ => respond(StatusCode::NOT_FOUND, ""),
     })
