@@ -20,6 +20,42 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// `perf record -g` of one process for a measured phase, when `SESSIOND_BENCH_PERF` is set to
+/// a path prefix: the profile goes to `PREFIX.LABEL` (then `perf report -i PREFIX.LABEL`);
+/// nothing otherwise. Stops (SIGINT) when dropped.
+pub struct Perf(Option<std::process::Child>);
+
+impl Perf {
+    pub fn start(pid: u32, label: &str) -> Perf {
+        let Some(prefix) = std::env::var("SESSIOND_BENCH_PERF").ok() else { return Perf(None) };
+        let child = std::process::Command::new("perf")
+            .args(["record", "-g", "-F", "999", "-p", &pid.to_string(), "-o"])
+            .arg(format!("{prefix}.{label}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("perf record did not start: {e}"))
+            .ok();
+        // perf attaches within a few ms; give it time before the phase starts.
+        std::thread::sleep(Duration::from_millis(300));
+        Perf(child)
+    }
+}
+
+impl Drop for Perf {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Unix time in seconds (to compare with the server's timestamp metrics).
+pub fn unix_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -98,6 +134,15 @@ impl Server {
     }
 
     /// SIGTERM, then wait for the exit (bounded).
+    /// `sessiond_ws_last_logout_written_timestamp_seconds` from `/metrics`: when the server wrote
+    /// its last `logout` frame (Unix seconds), if it has written one.
+    pub async fn last_logout_written(&self) -> Option<f64> {
+        let client = reqwest::Client::builder().no_proxy().build().ok()?;
+        let text = client.get(format!("{}/metrics", self.base())).send().await.ok()?.text().await.ok()?;
+        let line = text.lines().find(|l| l.starts_with("sessiond_ws_last_logout_written_timestamp_seconds "))?;
+        line.split_whitespace().nth(1)?.parse().ok().filter(|t: &f64| *t > 0.0)
+    }
+
     pub fn stop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -394,14 +439,21 @@ pub const LATENCY_HEADER: &str = "| latency (ms) | n | p50 | p90 | p99 | p99.9 |
 /// 15): what a server spends, which holds from run to run on a shared machine where wall-clock
 /// latencies do not.
 pub fn cpu_us(pid: u32) -> u64 {
+    let (user, system) = cpu_split_us(pid);
+    user + system
+}
+
+/// A process's CPU time so far, µs: (user, system). System time is the kernel's work for the
+/// process (on loopback, sending a frame also runs the receiver's TCP processing).
+pub fn cpu_split_us(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return (0, 0) };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
     // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
     let hz = clock_ticks();
-    (ticks(11) + ticks(12)) * 1_000_000 / hz
+    (ticks(11) * 1_000_000 / hz, ticks(12) * 1_000_000 / hz)
 }
 
 /// [`cpu_us`] once the process has gone quiet: no tick charged over 200 ms (at most 10 s), so

@@ -28,7 +28,10 @@
 //! sockets each: one process may hold ~20k files here), the server runs as this binary's hidden
 //! `server` scenario (exactly `sessiond serve`) so its RSS is its own. Timestamps are
 //! CLOCK_MONOTONIC, shared by all processes; latency histograms are HDR; revocations follow an
-//! open-loop schedule (send times fixed in advance, no coordinated omission).
+//! open-loop schedule (send times fixed in advance, no coordinated omission). Server CPU per
+//! operation is user + system time from /proc/PID/stat around the measured phase. With
+//! `SESSIOND_BENCH_PERF=/tmp/prof`, `everyone` and `peers` also run `perf record -g` on the
+//! server for each measured phase (`/tmp/prof.everyone-19000`, `/tmp/prof.sessiond-targeted`…).
 
 mod cluster;
 mod common;

@@ -84,6 +84,7 @@ fn peer_command(name: &str) -> Result<(Command, &'static str, Framing), String> 
 /// A server under test, fresh for one measurement: sessiond (a SQLite database of its own,
 /// sessions minted straight into it) or a peer.
 struct Contender {
+    name: String,
     pid: u32,
     /// `http://127.0.0.1:PORT`
     base: String,
@@ -109,7 +110,7 @@ impl Contender {
             let minter = Minter::new(&db.url, &server.base()).await;
             let (pid, base, ws) = (server.child.id(), server.base(), server.ws());
             let kind = Kind::Sessiond { minter, _server: server };
-            return Ok(Contender { pid, base, ws, framing: Framing::Plain, kind, dir });
+            return Ok(Contender { name: name.to_string(), pid, base, ws, framing: Framing::Plain, kind, dir });
         }
         let (mut cmd, path, framing) = peer_command(name)?;
         let child = cmd
@@ -119,6 +120,7 @@ impl Contender {
             .spawn()
             .map_err(|e| format!("not installed ({e})"))?;
         let c = Contender {
+            name: name.to_string(),
             pid: child.id(),
             base: format!("http://127.0.0.1:{port}"),
             ws: format!("ws://127.0.0.1:{port}{path}"),
@@ -136,7 +138,7 @@ impl Contender {
     /// bench user; peers: each token a user of its own).
     async fn idle_tokens(&self, n: usize) -> Vec<String> {
         match &self.kind {
-            Kind::Sessiond { minter, .. } => minter.mint(n).await.into_iter().map(|m| m.access).collect(),
+            Kind::Sessiond { minter, .. } => minter.mint_users(n).await.into_iter().map(|m| m.access).collect(),
             Kind::Peer { .. } => (0..n).map(|i| format!("peer-token-{i}")).collect(),
         }
     }
@@ -235,12 +237,14 @@ async fn fanout(c: &Contender, n: usize) -> Run {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let kib = (rss_of(c.pid) as f64 - before as f64) / n as f64;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let perf = Perf::start(c.pid, &format!("{}-fanout-{n}", c.name));
     let cpu0 = cpu_us(c.pid);
     let t0 = mono_ns();
     let r = c.broadcast(&client).send().await.unwrap();
     assert!(r.status().is_success(), "broadcast: {}", r.status());
     let arrivals = await_logouts(&mut workers, n, Duration::from_secs(60)).await;
     let cpu = cpu_us_settled(c.pid).await - cpu0;
+    drop(perf);
     let times = arrivals.iter().map(|&(_, t)| t.saturating_sub(t0) as f64 / 1e6).collect();
     Run::new(times, n, cpu, Some(kib))
 }
@@ -251,10 +255,12 @@ async fn targeted(c: &Contender, n: usize, per_user: usize, rate: f64) -> Run {
     let n = users * per_user;
     let (tokens, keys) = c.user_tokens(users, per_user).await;
     let mut workers = spawn_workers_framed(&c.ws, &tokens, PER_WORKER, &c.dir, false, c.framing);
+    let perf = Perf::start(c.pid, &format!("{}-targeted", c.name));
     let cpu0 = cpu_us(c.pid);
     let times = open_loop(users, rate, |client, u| c.logout(client, &keys[u])).await;
     let arrivals = await_logouts(&mut workers, n, Duration::from_secs(20)).await;
     let cpu = cpu_us_settled(c.pid).await - cpu0;
+    drop(perf);
     let latencies =
         arrivals.iter().map(|&(i, t)| t.saturating_sub(times[i / per_user].scheduled) as f64 / 1e6).collect();
     Run::new(latencies, n, cpu, None)

@@ -81,18 +81,21 @@ pub async fn idle(args: &Args) -> Vec<String> {
 /// `everyone`: an admin logs out every user; time from the call to each socket's frame.
 pub async fn everyone(args: &Args) -> Vec<String> {
     let mut out = vec![
-        "| sockets | response (ms) | first frame | p50 | p99 | last frame (ms after the call) | server CPU per recipient (µs) |".into(),
-        "|---|---|---|---|---|---|---|".into(),
+        "| sockets | response (ms) | first frame | p50 | p99 | last frame (ms after the call) | last frame written, server (ms) | server CPU per recipient (µs): to the response, total (user + system) |".into(),
+        "|---|---|---|---|---|---|---|---|".into(),
     ];
     for &n in &args.sizes() {
         let dir = TempDir::new();
         let db = Db::new(args, &dir, false).await;
         let server = Server::start(&db.url, free_port(), &[]).await;
         let minter = Minter::new(&db.url, &server.base()).await;
-        let tokens: Vec<String> = minter.mint(n).await.into_iter().map(|m| m.access).collect();
+        let tokens: Vec<String> = minter.mint_users(n).await.into_iter().map(|m| m.access).collect();
         let mut workers = spawn_workers(&server.ws(), &tokens, PER_WORKER, &dir, false);
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let perf = Perf::start(server.child.id(), &format!("everyone-{n}"));
         let cpu0 = cpu_us(server.child.id());
+        let split0 = cpu_split_us(server.child.id());
+        let t0_unix = unix_secs();
         let t0 = mono_ns();
         let r = client
             .post(format!("{}/v1/admin/logout-everyone", server.base()))
@@ -101,22 +104,30 @@ pub async fn everyone(args: &Args) -> Vec<String> {
             .await
             .unwrap();
         let t_resp = mono_ns();
+        let cpu_resp = cpu_us(server.child.id()) - cpu0;
         assert_eq!(r.status().as_u16(), 200);
         let mut arrivals: Vec<u64> =
             await_logouts(&mut workers, n, Duration::from_secs(60)).await.into_iter().map(|(_, t)| t).collect();
         let cpu = cpu_us(server.child.id()) - cpu0;
+        let split = cpu_split_us(server.child.id());
+        drop(perf);
+        let (user, system) = (split.0 - split0.0, split.1 - split0.1);
+        let written = server.last_logout_written().await.map_or(f64::NAN, |t| (t - t0_unix) * 1e3);
         arrivals.sort_unstable();
         let rel = |t: u64| t.saturating_sub(t0) as f64 / 1e6;
         let pct = |p: f64| rel(arrivals[((arrivals.len() as f64 * p) as usize).min(arrivals.len() - 1)]);
         out.push(format!(
-            "| {n} ({} got it) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {n} ({} got it) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {written:.1} | {:.1}, {:.1} ({:.1} + {:.1}) |",
             arrivals.len(),
             rel(t_resp),
             rel(arrivals[0]),
             pct(0.5),
             pct(0.99),
             rel(*arrivals.last().unwrap()),
-            cpu as f64 / n as f64
+            cpu_resp as f64 / n as f64,
+            cpu as f64 / n as f64,
+            user as f64 / n as f64,
+            system as f64 / n as f64
         ));
         eprintln!("{}", out.last().unwrap());
         drop(workers);
@@ -329,6 +340,7 @@ pub async fn refresh(args: &Args) -> Vec<String> {
         let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
         let lat = Arc::new(std::sync::Mutex::new(hist()));
         let bad = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let perf = Perf::start(server.child.id(), if postgres { "refresh-postgres" } else { "refresh-sqlite" });
         let cpu0 = cpu_us(server.child.id());
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -353,6 +365,7 @@ pub async fn refresh(args: &Args) -> Vec<String> {
         }
         let secs = start.elapsed().as_secs_f64();
         let cpu = cpu_us(server.child.id()) - cpu0;
+        drop(perf);
         let h = lat.lock().unwrap().clone();
         out.push(format!(
             "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
