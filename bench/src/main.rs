@@ -139,6 +139,9 @@ pub struct Args {
     /// Duration of a timed scenario (verify, login).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Where `peers` writes its SVG charts (default: bench/charts).
+    #[arg(long)]
+    pub charts: Option<std::path::PathBuf>,
     /// PostgreSQL admin URL; a throwaway database is created in it.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     pub database_url: String,

@@ -508,7 +508,7 @@ pub async fn run(args: &Args) -> Vec<String> {
     out.push(String::new());
     out.extend(raw);
     out.push(String::new());
-    let charts = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/charts"));
+    let charts = args.charts.clone().unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/charts")));
     let _ = std::fs::create_dir_all(&charts);
     let mut drawn = Vec::new();
     for (&n, runs) in sizes.iter().zip(&fanout_charts) {
