@@ -24,7 +24,7 @@ use super::shared::{
     log_insert, revoke_update, shared_store, signal_sessions_insert, signals_revocation, Presented, RevokedRow,
     TokenRow, ADMIN_FLAG, DISABLED_FLAG, SESSION_COLS,
 };
-use super::shared::{TOKEN_COLS, USER_FOR_SESSION};
+use super::shared::{ROTATE_INSERT, ROTATE_MARK, TOKEN_COLS, USER_FOR_SESSION};
 use super::{Millis, Revoked, Selector, SessionRow, StoreError, StoreResult, Ts, UserRow};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -189,6 +189,36 @@ impl PgStore {
     /// user row and then the user's session rows, so locking it here (after the session row)
     /// could deadlock with them. Unlocked is enough: such a writer ends this session after us,
     /// in its own transaction, if it had not committed before this read.
+    async fn write_rotation(
+        &self,
+        tx: &mut PgConnection,
+        p: &Presented,
+        r: &super::Rotation,
+        idle: Millis,
+        access_exp: Millis,
+    ) -> StoreResult<SessionRow> {
+        sqlx::query(ROTATE_MARK)
+            .bind(Ts(r.now))
+            .bind(&r.candidate.id)
+            .bind(&r.sealed_candidate)
+            .bind(&p.token.id)
+            .bind(&p.session.id)
+            .bind(&r.client[..])
+            .execute(&mut *tx)
+            .await?;
+        // Tests: a fault between the two writes must roll the whole rotation back (SECURITY.md R6).
+        crate::store::fail_at!(self.failpoints, super::failpoint::ROTATE_AFTER_MARK);
+        sqlx::query(ROTATE_INSERT)
+            .bind(&r.candidate.id)
+            .bind(&p.session.id)
+            .bind(&r.candidate.hash[..])
+            .bind(&p.token.id)
+            .bind(Ts(r.now))
+            .execute(&mut *tx)
+            .await?;
+        shared::use_session(tx, &p.session.id, r, Some(idle), access_exp).await
+    }
+
     async fn read_presented(&self, tx: &mut PgConnection, hash: &[u8; 32]) -> StoreResult<Option<Presented>> {
         let session: Option<SessionRow> = sqlx::query_as(&format!(
             "SELECT {SESSION_COLS} FROM sessions \

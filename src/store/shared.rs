@@ -147,6 +147,60 @@ pub(super) fn grace_for<'a>(
     }
 }
 
+/// A rotation's first write. The old token is marked first: the partial unique index allows one
+/// live token per session. One statement marks it rotated (keeping its sealed successor and the
+/// rotating client's binding) and forgets every older sealed successor: only the immediately
+/// previous token may converge. `$1` now, `$2` the new token's id, `$3` its sealed copy, `$4`
+/// the presented token's id, `$5` the session, `$6` the rotating client.
+pub(super) const ROTATE_MARK: &str = "UPDATE refresh_tokens SET \
+       rotated_at = CASE WHEN id = $4 THEN $1 ELSE rotated_at END, \
+       successor_id = CASE WHEN id = $4 THEN $2 ELSE successor_id END, \
+       sealed_successor = CASE WHEN id = $4 THEN $3 ELSE NULL END, \
+       rotated_by = CASE WHEN id = $4 THEN $6 ELSE rotated_by END \
+     WHERE session_id = $5 AND (id = $4 OR sealed_successor IS NOT NULL)";
+
+/// A rotation's second write, the new live token: `$1` its id, `$2` the session, `$3` its
+/// digest, `$4` the previous token's id, `$5` now.
+pub(super) const ROTATE_INSERT: &str = "INSERT INTO refresh_tokens (id, session_id, token_hash, prev_id, created_at) \
+     VALUES ($1, $2, $3, $4, $5)";
+
+/// A session's use by a rotation or a grace use, returning the session: `$1` now, `$2` now minus
+/// the grace, `$3` the new idle expiry (NULL: unchanged), `$4` the new access token's `exp`,
+/// `$5` the session.
+pub(super) static USE_SESSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE sessions SET last_used_at = $1, \
+           settled_used_at = CASE WHEN last_used_at < $2 THEN last_used_at ELSE settled_used_at END, \
+           idle_expires_at = COALESCE($3, idle_expires_at), \
+           access_expires_at = CASE WHEN access_expires_at > $4 THEN access_expires_at ELSE $4 END \
+         WHERE id = $5 RETURNING {SESSION_COLS}"
+    )
+});
+
+/// `sql` with each placeholder `$k` renamed `$to[k - 1]`: to run statements written for their
+/// own arguments in one batch over a shared argument list (SQLite binds `$N` across the
+/// statements of one query).
+pub(super) fn renumber(sql: &str, to: &[usize]) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut k = 0usize;
+        while let Some(&(_, d)) = chars.peek() {
+            let Some(v) = d.to_digit(10) else { break };
+            k = k * 10 + v as usize;
+            chars.next();
+        }
+        if k > 0 {
+            out.push_str(&to[k - 1].to_string());
+        }
+    }
+    out
+}
+
 /// The `UPDATE` that ends the sessions `sel` picks, `RETURNING id, user_id, access_expires_at`:
 /// `$1` is now, `$2` the reason, then [`selector_args`]. Only live sessions, except when ending
 /// expired ones.
@@ -929,41 +983,7 @@ macro_rules! shared_store {
                     Decision::Invalid => return Ok(Ok(RotateOutcome::Invalid)),
                     Decision::End(ending) => return Ok(Err((p.session.id, ending))),
                     Decision::RotateLive => {
-                        // The old token is marked first: the partial unique index allows one live
-                        // token per session. One statement marks it rotated (keeping its sealed
-                        // successor and the rotating client's binding) and forgets every older
-                        // sealed successor: only the immediately previous token may converge.
-                        sqlx::query(
-                            "UPDATE refresh_tokens SET \
-                               rotated_at = CASE WHEN id = $4 THEN $1 ELSE rotated_at END, \
-                               successor_id = CASE WHEN id = $4 THEN $2 ELSE successor_id END, \
-                               sealed_successor = CASE WHEN id = $4 THEN $3 ELSE NULL END, \
-                               rotated_by = CASE WHEN id = $4 THEN $6 ELSE rotated_by END \
-                             WHERE session_id = $5 AND (id = $4 OR sealed_successor IS NOT NULL)",
-                        )
-                        .bind(Ts(r.now))
-                        .bind(&r.candidate.id)
-                        .bind(&r.sealed_candidate)
-                        .bind(&p.token.id)
-                        .bind(&p.session.id)
-                        .bind(&r.client[..])
-                        .execute(&mut *tx)
-                        .await?;
-                        // Tests: a fault between the two writes must roll the whole rotation back
-                        // (SECURITY.md R6).
-                        $crate::store::fail_at!(backend.failpoints, $crate::store::failpoint::ROTATE_AFTER_MARK);
-                        sqlx::query(
-                            "INSERT INTO refresh_tokens (id, session_id, token_hash, prev_id, created_at) \
-                             VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(&r.candidate.id)
-                        .bind(&p.session.id)
-                        .bind(&r.candidate.hash[..])
-                        .bind(&p.token.id)
-                        .bind(Ts(r.now))
-                        .execute(&mut *tx)
-                        .await?;
-                        let session = use_session(tx, &p.session.id, r, Some(idle), access_exp).await?;
+                        let session = backend.write_rotation(tx, &p, r, idle, access_exp).await?;
                         return Ok(Ok(RotateOutcome::Rotated { session, access_exp }));
                     }
                     Decision::Rotated(at) => at,
@@ -992,20 +1012,14 @@ macro_rules! shared_store {
             /// previous use becomes it once older than the grace window; in an UPDATE every
             /// column reads its old value), the access-token high-water mark, and with `idle`
             /// the new idle expiry (a rotation; a grace use does not extend it).
-            async fn use_session(
+            pub(in super::super) async fn use_session(
                 tx: &mut Conn,
                 id: &str,
                 r: &Rotation,
                 idle: Option<Millis>,
                 access_exp: Millis,
             ) -> StoreResult<SessionRow> {
-                Ok(sqlx::query_as(&format!(
-                    "UPDATE sessions SET last_used_at = $1, \
-                       settled_used_at = CASE WHEN last_used_at < $2 THEN last_used_at ELSE settled_used_at END, \
-                       idle_expires_at = COALESCE($3, idle_expires_at), \
-                       access_expires_at = CASE WHEN access_expires_at > $4 THEN access_expires_at ELSE $4 END \
-                     WHERE id = $5 RETURNING {SESSION_COLS}"
-                ))
+                Ok(sqlx::query_as(&USE_SESSION)
                 .bind(Ts(r.now))
                 .bind(Ts(r.now - r.grace))
                 .bind(idle.map(Ts))
@@ -1018,3 +1032,21 @@ macro_rules! shared_store {
     };
 }
 pub(super) use shared_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renumber_maps_every_placeholder_and_leaves_the_rest() {
+        assert_eq!(
+            renumber("VALUES ($1, $2, $10) -- $", &[7, 3, 0, 0, 0, 0, 0, 0, 0, 12]),
+            "VALUES ($7, $3, $12) -- $"
+        );
+        // The SQLite rotation batch binds ten arguments across three statements.
+        let insert = renumber(ROTATE_INSERT, &[2, 5, 7, 4, 1]);
+        assert!(insert.ends_with("VALUES ($2, $5, $7, $4, $1)"), "{insert}");
+        let used = renumber(&USE_SESSION, &[1, 8, 9, 10, 5]);
+        assert!(used.contains("COALESCE($9, idle_expires_at)") && used.contains("WHERE id = $5 RETURNING"), "{used}");
+    }
+}
