@@ -55,7 +55,15 @@ impl SqliteStore {
             opts = opts.create_if_missing(true);
         }
         let target = || format!("open the SQLite database at {}", opts.get_filename().display());
-        let pool = |n| SqlitePoolOptions::new().max_connections(n).acquire_timeout(Duration::from_secs(10));
+        // No ping before handing out a connection (sqlx's default): a connection to a local file
+        // does not go stale, and each ping is one more hand-off to the connection's thread, for
+        // every transaction and read (BENCHMARKS.md, issue 15).
+        let pool = |n| {
+            SqlitePoolOptions::new()
+                .max_connections(n)
+                .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
+        };
         let writer = pool(1)
             .connect_with(opts.clone())
             .await
