@@ -177,18 +177,8 @@ impl PgStore {
         Ok(rows.into_iter().map(|r| r.revoked(reason, now)).collect())
     }
 
-    /// Locks the session row first, then the token row, in two statements. Every writer that
-    /// touches a session's tokens (refreshes of any of its tokens) or the session (revocations,
-    /// which touch no token rows) takes the session lock first, so racing refreshes and
-    /// revocations serialise without lock cycles. The token is read by a second statement,
-    /// after the session lock is held, so that (READ COMMITTED) it sees the commit of a refresh
-    /// that held the lock before us; a join would re-check only the locked session row and
-    /// could return the token as it was before that commit.
-    ///
-    /// The user row is read without a lock: disabling, demoting and password changes lock the
-    /// user row and then the user's session rows, so locking it here (after the session row)
-    /// could deadlock with them. Unlocked is enough: such a writer ends this session after us,
-    /// in its own transaction, if it had not committed before this read.
+    /// A rotation's three writes, one statement at a time (PostgreSQL prepares one statement per
+    /// query; the SQLite store sends them as one batch).
     async fn write_rotation(
         &self,
         tx: &mut PgConnection,
@@ -219,6 +209,18 @@ impl PgStore {
         shared::use_session(tx, &p.session.id, r, Some(idle), access_exp).await
     }
 
+    /// Locks the session row first, then the token row, in two statements. Every writer that
+    /// touches a session's tokens (refreshes of any of its tokens) or the session (revocations,
+    /// which touch no token rows) takes the session lock first, so racing refreshes and
+    /// revocations serialise without lock cycles. The token is read by a second statement,
+    /// after the session lock is held, so that (READ COMMITTED) it sees the commit of a refresh
+    /// that held the lock before us; a join would re-check only the locked session row and
+    /// could return the token as it was before that commit.
+    ///
+    /// The user row is read without a lock: disabling, demoting and password changes lock the
+    /// user row and then the user's session rows, so locking it here (after the session row)
+    /// could deadlock with them. Unlocked is enough: such a writer ends this session after us,
+    /// in its own transaction, if it had not committed before this read.
     async fn read_presented(&self, tx: &mut PgConnection, hash: &[u8; 32]) -> StoreResult<Option<Presented>> {
         let session: Option<SessionRow> = sqlx::query_as(&format!(
             "SELECT {SESSION_COLS} FROM sessions \
