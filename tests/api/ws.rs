@@ -193,6 +193,8 @@ async fn r9_every_revocation_reason_is_pushed() {
     // admin logout-everyone ends the admin's own socket too.
     let f = app.new_session().await;
     let mut wf = open(&app, &f.access).await;
+    let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let called = unix();
     let r = app.post_auth("/v1/admin/logout-everyone", &admin.access, None).await;
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["notified_connections"], 2);
@@ -203,6 +205,14 @@ async fn r9_every_revocation_reason_is_pushed() {
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("sessiond_ws_logout_events_total{reason=\"admin_logout\"} 4"), "{metrics}");
     assert!(metrics.contains("sessiond_ws_push_latency_seconds_count 10"), "{metrics}");
+    // When the last logout frame was written (the bench's server-side fan-out time): during the
+    // last call's fan-out.
+    let written: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sessiond_ws_last_logout_written_timestamp_seconds "))
+        .and_then(|v| v.parse().ok())
+        .expect("the last-logout timestamp");
+    assert!(written >= called && written <= unix(), "{written} not within [{called}, now]");
 }
 
 #[tokio::test]
