@@ -179,6 +179,12 @@ impl Args {
 
 fn main() {
     let args = Args::parse();
+    // `rest` carries the worker's internal arguments; anywhere else it would swallow a mistyped
+    // or unknown flag (a flag this build does not have) without a word.
+    if args.scenario != Scenario::Worker && !args.rest.is_empty() {
+        eprintln!("sessiond-bench: unexpected arguments {:?} (see --help)", args.rest);
+        std::process::exit(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     if args.scenario == Scenario::Server {
         let cli = sessiond::config::Cli::parse_from(["sessiond", "serve"]);
