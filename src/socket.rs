@@ -189,8 +189,7 @@ impl Socket {
                         m.ws_push_latency.observe(p.elapsed().as_secs_f64());
                     }
                     m.ws_logout(&reason);
-                    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                    m.ws_last_logout_written.set(unix.map_or(0.0, |d| d.as_secs_f64()));
+                    m.ws_last_logout_written.set(self.sessions.clock.now_ms() as f64 / 1000.0);
                 }
                 tracing::debug!(%reason, "socket logged out");
             }

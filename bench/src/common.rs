@@ -26,7 +26,7 @@ pub fn mono_ns() -> u64 {
 pub struct Perf(Option<std::process::Child>);
 
 impl Perf {
-    pub fn start(pid: u32, label: &str) -> Perf {
+    pub async fn start(pid: u32, label: &str) -> Perf {
         let Some(prefix) = std::env::var("SESSIOND_BENCH_PERF").ok() else { return Perf(None) };
         let child = std::process::Command::new("perf")
             .args(["record", "-g", "-F", "999", "-p", &pid.to_string(), "-o"])
@@ -37,7 +37,7 @@ impl Perf {
             .map_err(|e| eprintln!("perf record did not start: {e}"))
             .ok();
         // perf attaches within a few ms; give it time before the phase starts.
-        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(300)).await;
         Perf(child)
     }
 }
@@ -186,7 +186,7 @@ pub struct Minter {
     keys: Keys,
     clock: Clock,
     user_id: String,
-    pub admin_access: String,
+    admin_access: String,
 }
 
 /// One minted session.
@@ -224,6 +224,11 @@ impl Minter {
             .unwrap();
         let admin_access = r["access_token"].as_str().expect("admin login").to_string();
         Minter { store, keys, clock, user_id, admin_access }
+    }
+
+    /// The admin's `POST /v1/admin/logout-everyone` to the server at `base`.
+    pub fn logout_everyone(&self, client: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+        client.post(format!("{base}/v1/admin/logout-everyone")).bearer_auth(&self.admin_access)
     }
 
     /// `n` sessions of the one bench user.

@@ -166,9 +166,7 @@ impl Contender {
     /// The request that logs out every socket.
     fn broadcast(&self, client: &reqwest::Client) -> reqwest::RequestBuilder {
         match &self.kind {
-            Kind::Sessiond { minter, .. } => {
-                client.post(format!("{}/v1/admin/logout-everyone", self.base)).bearer_auth(&minter.admin_access)
-            }
+            Kind::Sessiond { minter, .. } => minter.logout_everyone(client, &self.base),
             Kind::Peer { .. } => client.get(format!("{}/broadcast", self.base)),
         }
     }
@@ -237,7 +235,7 @@ async fn fanout(c: &Contender, n: usize) -> Run {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let kib = (rss_of(c.pid) as f64 - before as f64) / n as f64;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let perf = Perf::start(c.pid, &format!("{}-fanout-{n}", c.name));
+    let perf = Perf::start(c.pid, &format!("{}-fanout-{n}", c.name)).await;
     let cpu0 = cpu_us(c.pid);
     let t0 = mono_ns();
     let r = c.broadcast(&client).send().await.unwrap();
@@ -255,7 +253,7 @@ async fn targeted(c: &Contender, n: usize, per_user: usize, rate: f64) -> Run {
     let n = users * per_user;
     let (tokens, keys) = c.user_tokens(users, per_user).await;
     let mut workers = spawn_workers_framed(&c.ws, &tokens, PER_WORKER, &c.dir, false, c.framing);
-    let perf = Perf::start(c.pid, &format!("{}-targeted", c.name));
+    let perf = Perf::start(c.pid, &format!("{}-targeted", c.name)).await;
     let cpu0 = cpu_us(c.pid);
     let times = open_loop(users, rate, |client, u| c.logout(client, &keys[u])).await;
     let arrivals = await_logouts(&mut workers, n, Duration::from_secs(20)).await;

@@ -92,17 +92,12 @@ pub async fn everyone(args: &Args) -> Vec<String> {
         let tokens: Vec<String> = minter.mint_users(n).await.into_iter().map(|m| m.access).collect();
         let mut workers = spawn_workers(&server.ws(), &tokens, PER_WORKER, &dir, false);
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let perf = Perf::start(server.child.id(), &format!("everyone-{n}"));
+        let perf = Perf::start(server.child.id(), &format!("everyone-{n}")).await;
         let cpu0 = cpu_us(server.child.id());
         let split0 = cpu_split_us(server.child.id());
         let t0_unix = unix_secs();
         let t0 = mono_ns();
-        let r = client
-            .post(format!("{}/v1/admin/logout-everyone", server.base()))
-            .bearer_auth(&minter.admin_access)
-            .send()
-            .await
-            .unwrap();
+        let r = minter.logout_everyone(&client, &server.base()).send().await.unwrap();
         let t_resp = mono_ns();
         let cpu_resp = cpu_us(server.child.id()) - cpu0;
         assert_eq!(r.status().as_u16(), 200);
@@ -340,7 +335,7 @@ pub async fn refresh(args: &Args) -> Vec<String> {
         let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
         let lat = Arc::new(std::sync::Mutex::new(hist()));
         let bad = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let perf = Perf::start(server.child.id(), if postgres { "refresh-postgres" } else { "refresh-sqlite" });
+        let perf = Perf::start(server.child.id(), if postgres { "refresh-postgres" } else { "refresh-sqlite" }).await;
         let cpu0 = cpu_us(server.child.id());
         let start = Instant::now();
         let mut tasks = Vec::new();

@@ -294,12 +294,7 @@ async fn one(args: &Args, store: Store) -> (String, String) {
     let base = rx.count();
     let cpu0 = cpu_us(pid);
     let t0 = mono_ns();
-    let r = client
-        .post(format!("{}/v1/admin/logout-everyone", server.base()))
-        .bearer_auth(&minter.admin_access)
-        .send()
-        .await
-        .unwrap();
+    let r = minter.logout_everyone(&client, &server.base()).send().await.unwrap();
     let t_resp = mono_ns();
     assert_eq!(r.status().as_u16(), 200, "logout-everyone");
     let ended = r.json::<Value>().await.unwrap()["revoked_sessions"].as_u64().unwrap_or(0) as usize;

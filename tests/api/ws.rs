@@ -193,7 +193,7 @@ async fn r9_every_revocation_reason_is_pushed() {
     // admin logout-everyone ends the admin's own socket too.
     let f = app.new_session().await;
     let mut wf = open(&app, &f.access).await;
-    let unix = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let unix = || app.clock.now_ms() as f64 / 1000.0;
     let called = unix();
     let r = app.post_auth("/v1/admin/logout-everyone", &admin.access, None).await;
     let body: Value = r.json().await.unwrap();
