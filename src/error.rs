@@ -44,6 +44,10 @@ pub enum AppError {
     /// 403 `forbidden`.
     #[error("forbidden")]
     Forbidden,
+    /// 403 `forbidden`: a receiver's status change of a Shared Signals stream its operator
+    /// disabled (SECURITY.md G-1; docs/SSF.md §8.7).
+    #[error("stream disabled by the operator")]
+    StreamDisabledByOperator,
     /// 403 `forbidden` from a Bearer-protected resource whose token lacks the scope needed, with
     /// `WWW-Authenticate: Bearer error="insufficient_scope"` (RFC 6750 §3.1; the Shared Signals
     /// API, docs/SSF.md §1.3).
@@ -94,7 +98,7 @@ impl AppError {
         match self {
             InvalidRequest(_) => StatusCode::BAD_REQUEST,
             EmailTaken | StreamExists => StatusCode::CONFLICT,
-            RegistrationDisabled | Forbidden | InsufficientScope => StatusCode::FORBIDDEN,
+            RegistrationDisabled | Forbidden | StreamDisabledByOperator | InsufficientScope => StatusCode::FORBIDDEN,
             InvalidCredentials
             | InvalidToken { .. }
             | TokenExpired
@@ -129,7 +133,7 @@ impl AppError {
             SessionRevoked => ProblemCode::SessionRevoked,
             InvalidRefreshToken => ProblemCode::InvalidRefreshToken,
             RefreshTokenReused => ProblemCode::RefreshTokenReused,
-            Forbidden | InsufficientScope => ProblemCode::Forbidden,
+            Forbidden | StreamDisabledByOperator | InsufficientScope => ProblemCode::Forbidden,
             NotFound => ProblemCode::NotFound,
             PayloadTooLarge => ProblemCode::PayloadTooLarge,
             RateLimited { .. } => ProblemCode::RateLimited,
@@ -154,6 +158,7 @@ impl AppError {
             InvalidRefreshToken => "The refresh token is not valid; sign in again.",
             RefreshTokenReused => "The refresh token was already used; the session has been ended. Sign in again.",
             Forbidden => "You are not allowed to do this.",
+            StreamDisabledByOperator => "An operator disabled this stream; only the operator can change its status.",
             InsufficientScope => "The token does not have the scope this needs.",
             NotFound => "No such resource.",
             MethodNotAllowed => "This method is not allowed on this resource.",

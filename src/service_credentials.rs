@@ -173,6 +173,8 @@ impl ServiceSecret {
 /// A credential as listed (never its secret nor its digest).
 #[derive(Debug, Clone)]
 pub struct ServiceCredential {
+    /// Immutable and never reused: what owns the credential's Shared Signals stream.
+    pub id: String,
     pub name: String,
     pub scopes: Vec<Scope>,
     pub created_at: Millis,
@@ -188,6 +190,7 @@ impl From<ServiceCredentialRow> for ServiceCredential {
         scopes.sort_unstable();
         scopes.dedup();
         ServiceCredential {
+            id: row.id,
             name: row.name,
             scopes,
             created_at: row.created_at,
@@ -283,13 +286,19 @@ async fn insert(
     Ok(Some(secret))
 }
 
-/// Removes a credential: its secret stops working at the next request on every instance.
-/// False when there is none of that name. Audited (`service_removed`).
+/// Removes a credential: its secret stops working at the next request on every instance, and
+/// its Shared Signals stream is deleted with it, in the same transaction, with every SET it held
+/// (SECURITY.md G-1: a removed receiver hears nothing more). False when there is none of that
+/// name. Audited (`service_removed`, and `ssf_stream_deleted` for its stream, `by`
+/// `service_removed`).
 pub async fn remove(store: &Store, now: Millis, name: &ServiceName, who: &Who) -> StoreResult<bool> {
-    if !store.remove_service_credential(name.as_str()).await? {
-        return Ok(false);
+    let Some(streams) = store.remove_service_credential(name.as_str()).await? else { return Ok(false) };
+    let detail = json!({ "name": name.as_str(), "streams_deleted": streams });
+    audit::record(store, now, who, Event::new("service_removed").detail(detail)).await;
+    for id in streams {
+        let detail = json!({ "stream_id": id, "owner": name.as_str(), "by": "service_removed" });
+        audit::record(store, now, who, Event::new("ssf_stream_deleted").detail(detail)).await;
     }
-    audit::record(store, now, who, Event::new("service_removed").detail(json!({ "name": name.as_str() }))).await;
     Ok(true)
 }
 
@@ -333,6 +342,7 @@ mod tests {
     fn stored_scopes_are_sorted_unique_and_unknown_ones_grant_nothing() {
         assert_eq!(scope_list(&[Scope::Ssf, Scope::RevocationsRead, Scope::Ssf]), ["revocations:read", "ssf"]);
         let row = ServiceCredentialRow {
+            id: "svc_1".into(),
             name: "n".into(),
             scopes: "ssf future:scope revocations:read".into(),
             created_at: 0,
@@ -355,6 +365,7 @@ mod tests {
             assert!(err.contains("1 to 256 printable ASCII"), "{bad:?}: {err}");
         }
         let row = |scopes: &str, aud: Option<&str>| ServiceCredentialRow {
+            id: "svc_1".into(),
             name: "billing".into(),
             scopes: scopes.into(),
             created_at: 0,

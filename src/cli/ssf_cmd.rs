@@ -12,7 +12,7 @@ use crate::config::{Config, SsfCommand, SsfStreamCommand};
 use crate::error::AppError;
 use crate::feed::FeedSignal;
 use crate::service_credentials::{self, Scope};
-use crate::ssf::{events, Settings, Ssf, PUSH};
+use crate::ssf::{events, Owner, Settings, Ssf, PUSH};
 use crate::store::Store;
 
 pub async fn run(cmd: SsfCommand, config: &Config) -> anyhow::Result<()> {
@@ -82,7 +82,8 @@ async fn command(ssf: &Ssf, store: &Store, clock: &Clock, cmd: SsfCommand) -> an
             }
             let body = json!({ "delivery": delivery, "events_requested": requested });
             let aud = cred.ssf_aud().unwrap_or(&cred.name).to_string();
-            let config = ssf.create(service.as_str(), &aud, &body, event_subject, &who).await.map_err(explain)?;
+            let owner = Owner { id: &cred.id, name: &cred.name };
+            let config = ssf.create(owner, &aud, &body, event_subject, &who).await.map_err(explain)?;
             eprintln!(
                 "created push stream for {service}: events {}",
                 config["events_delivered"].as_array().map(|a| a.len()).unwrap_or(0)

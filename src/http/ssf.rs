@@ -21,7 +21,7 @@ use super::ssf_auth::SsfCaller;
 use crate::audit::Who;
 use crate::config::Config;
 use crate::error::AppError;
-use crate::ssf::{Ssf, POLL, PUSH};
+use crate::ssf::{Owner, Ssf, POLL, PUSH};
 use crate::state::AppState;
 
 /// The management API and poll (no-store, under the API router's layers).
@@ -104,7 +104,8 @@ struct StreamQuery {
 async fn create(State(ssf): State<Ssf>, caller: SsfCaller, body: Bytes) -> Result<Response, AppError> {
     caller.require_manage()?;
     let body = json_body(&body)?;
-    let config = ssf.create(&caller.name, &caller.aud, &body, false, &who(&caller)).await?;
+    let config =
+        ssf.create(Owner { id: &caller.id, name: &caller.name }, &caller.aud, &body, false, &who(&caller)).await?;
     Ok((StatusCode::CREATED, Json(config)).into_response())
 }
 
@@ -113,19 +114,19 @@ async fn read(
     caller: SsfCaller,
     Query(q): Query<StreamQuery>,
 ) -> Result<Json<Value>, AppError> {
-    Ok(Json(ssf.read(&caller.name, q.stream_id.as_deref()).await?))
+    Ok(Json(ssf.read(&caller.id, q.stream_id.as_deref()).await?))
 }
 
 async fn update(State(ssf): State<Ssf>, caller: SsfCaller, body: Bytes) -> Result<Json<Value>, AppError> {
     caller.require_manage()?;
     let body = json_body(&body)?;
-    Ok(Json(ssf.update(&caller.name, &body, false, &who(&caller)).await?))
+    Ok(Json(ssf.update(&caller.id, &body, false, &who(&caller)).await?))
 }
 
 async fn replace(State(ssf): State<Ssf>, caller: SsfCaller, body: Bytes) -> Result<Json<Value>, AppError> {
     caller.require_manage()?;
     let body = json_body(&body)?;
-    Ok(Json(ssf.update(&caller.name, &body, true, &who(&caller)).await?))
+    Ok(Json(ssf.update(&caller.id, &body, true, &who(&caller)).await?))
 }
 
 async fn delete(
@@ -135,7 +136,7 @@ async fn delete(
 ) -> Result<StatusCode, AppError> {
     caller.require_manage()?;
     let id = q.stream_id.ok_or(AppError::InvalidRequest("stream_id is required."))?;
-    ssf.delete(&caller.name, &id, &who(&caller)).await?;
+    ssf.delete(&caller.id, &id, &who(&caller)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -145,7 +146,7 @@ async fn status(
     Query(q): Query<StreamQuery>,
 ) -> Result<Json<Value>, AppError> {
     let id = q.stream_id.ok_or(AppError::InvalidRequest("stream_id is required."))?;
-    let stream = ssf.owned(&caller.name, &id).await?;
+    let stream = ssf.owned(&caller.id, &id).await?;
     Ok(Json(Ssf::status_json(&stream)))
 }
 
@@ -162,25 +163,25 @@ async fn set_status(State(ssf): State<Ssf>, caller: SsfCaller, body: Bytes) -> R
     if !matches!(to, "enabled" | "paused" | "disabled") {
         return Err(AppError::InvalidRequest("status must be enabled, paused or disabled."));
     }
-    ssf.owned(&caller.name, id).await?;
+    ssf.owned(&caller.id, id).await?;
     Ok(Json(ssf.set_status(id, to, reason, false, &who(&caller)).await?))
 }
 
 async fn add_subject(State(ssf): State<Ssf>, caller: SsfCaller, body: Bytes) -> Result<StatusCode, AppError> {
     caller.require_manage()?;
-    ssf.subject(&caller.name, &json_body(&body)?, true).await?;
+    ssf.subject(&caller.id, &json_body(&body)?, true).await?;
     Ok(StatusCode::OK)
 }
 
 async fn remove_subject(State(ssf): State<Ssf>, caller: SsfCaller, body: Bytes) -> Result<StatusCode, AppError> {
     caller.require_manage()?;
-    ssf.subject(&caller.name, &json_body(&body)?, false).await?;
+    ssf.subject(&caller.id, &json_body(&body)?, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn verify(State(ssf): State<Ssf>, caller: SsfCaller, body: Bytes) -> Result<StatusCode, AppError> {
     caller.require_manage()?;
-    ssf.verify(&caller.name, &json_body(&body)?).await?;
+    ssf.verify(&caller.id, &json_body(&body)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -192,5 +193,5 @@ async fn poll(
     body: Bytes,
 ) -> Result<Json<Value>, AppError> {
     let body = json_body(&body)?;
-    Ok(Json(ssf.poll(&caller.name, &stream_id, &body).await?))
+    Ok(Json(ssf.poll(&caller.id, &stream_id, &body).await?))
 }

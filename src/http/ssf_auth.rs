@@ -32,7 +32,9 @@ use crate::tokens::ssf;
 /// An authenticated Shared Signals receiver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SsfCaller {
-    /// The credential's name: what owns streams.
+    /// The credential's immutable id: what owns its stream (SECURITY.md G-1).
+    pub id: String,
+    /// The credential's name.
     pub name: String,
     /// The `aud` of its stream: `--ssf-aud`, else the name.
     pub aud: String,
@@ -79,7 +81,7 @@ where
                 tracing::debug!(service = %caller.0.name, "service credential without scope ssf");
                 return Err(AppError::InsufficientScope);
             };
-            return Ok(SsfCaller { aud: aud.to_string(), name: caller.0.name, can_manage: true });
+            return Ok(SsfCaller { aud: aud.to_string(), id: caller.0.id, name: caller.0.name, can_manage: true });
         }
         let clock = Clock::from_ref(state);
         let claims = ssf::verify(&Keys::from_ref(state), token, clock.now_secs()).map_err(|e| {
@@ -100,7 +102,12 @@ where
             tracing::debug!(service = %credential.name, "SSF access token of a credential without scope ssf");
             return Err(AppError::InvalidToken { presented: true });
         };
-        Ok(SsfCaller { aud: aud.to_string(), name: credential.name.clone(), can_manage: claims.scopes().manage })
+        Ok(SsfCaller {
+            aud: aud.to_string(),
+            id: credential.id.clone(),
+            name: credential.name.clone(),
+            can_manage: claims.scopes().manage,
+        })
     }
 }
 

@@ -97,14 +97,62 @@ pub fn subjects_match(a: &Value, b: &Value) -> bool {
     a == b
 }
 
+/// A JSON value as text with every object's members sorted: equal values, equal texts.
+fn canonical(v: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut members: Vec<(&String, &Value)> = m.iter().collect();
+                members.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(members.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            v => v.clone(),
+        }
+    }
+    sorted(v).to_string()
+}
+
+/// A rule's key for a member it does not have: it matches any value there.
+pub const ANY: &str = "*";
+/// A rule's user key when it can match no subject sessiond sends (a simple subject: every
+/// subject sessiond sends is complex once normalised).
+pub const NONE: &str = "-";
+
+/// The lookup keys `(user_key, session_key)` of a normalised rule, for the one indexed lookup
+/// that matches a signal against every stream's rules (SECURITY.md G-2). Every subject
+/// sessiond sends is complex with a `user` member and, for a session, a `session` member, so a
+/// complex rule matches it exactly when each of those two members is absent from the rule
+/// ([`ANY`]) or identical ([`subjects_match`]'s rule; members the subject lacks never decide).
+/// A simple rule matches none of them ([`NONE`]).
+pub fn rule_keys(rule: &Value) -> (String, String) {
+    let Some(o) = rule.as_object().filter(|o| o.get("format").and_then(Value::as_str) == Some("complex")) else {
+        return (NONE.to_string(), ANY.to_string());
+    };
+    let key = |member: &str| o.get(member).map_or_else(|| ANY.to_string(), canonical);
+    (key("user"), key("session"))
+}
+
+/// The keys a signal about `user` (and `session`) is looked up with: those of the `user` and
+/// `session` members of its subject, as [`rule_keys`] makes them.
+pub fn signal_keys(issuer: &str, user: &str, session: Option<&str>) -> (String, Option<String>) {
+    let subject = match session {
+        Some(sid) => session_subject(issuer, user, sid),
+        None => json!({ "format": "complex", "user": user_subject(issuer, user) }),
+    };
+    let key = |member: &str| subject.get(member).map(canonical);
+    (key("user").unwrap_or_default(), key("session"))
+}
+
 /// The SET claims of `signal` for `stream`, or `None` when the stream does not get it (an
-/// event it did not ask for, an excluded subject, another stream's verification, a disabled
-/// stream). `jti` and `iat` (seconds) come from the caller.
+/// event it did not ask for, a subject the stream `excluded` (its rules matched, see
+/// [`rule_keys`]), another stream's verification, a disabled stream). `jti` and `iat`
+/// (seconds) come from the caller.
 pub fn claims(
     issuer: &str,
     signal: &SignalRow,
     stream: &StreamRow,
-    excluded: &[Value],
+    excluded: bool,
     jti: &str,
     iat: i64,
 ) -> Option<Value> {
@@ -152,8 +200,7 @@ pub fn claims(
                 ("session-revoked", None) => return None,
                 _ => user_subject(issuer, user),
             };
-            let normalized = normalize_subject(&sub_id)?;
-            if excluded.iter().any(|rule| subjects_match(rule, &normalized)) {
+            if excluded {
                 return None;
             }
             let mut ev = Map::new();
@@ -205,6 +252,7 @@ mod tests {
     fn stream(events: &[&str]) -> StreamRow {
         StreamRow {
             id: "st_1".into(),
+            owner_id: "svc_1".into(),
             owner: "billing".into(),
             aud: "billing".into(),
             delivery: "{}".into(),
@@ -217,6 +265,7 @@ mod tests {
             event_subject: false,
             status: "enabled".into(),
             status_reason: None,
+            status_by: None,
             health: "ok".into(),
             last_success_at: None,
             last_error: None,
@@ -243,7 +292,8 @@ mod tests {
     #[test]
     fn session_revoked_set() {
         let s = stream(&[SESSION_REVOKED]);
-        let c = claims("https://i", &signal("session-revoked", "logout_others", Some("s_1")), &s, &[], "j", 5).unwrap();
+        let c =
+            claims("https://i", &signal("session-revoked", "logout_others", Some("s_1")), &s, false, "j", 5).unwrap();
         assert_eq!(c["sub_id"], session_subject("https://i", "u_1", "s_1"));
         let ev = &c["events"][SESSION_REVOKED];
         assert_eq!(ev["initiating_entity"], "user");
@@ -257,21 +307,67 @@ mod tests {
     #[test]
     fn not_requested_or_excluded_is_not_sent() {
         let s = stream(&[CREDENTIAL_CHANGE]);
-        assert!(claims("i", &signal("session-revoked", "logout", Some("s")), &s, &[], "j", 0).is_none());
+        assert!(claims("i", &signal("session-revoked", "logout", Some("s")), &s, false, "j", 0).is_none());
         let s = stream(&[SESSION_REVOKED]);
-        let rule = normalize_subject(&user_subject("i", "u_1")).unwrap();
-        assert!(claims("i", &signal("session-revoked", "logout", Some("s")), &s, &[rule], "j", 0).is_none());
-        let other = normalize_subject(&user_subject("i", "u_2")).unwrap();
-        assert!(claims("i", &signal("session-revoked", "logout", Some("s")), &s, &[other], "j", 0).is_some());
+        assert!(claims("i", &signal("session-revoked", "logout", Some("s")), &s, true, "j", 0).is_none());
+        assert!(claims("i", &signal("session-revoked", "logout", Some("s")), &s, false, "j", 0).is_some());
+    }
+
+    /// Whether the store's lookup (`user_key IN (u, *) AND (no session OR session_key IN (s, *))`)
+    /// finds `rule` for the signal keys.
+    fn lookup_matches(rule: &Value, signal: &(String, Option<String>)) -> bool {
+        let (user_key, session_key) = rule_keys(rule);
+        (user_key == signal.0 || user_key == ANY)
+            && signal.1.as_ref().is_none_or(|s| session_key == *s || session_key == ANY)
+    }
+
+    /// G-2: the keyed lookup decides exactly as `subjects_match` over every rule shape a receiver
+    /// can send, for session and user subjects (members in any order).
+    #[test]
+    fn g2_keyed_lookup_agrees_with_subject_matching() {
+        let iss = "https://i";
+        let user = |u: &str| user_subject(iss, u);
+        let session = |s: &str| json!({ "id": s, "format": "opaque" });
+        let rules = vec![
+            normalize_subject(&user("u")).unwrap(),
+            normalize_subject(&user("v")).unwrap(),
+            normalize_subject(&json!({ "sub": "u", "format": "iss_sub", "iss": iss })).unwrap(),
+            normalize_subject(&json!({ "format": "iss_sub", "iss": "https://other", "sub": "u" })).unwrap(),
+            json!({ "format": "complex", "user": user("u"), "session": session("s") }),
+            json!({ "format": "complex", "user": user("u"), "session": session("t") }),
+            json!({ "format": "complex", "session": session("s") }),
+            json!({ "format": "complex", "tenant": { "format": "opaque", "id": "x" } }),
+            json!({ "format": "complex" }),
+            json!({ "format": "complex", "user": { "format": "email", "email": "u@example.com" } }),
+            json!({ "format": "opaque", "id": "u" }),
+            json!({ "format": "email", "email": "u@example.com" }),
+            normalize_subject(&json!({ "format": "iss_sub", "iss": iss, "sub": 5 })).unwrap(),
+        ];
+        let subjects = [
+            (session_subject(iss, "u", "s"), signal_keys(iss, "u", Some("s"))),
+            (session_subject(iss, "u", "t"), signal_keys(iss, "u", Some("t"))),
+            (session_subject(iss, "v", "s"), signal_keys(iss, "v", Some("s"))),
+            (normalize_subject(&user("u")).unwrap(), signal_keys(iss, "u", None)),
+            (normalize_subject(&user("5")).unwrap(), signal_keys(iss, "5", None)),
+        ];
+        let mut hits = 0;
+        for rule in &rules {
+            for (subject, keys) in &subjects {
+                let expected = subjects_match(rule, subject);
+                assert_eq!(lookup_matches(rule, keys), expected, "rule {rule} vs subject {subject}");
+                hits += usize::from(expected);
+            }
+        }
+        assert!(hits > 10, "the cases cover matches as well as misses ({hits})");
     }
 
     #[test]
     fn credential_change_and_risc() {
         let s = stream(&[CREDENTIAL_CHANGE, ACCOUNT_DISABLED]);
-        let c = claims("i", &signal("credential-change", "password_changed", None), &s, &[], "j", 0).unwrap();
+        let c = claims("i", &signal("credential-change", "password_changed", None), &s, false, "j", 0).unwrap();
         assert_eq!(c["sub_id"], user_subject("i", "u_1"));
         assert_eq!(c["events"][CREDENTIAL_CHANGE]["credential_type"], "password");
-        let c = claims("i", &signal("account-disabled", "account_disabled", None), &s, &[], "j", 0).unwrap();
+        let c = claims("i", &signal("account-disabled", "account_disabled", None), &s, false, "j", 0).unwrap();
         assert_eq!(c["events"][ACCOUNT_DISABLED]["initiating_entity"], "admin");
         assert!(c["events"][ACCOUNT_DISABLED].get("reason").is_none());
     }

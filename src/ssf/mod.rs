@@ -28,7 +28,10 @@ use crate::clock::{Clock, Millis};
 use crate::error::AppError;
 use crate::feed::FeedSignal;
 use crate::metrics::{Metrics, StreamLabels};
-use crate::store::ssf::{NewDelivery, PushJob, PushResult, SignalRow, SsfKeyRow, StreamRow};
+use crate::store::ssf::{
+    Created, Expanded, NewDelivery, PushJob, PushResult, RuleChange, SsfKeyRow, StatusChange, StreamRow,
+    MAX_SUBJECT_RULES, STATUS_BY_OPERATOR, STATUS_BY_RECEIVER,
+};
 use crate::store::{Store, StoreError};
 
 use self::keys::SetKey;
@@ -40,10 +43,14 @@ pub const POLL: &str = "urn:ietf:rfc:8936";
 pub const MIN_VERIFICATION_INTERVAL_S: i64 = 10;
 /// The most SETs one poll answer holds when `maxEvents` is absent (docs/SSF.md A9).
 pub const POLL_MAX: i64 = 1000;
-/// Outbox rows one dispatcher transaction expands. SETs are signed inside it (~0.5 ms each, so
-/// that PostgreSQL's `SKIP LOCKED` claim covers the signing); on SQLite that holds the one write
-/// lock, so a batch stays small (~16 ms per stream) to let logins and refreshes in between.
-const EXPAND_BATCH: i64 = 32;
+/// Outbox rows one dispatcher round leases, builds, signs (outside any transaction, ~0.5 ms a
+/// SET) and stores (one short transaction).
+const EXPAND_BATCH: i64 = 64;
+/// How long leased outbox rows are this instance's to expand: far longer than a batch takes
+/// (~50 ms), short enough that after a crash another instance (or the restarted one; on SQLite
+/// at once) takes them within seconds. An instance that outlives its lease only wastes work: a
+/// row is stored expanded once (`ssf_store_expanded` checks it is still unexpanded).
+const EXPAND_LEASE_MS: Millis = 5_000;
 /// SETs in flight at once on one instance, all streams together.
 const PUSH_GLOBAL: usize = 64;
 /// How long a claimed SET is leased to this instance's push attempt: longer than one attempt
@@ -52,6 +59,15 @@ const PUSH_GLOBAL: usize = 64;
 /// back at once), and on SQLite (one instance) the leases left by a killed process are dropped
 /// at start.
 const PUSH_LEASE_MS: Millis = 15_000;
+/// Consecutive failed attempts (timeouts, refused connections, 5xx, …) after which a stream's
+/// circuit opens (G-3, G-6): no attempt for a while, then one at a time until one succeeds.
+const BREAKER_THRESHOLD: u32 = 3;
+/// How long an open circuit stays open: doubling from the first to the longest.
+const BREAKER_FIRST: Duration = Duration::from_secs(1);
+const BREAKER_LONGEST: Duration = Duration::from_secs(60);
+/// `subjects:add` and `subjects:remove` per credential (G-2): a burst, then a steady rate.
+const SUBJECT_CALLS_BURST: u32 = 60;
+const SUBJECT_CALLS_PER_SECOND: u32 = 10;
 /// The dispatcher's recheck when nothing woke it (docs/SSF.md §3.3: ≤ 1 s).
 const RECHECK: Duration = Duration::from_secs(1);
 /// How often the dispatcher refreshes the pending and dead-letter gauges.
@@ -101,11 +117,14 @@ pub struct Parts {
     expanded: watch::Sender<u64>,
     /// Streams with a long poll waiting on this instance (one per stream waits).
     pollers: DashMap<String, ()>,
-    /// Per-stream push concurrency.
-    inflight: DashMap<String, Arc<Semaphore>>,
+    /// Per push stream: its slots and its circuit breaker.
+    pushing: DashMap<String, Arc<StreamPush>>,
     global: Arc<Semaphore>,
-    /// Streams with pending SETs at the last gauge refresh: bounds a claim.
-    busy_streams: std::sync::atomic::AtomicUsize,
+    /// `subjects:add`/`subjects:remove` calls per credential id.
+    subject_calls: governor::DefaultKeyedRateLimiter<String>,
+    /// Streams this instance holds metric series of (forgotten once the stream is gone, on
+    /// every instance: `refresh_gauges`).
+    labelled: Mutex<std::collections::HashSet<String>>,
     /// Revocations committed or applied on this instance: the outbox may have new rows.
     feed: FeedSignal,
     metrics: Arc<Metrics>,
@@ -138,9 +157,13 @@ impl Ssf {
             wake: Notify::new(),
             expanded: watch::channel(0).0,
             pollers: DashMap::new(),
-            inflight: DashMap::new(),
+            pushing: DashMap::new(),
             global: Arc::new(Semaphore::new(PUSH_GLOBAL)),
-            busy_streams: Default::default(),
+            subject_calls: governor::RateLimiter::keyed(
+                governor::Quota::per_second(std::num::NonZeroU32::new(SUBJECT_CALLS_PER_SECOND).expect("non-zero"))
+                    .allow_burst(std::num::NonZeroU32::new(SUBJECT_CALLS_BURST).expect("non-zero")),
+            ),
+            labelled: Mutex::default(),
             feed,
             metrics,
         }))
@@ -317,10 +340,11 @@ impl Ssf {
         Ok(())
     }
 
-    /// `POST /ssf/stream` (and `sessiond ssf stream add`): 409 when `owner` has a stream.
+    /// `POST /ssf/stream` (and `sessiond ssf stream add`): a stream owned by the credential
+    /// `owner` (its immutable id and its name); 409 when it has a stream.
     pub async fn create(
         &self,
-        owner: &str,
+        owner: Owner<'_>,
         aud: &str,
         body: &Value,
         event_subject: bool,
@@ -330,7 +354,8 @@ impl Ssf {
         let now = self.clock.now_ms();
         let mut row = StreamRow {
             id: format!("st_{}", uuid::Uuid::new_v4().simple()),
-            owner: owner.to_string(),
+            owner_id: owner.id.to_string(),
+            owner: owner.name.to_string(),
             aud: aud.to_string(),
             delivery: String::new(),
             method: "poll".into(),
@@ -342,6 +367,7 @@ impl Ssf {
             event_subject,
             status: "enabled".into(),
             status_reason: None,
+            status_by: None,
             health: "ok".into(),
             last_success_at: None,
             last_error: None,
@@ -352,19 +378,23 @@ impl Ssf {
         self.receiver_fields(body, &mut row, true)?;
         // Sign with a key that exists before the first event needs it.
         self.signing_key().await?;
-        if !self.store.ssf_create_stream(&row).await.map_err(db)? {
-            return Err(AppError::StreamExists);
+        match self.store.ssf_create_stream(&row).await.map_err(db)? {
+            Created::Created => {}
+            Created::Exists => return Err(AppError::StreamExists),
+            // Removed since the request was authenticated.
+            Created::NoOwner => return Err(AppError::InvalidToken { presented: true }),
         }
-        let detail = json!({ "stream_id": row.id, "owner": owner, "method": row.method });
+        let detail = json!({ "stream_id": row.id, "owner": owner.name, "method": row.method });
         audit::record(&self.store, now, who, audit::Event::new("ssf_stream_created").detail(detail)).await;
         Ok(self.config_json(&row))
     }
 
-    /// The stream `id` if `owner` owns it; 404 otherwise (another credential's stream is
-    /// invisible, docs/SSF.md §1.2).
+    /// The stream `id` if the credential `owner` (its immutable id) owns it; 404 otherwise
+    /// (another credential's stream is invisible, docs/SSF.md §1.2; and a credential added under
+    /// a removed one's name is another credential, G-1).
     pub async fn owned(&self, owner: &str, id: &str) -> Result<StreamRow, AppError> {
         match self.store.ssf_stream(id).await.map_err(db)? {
-            Some(s) if s.owner == owner => Ok(s),
+            Some(s) if s.owner_id == owner => Ok(s),
             _ => Err(AppError::NotFound),
         }
     }
@@ -375,7 +405,7 @@ impl Ssf {
             Some(id) => Ok(self.config_json(&self.owned(owner, id).await?)),
             None => {
                 let all = self.store.ssf_streams().await.map_err(db)?;
-                Ok(Value::Array(all.iter().filter(|s| s.owner == owner).map(|s| self.config_json(s)).collect()))
+                Ok(Value::Array(all.iter().filter(|s| s.owner_id == owner).map(|s| self.config_json(s)).collect()))
             }
         }
     }
@@ -400,7 +430,7 @@ impl Ssf {
         if !self.store.ssf_update_stream(&row, now).await.map_err(db)? {
             return Err(AppError::NotFound);
         }
-        let detail = json!({ "stream_id": row.id, "owner": owner, "replace": replace });
+        let detail = json!({ "stream_id": row.id, "owner": row.owner, "replace": replace });
         audit::record(&self.store, now, who, audit::Event::new("ssf_stream_updated").detail(detail)).await;
         Ok(self.config_json(&row))
     }
@@ -438,7 +468,7 @@ impl Ssf {
 
     /// Sets a stream's status. `operator`: a change by sessiond itself (the CLI), announced
     /// with a stream-updated event before it takes effect (docs/SSF.md §4); a receiver's own
-    /// change is not announced back to it.
+    /// change is not announced back to it, and cannot lift an operator's disable (403, G-1).
     pub async fn set_status(
         &self,
         id: &str,
@@ -461,8 +491,11 @@ impl Ssf {
             p.to_string()
         });
         let now = self.clock.now_ms();
-        if !self.store.ssf_set_status(id, status, reason, announce.as_deref(), now).await.map_err(db)? {
-            return Err(AppError::NotFound);
+        let by = if operator { STATUS_BY_OPERATOR } else { STATUS_BY_RECEIVER };
+        match self.store.ssf_set_status(id, status, reason, by, announce.as_deref(), now).await.map_err(db)? {
+            StatusChange::Changed => {}
+            StatusChange::NotFound => return Err(AppError::NotFound),
+            StatusChange::OperatorDisabled => return Err(AppError::StreamDisabledByOperator),
         }
         let detail = json!({ "stream_id": id, "status": status, "reason": reason, "by": if operator { "operator" } else { "receiver" } });
         audit::record(&self.store, now, who, audit::Event::new("ssf_stream_status").detail(detail)).await;
@@ -484,9 +517,46 @@ impl Ssf {
         if normalized.to_string().len() > 4 * MAX_TEXT {
             return Err(AppError::InvalidRequest("subject is too large."));
         }
+        // Before any database work: a flood costs the server nothing but this check (G-2).
+        if let Err(not_until) = self.subject_calls.check_key(&owner.to_string()) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(AppError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil().clamp(1.0, 60.0) as u64 });
+        }
         self.owned(owner, id).await?;
+        let (user_key, session_key) = events::rule_keys(&normalized);
         // An unknown subject is answered the same (docs/SSF.md §1.4: no probing).
-        self.store.ssf_exclude_subject(id, &normalized.to_string(), !add).await.map_err(db)
+        match self
+            .store
+            .ssf_exclude_subject(id, &normalized.to_string(), (&user_key, &session_key), !add)
+            .await
+            .map_err(db)?
+        {
+            RuleChange::Done => Ok(()),
+            RuleChange::Full => {
+                tracing::info!(stream_id = %id, max = MAX_SUBJECT_RULES, "SSF: subject rule refused, the stream holds the most");
+                Err(AppError::InvalidRequest(
+                    "This stream holds the most subject rules it may (2000); add some back first.",
+                ))
+            }
+        }
+    }
+
+    /// Gives the subject rules stored before their lookup keys existed (migration 0007) their
+    /// keys; until then such a rule matches nothing. Run once at start, before any expansion.
+    pub async fn backfill_rule_keys(&self) -> Result<usize, AppError> {
+        let mut done = 0;
+        loop {
+            let rules = self.store.ssf_unkeyed_rules(500).await.map_err(db)?;
+            if rules.is_empty() {
+                return Ok(done);
+            }
+            for (stream, subject) in rules {
+                let rule: Value = serde_json::from_str(&subject).unwrap_or(Value::Null);
+                let (user_key, session_key) = events::rule_keys(&rule);
+                self.store.ssf_set_rule_keys(&stream, &subject, (&user_key, &session_key)).await.map_err(db)?;
+                done += 1;
+            }
+        }
     }
 
     /// `POST /ssf/verify`: queues a verification SET; 429 within `min_verification_interval`.
@@ -607,6 +677,20 @@ impl Ssf {
                 Err(e) => tracing::warn!(error = %e, "SSF: clearing stale leases failed"),
             }
         }
+        loop {
+            match self.backfill_rule_keys().await {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(rules = n, "SSF: subject rules of an older version given their lookup keys");
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "SSF: keying the stored subject rules failed; retrying"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+        }
         let mut last_prune: Option<tokio::time::Instant> = None;
         let mut last_gauges: Option<tokio::time::Instant> = None;
         loop {
@@ -637,142 +721,285 @@ impl Ssf {
         }
     }
 
-    /// The pending and dead-letter gauges, from the database (every instance's SETs).
+    /// The pending and dead-letter gauges of every stream, from the database (every instance's
+    /// SETs); the series of streams that are gone (deleted on any instance, or with their
+    /// credential) are forgotten.
     async fn refresh_gauges(&self) {
-        let Ok(counts) = self.store.ssf_counts().await else { return };
-        let busy = counts.iter().filter(|c| c.pending > 0).count();
-        self.busy_streams.store(busy, std::sync::atomic::Ordering::Relaxed);
+        let (Ok(streams), Ok(counts)) = (self.store.ssf_streams().await, self.store.ssf_counts().await) else {
+            return;
+        };
         let m = &self.metrics.ssf;
-        for c in counts {
-            let labels = StreamLabels { stream: c.stream_id };
-            m.pending.get_or_create(&labels).set(c.pending);
-            m.dead.get_or_create(&labels).set(c.dead);
+        let live: std::collections::HashSet<String> = streams.iter().map(|s| s.id.clone()).collect();
+        for s in &streams {
+            let c = counts.iter().find(|c| c.stream_id == s.id);
+            let labels = StreamLabels { stream: s.id.clone() };
+            m.pending.get_or_create(&labels).set(c.map_or(0, |c| c.pending));
+            m.dead.get_or_create(&labels).set(c.map_or(0, |c| c.dead));
         }
+        let mut labelled = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
+        labelled.retain(|id| {
+            let keep = live.contains(id);
+            if !keep {
+                m.forget(id);
+            }
+            keep
+        });
+        labelled.extend(live);
+        drop(labelled);
+        self.pushing.retain(|id, _| streams.iter().any(|s| &s.id == id));
     }
 
-    /// Expands outbox rows until none is left.
+    /// Expands outbox rows until none is left (G-2): each round leases a batch in one short
+    /// transaction, builds its SETs (the subject rules: one indexed lookup per signal) and
+    /// signs them outside any transaction, then stores them in another short one.
     pub async fn expand_all(&self) -> Result<usize, AppError> {
         let mut total = 0;
         loop {
-            if !self.store.ssf_has_unexpanded().await.map_err(db)? {
+            let now = self.clock.now_ms();
+            if !self.store.ssf_has_unexpanded(now).await.map_err(db)? {
+                return Ok(total);
+            }
+            let signals = self.store.ssf_claim_signals(EXPAND_BATCH, now, now + EXPAND_LEASE_MS).await.map_err(db)?;
+            if signals.is_empty() {
                 return Ok(total);
             }
             let key = self.signing_key().await?;
-            let issuer = self.settings.issuer.clone();
-            let now = self.clock.now_ms();
+            let streams = self.store.ssf_streams().await.map_err(db)?;
+            let rules = self.store.ssf_has_rules().await.map_err(db)?;
+            let mut unsigned: Vec<(i64, Vec<(NewDelivery, Value)>)> = Vec::with_capacity(signals.len());
             let iat = now.div_euclid(1000);
-            let build = move |signal: &SignalRow, stream: &StreamRow, excluded: &[String]| -> Option<NewDelivery> {
-                let rules: Vec<Value> = excluded.iter().filter_map(|r| serde_json::from_str(r).ok()).collect();
-                let jti = uuid::Uuid::new_v4().simple().to_string();
-                let claims = events::claims(&issuer, signal, stream, &rules, &jti, iat)?;
-                match key.sign(&claims) {
-                    Ok(set_jws) => Some(NewDelivery {
+            for signal in &signals {
+                let excluded = match (&signal.user_id, rules) {
+                    (Some(user), true) => {
+                        let (user_key, session_key) =
+                            events::signal_keys(&self.settings.issuer, user, signal.session_id.as_deref());
+                        self.store.ssf_excluding_streams(&user_key, session_key.as_deref()).await.map_err(db)?
+                    }
+                    _ => Vec::new(),
+                };
+                let mut sets = Vec::new();
+                for stream in &streams {
+                    let jti = uuid::Uuid::new_v4().simple().to_string();
+                    let excluded = excluded.contains(&stream.id);
+                    let Some(claims) = events::claims(&self.settings.issuer, signal, stream, excluded, &jti, iat)
+                    else {
+                        continue;
+                    };
+                    let d = NewDelivery {
                         stream_id: stream.id.clone(),
                         jti,
                         kind: signal.kind.clone(),
                         subject_key: events::subject_key(signal),
                         kid: key.kid().to_string(),
-                        set_jws,
-                    }),
-                    Err(e) => {
-                        tracing::error!(error = %e, "SSF: signing a SET failed");
-                        None
-                    }
+                        set_jws: String::new(),
+                    };
+                    sets.push((d, claims));
                 }
-            };
-            let (signals, stored) = self.store.ssf_expand(EXPAND_BATCH, now, &build).await.map_err(db)?;
-            if signals == 0 {
-                return Ok(total);
+                unsigned.push((signal.id, sets));
             }
+            // RS256 signing is CPU work: off the runtime's threads, and outside any transaction.
+            let batch: Vec<Expanded> =
+                tokio::task::spawn_blocking(move || sign_batch(&key, unsigned)).await.map_err(internal)?;
+            let stored = self.store.ssf_store_expanded(&batch, self.clock.now_ms()).await.map_err(db)?;
             total += stored;
             self.expanded.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
-    /// Claims the SETs due and starts their push attempts (bounded per stream and overall).
+    /// The push state of stream `id` on this instance (made on first use).
+    fn push_state(&self, id: &str) -> Arc<StreamPush> {
+        self.pushing
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(StreamPush::new(self.settings.push_concurrency.max(1))))
+            .clone()
+    }
+
+    /// Claims the SETs due and starts their push attempts: per push stream, at most as many as
+    /// the stream has free slots (and its circuit breaker allows), so a stream whose receiver
+    /// stalls holds only its own slots and never fills another stream's claim (G-3); at most
+    /// [`PUSH_GLOBAL`] in flight on this instance.
     async fn push_due(&self) -> Result<(), AppError> {
-        let free = self.global.available_permits();
-        if free == 0 {
-            return Ok(());
-        }
-        // Claim no more than the streams can take at once (extra rows would be given back).
-        let streams = self.busy_streams.load(std::sync::atomic::Ordering::Relaxed).max(1);
-        let limit = free.min(streams.saturating_mul(self.settings.push_concurrency.max(1)));
-        let now = self.clock.now_ms();
-        let jobs = self.store.ssf_claim_push(now, now + PUSH_LEASE_MS, limit as i64).await.map_err(db)?;
-        for job in jobs {
-            let per_stream = self
-                .inflight
-                .entry(job.stream_id.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.settings.push_concurrency.max(1))))
-                .clone();
-            let slots = self.global.clone().try_acquire_owned().ok().zip(per_stream.try_acquire_owned().ok());
-            let Some((global, slot)) = slots else {
-                // No slot now: give the SET back rather than hold its lease while waiting.
-                self.store.ssf_release_lease(job.id).await.map_err(db)?;
+        let streams = self.store.ssf_streams().await.map_err(db)?;
+        for stream in streams.iter().filter(|s| s.method == "push") {
+            let global_free = self.global.available_permits();
+            if global_free == 0 {
+                return Ok(());
+            }
+            let state = self.push_state(&stream.id);
+            let free = state.free(tokio::time::Instant::now()).min(global_free);
+            if free == 0 {
                 continue;
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                this.attempt(&job).await;
-                drop((global, slot));
-                this.poke();
-            });
+            }
+            let now = self.clock.now_ms();
+            let heads =
+                self.store.ssf_due_heads(&stream.id, now, free as i64, stream.status == "enabled").await.map_err(db)?;
+            let (due, stale): (Vec<PushJob>, Vec<PushJob>) = heads.into_iter().partition(PushJob::is_pending);
+            for job in &stale {
+                self.store.ssf_repair_head(job).await.map_err(db)?;
+            }
+            for job in self.store.ssf_lease(due, now, now + PUSH_LEASE_MS).await.map_err(db)? {
+                let slots =
+                    self.global.clone().try_acquire_owned().ok().zip(state.slots.clone().try_acquire_owned().ok());
+                let Some((global, slot)) = slots else {
+                    // No slot now: give the SET back rather than hold its lease while waiting.
+                    self.store.ssf_release_lease(&job).await.map_err(db)?;
+                    continue;
+                };
+                let this = self.clone();
+                let (url, auth) = (stream.endpoint_url.clone(), stream.authorization_header.clone());
+                let state = state.clone();
+                tokio::spawn(async move {
+                    this.attempt(&job, url.as_deref(), auth.as_deref(), &state).await;
+                    drop((global, slot));
+                    this.poke();
+                });
+            }
         }
         Ok(())
     }
 
-    /// One push attempt of `job`, and its outcome recorded.
-    async fn attempt(&self, job: &PushJob) {
-        let Some(url) = job.endpoint_url.as_deref() else { return };
-        // The backoff counts from the attempt's start.
-        let started = self.clock.now_ms();
-        let outcome = self.pusher.push(url, job.authorization_header.as_deref(), &job.set_jws).await;
+    /// One push attempt of `job` to `url`, and its outcome recorded.
+    async fn attempt(&self, job: &PushJob, url: Option<&str>, auth: Option<&str>, state: &StreamPush) {
+        let (Some(url), Some(set_jws)) = (url, job.set_jws.as_deref()) else { return };
+        let outcome = self.pusher.push(url, auth, set_jws).await;
+        // The backoff counts from the attempt's end: a receiver that holds every attempt for
+        // the whole timeout is not tried again at once (G-3).
         let now = self.clock.now_ms();
-        let failures = (job.attempts.max(0) as u32) + 1;
+        let failures = (job.attempts.unwrap_or(0).max(0) as u32) + 1;
+        let verification = job.kind.as_deref() == Some("verification");
         let result = match outcome {
             Outcome::Delivered => PushResult::Delivered,
             Outcome::DeadLetter { error } => PushResult::Dead { error },
-            Outcome::Retry { error, err: Some(code), .. } if job.kind == "verification" && code == "invalid_state" => {
+            Outcome::Retry { error, err: Some(code), .. } if verification && code == "invalid_state" => {
                 PushResult::Dead { error }
             }
             Outcome::Retry { retry_after, failing, error, .. } => {
                 let delay = push::backoff(failures).map(|d| retry_after.map_or(d, |r| r.max(d)));
                 match delay {
-                    Some(d) if now - job.created_at < push::MAX_AGE.as_millis() as Millis => {
-                        PushResult::Retry { next_attempt_at: started + d.as_millis() as Millis, error, failing }
+                    Some(d) if now - job.created_at.unwrap_or(now) < push::MAX_AGE.as_millis() as Millis => {
+                        PushResult::Retry { next_attempt_at: now + d.as_millis() as Millis, error, failing }
                     }
                     _ => PushResult::Dead { error },
                 }
             }
         };
+        // The receiver answering at all (a 2xx, or a refusal for good) closes the circuit.
+        let opened = state.record(!matches!(result, PushResult::Retry { .. }), tokio::time::Instant::now());
+        if let Some(open_for) = opened {
+            tracing::info!(
+                stream_id = %job.stream_id,
+                open_for_ms = open_for.as_millis() as u64,
+                "SSF push: the stream's attempts keep failing; pausing its pushes"
+            );
+        }
         let labels = StreamLabels { stream: job.stream_id.clone() };
+        self.labelled.lock().unwrap_or_else(|p| p.into_inner()).insert(job.stream_id.clone());
         let m = &self.metrics.ssf;
+        let jti = job.jti.as_deref().unwrap_or_default();
         match &result {
             PushResult::Delivered => {
                 m.delivered.get_or_create(&labels).inc();
                 m.last_success.get_or_create(&labels).set(now.div_euclid(1000));
+                tracing::debug!(stream_id = %job.stream_id, jti = %jti, "SET delivered");
             }
-            PushResult::Retry { .. } => {
-                m.retries.get_or_create(&labels).inc();
-            }
-            PushResult::Dead { .. } => {
-                m.dead_letters.get_or_create(&labels).inc();
-            }
-        }
-        match &result {
-            PushResult::Delivered => tracing::debug!(stream_id = %job.stream_id, jti = %job.jti, "SET delivered"),
             PushResult::Retry { error, .. } => {
-                tracing::info!(stream_id = %job.stream_id, jti = %job.jti, error = %error, "SET push failed; will retry")
+                m.retries.get_or_create(&labels).inc();
+                tracing::info!(stream_id = %job.stream_id, jti = %jti, error = %error, "SET push failed; will retry");
             }
             PushResult::Dead { error } => {
-                tracing::warn!(stream_id = %job.stream_id, jti = %job.jti, error = %error, "SET is a dead letter")
+                m.dead_letters.get_or_create(&labels).inc();
+                tracing::warn!(stream_id = %job.stream_id, jti = %jti, error = %error, "SET is a dead letter");
             }
         }
         if let Err(e) = self.store.ssf_push_result(job, &result, now).await {
             // The lease runs out and the SET is sent again: at-least-once (receivers dedupe on jti).
-            tracing::warn!(error = %e, jti = %job.jti, "SSF: recording a push result failed");
+            tracing::warn!(error = %e, jti = %jti, "SSF: recording a push result failed");
         }
+    }
+}
+
+/// Signs the SETs built for a batch of outbox rows (`spawn_blocking`); a SET that fails to sign
+/// is logged and left out (its row is still marked expanded, as before).
+fn sign_batch(key: &SetKey, unsigned: Vec<(i64, Vec<(NewDelivery, Value)>)>) -> Vec<Expanded> {
+    unsigned
+        .into_iter()
+        .map(|(signal_id, sets)| Expanded {
+            signal_id,
+            deliveries: sets
+                .into_iter()
+                .filter_map(|(mut d, claims)| match key.sign(&claims) {
+                    Ok(jws) => {
+                        d.set_jws = jws;
+                        Some(d)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "SSF: signing a SET failed");
+                        None
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The credential that owns a stream: its immutable id (what ownership checks compare) and
+/// its name (for listings).
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+}
+
+/// One push stream's state on this instance: its slots (`--ssf-push-concurrency`) and its
+/// circuit breaker.
+struct StreamPush {
+    concurrency: usize,
+    slots: Arc<Semaphore>,
+    breaker: Mutex<Breaker>,
+}
+
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Consecutive attempts that came to a retry.
+    failures: u32,
+    /// While open, no attempt starts.
+    open_until: Option<tokio::time::Instant>,
+}
+
+impl StreamPush {
+    fn new(concurrency: usize) -> StreamPush {
+        StreamPush { concurrency, slots: Arc::new(Semaphore::new(concurrency)), breaker: Mutex::default() }
+    }
+
+    /// How many more attempts may start now: none while the circuit is open, one at a time
+    /// while it is half-open (failing, but its pause is over), else the free slots.
+    fn free(&self, now: tokio::time::Instant) -> usize {
+        let in_flight = self.concurrency - self.slots.available_permits();
+        let breaker = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        let allowed = match breaker.open_until {
+            Some(until) if now < until => 0,
+            _ if breaker.failures >= BREAKER_THRESHOLD => 1,
+            _ => self.concurrency,
+        };
+        allowed.saturating_sub(in_flight)
+    }
+
+    /// Records an attempt's end (`answered`: the receiver settled it, delivered or refused for
+    /// good); returns how long the circuit was opened for, when this attempt opened it.
+    fn record(&self, answered: bool, now: tokio::time::Instant) -> Option<Duration> {
+        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if answered {
+            *b = Breaker::default();
+            return None;
+        }
+        b.failures = b.failures.saturating_add(1);
+        if b.failures < BREAKER_THRESHOLD || b.open_until.is_some_and(|u| now < u) {
+            return None;
+        }
+        let doublings = (b.failures - BREAKER_THRESHOLD).min(16);
+        let open_for = BREAKER_FIRST.saturating_mul(1 << doublings).min(BREAKER_LONGEST);
+        b.open_until = Some(now + open_for);
+        Some(open_for)
     }
 }
 
@@ -797,5 +1024,42 @@ impl PollerGuard {
 impl Drop for PollerGuard {
     fn drop(&mut self) {
         self.ssf.pollers.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// G-3, G-6: a stream whose attempts keep failing gets no attempt while its circuit is
+    /// open, then one at a time; an answered attempt closes it.
+    #[test]
+    fn the_circuit_opens_after_repeated_failures_and_closes_on_an_answer() {
+        let s = StreamPush::new(8);
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(s.free(t0), 8);
+        assert_eq!(s.record(false, t0), None);
+        assert_eq!(s.record(false, t0), None);
+        assert_eq!(s.free(t0), 8, "two failures: still open for business");
+        assert_eq!(s.record(false, t0), Some(BREAKER_FIRST), "the third opens it");
+        assert_eq!(s.record(false, t0), None, "an attempt in flight failing meanwhile changes nothing");
+        assert_eq!(s.free(t0 + Duration::from_millis(500)), 0, "open");
+        assert_eq!(s.free(t0 + BREAKER_FIRST), 1, "half-open: one attempt");
+        let slot = s.slots.clone().try_acquire_owned().unwrap();
+        assert_eq!(s.free(t0 + BREAKER_FIRST), 0, "that one is in flight");
+        drop(slot);
+        let t1 = t0 + BREAKER_FIRST;
+        let reopened = s.record(false, t1).unwrap();
+        assert!(reopened > BREAKER_FIRST && reopened <= BREAKER_LONGEST, "{reopened:?}");
+        assert_eq!(s.free(t1 + reopened - Duration::from_millis(1)), 0);
+        for _ in 0..40 {
+            s.record(false, t1 + Duration::from_secs(3600));
+        }
+        let b = s.breaker.lock().unwrap();
+        let open_for = b.open_until.unwrap() - (t1 + Duration::from_secs(3600));
+        assert!(open_for <= BREAKER_LONGEST, "capped: {open_for:?}");
+        drop(b);
+        assert_eq!(s.record(true, t1), None);
+        assert_eq!(s.free(t1), 8, "an answer closes it");
     }
 }

@@ -313,8 +313,10 @@ impl Store {
         on_backend!(self, b => b.service_credentials().await)
     }
 
-    /// Deletes a credential; false when there is none of that name.
-    pub async fn remove_service_credential(&self, name: &str) -> StoreResult<bool> {
+    /// Deletes a credential and, in the same transaction, the Shared Signals streams it owns
+    /// with everything they hold (SECURITY.md G-1); `None` when there is none of that name, else
+    /// the ids of the streams deleted.
+    pub async fn remove_service_credential(&self, name: &str) -> StoreResult<Option<Vec<String>>> {
         on_backend!(self, b => b.remove_service_credential(name).await)
     }
 
@@ -372,7 +374,7 @@ impl Store {
 
     // ---- signing keys ----
 
-    // ---- Shared Signals (docs/SSF.md; statements in `ssf.rs`) ----
+    // ---- Shared Signals (docs/SSF.md; statements and their rules in `ssf.rs`) ----
 
     pub async fn ssf_keys(&self) -> StoreResult<Vec<ssf::SsfKeyRow>> {
         on_backend!(self, b => b.ssf_keys().await)
@@ -386,7 +388,7 @@ impl Store {
         on_backend!(self, b => b.ssf_insert_key(k, only_if_empty).await)
     }
 
-    pub async fn ssf_create_stream(&self, s: &ssf::StreamRow) -> StoreResult<bool> {
+    pub async fn ssf_create_stream(&self, s: &ssf::StreamRow) -> StoreResult<ssf::Created> {
         on_backend!(self, b => b.ssf_create_stream(s).await)
     }
 
@@ -411,38 +413,89 @@ impl Store {
         id: &str,
         status: &str,
         reason: Option<&str>,
+        by: &str,
         announce: Option<&str>,
         now: Millis,
-    ) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_set_status(id, status, reason, announce, now).await)
+    ) -> StoreResult<ssf::StatusChange> {
+        on_backend!(self, b => b.ssf_set_status(id, status, reason, by, announce, now).await)
     }
 
     pub async fn ssf_verify(&self, id: &str, payload: &str, now: Millis, min_interval: Millis) -> StoreResult<bool> {
         on_backend!(self, b => b.ssf_verify(id, payload, now, min_interval).await)
     }
 
-    pub async fn ssf_exclude_subject(&self, id: &str, subject: &str, exclude: bool) -> StoreResult<()> {
-        on_backend!(self, b => b.ssf_exclude_subject(id, subject, exclude).await)
+    pub async fn ssf_exclude_subject(
+        &self,
+        id: &str,
+        subject: &str,
+        keys: (&str, &str),
+        exclude: bool,
+    ) -> StoreResult<ssf::RuleChange> {
+        on_backend!(self, b => b.ssf_exclude_subject(id, subject, keys, exclude).await)
     }
 
-    pub async fn ssf_expand(&self, limit: i64, now: Millis, build: &ssf::BuildSet) -> StoreResult<(usize, usize)> {
-        on_backend!(self, b => b.ssf_expand(limit, now, build).await)
+    pub async fn ssf_unkeyed_rules(&self, limit: i64) -> StoreResult<Vec<(String, String)>> {
+        on_backend!(self, b => b.ssf_unkeyed_rules(limit).await)
     }
 
-    pub async fn ssf_has_unexpanded(&self) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_has_unexpanded().await)
+    pub async fn ssf_set_rule_keys(&self, id: &str, subject: &str, keys: (&str, &str)) -> StoreResult<()> {
+        on_backend!(self, b => b.ssf_set_rule_keys(id, subject, keys).await)
+    }
+
+    pub async fn ssf_has_rules(&self) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_has_rules().await)
+    }
+
+    pub async fn ssf_excluding_streams(&self, user_key: &str, session_key: Option<&str>) -> StoreResult<Vec<String>> {
+        on_backend!(self, b => b.ssf_excluding_streams(user_key, session_key).await)
+    }
+
+    pub async fn ssf_has_unexpanded(&self, now: Millis) -> StoreResult<bool> {
+        on_backend!(self, b => b.ssf_has_unexpanded(now).await)
+    }
+
+    pub async fn ssf_claim_signals(
+        &self,
+        limit: i64,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ssf::SignalRow>> {
+        on_backend!(self, b => b.ssf_claim_signals(limit, now, lease_until).await)
+    }
+
+    pub async fn ssf_store_expanded(&self, batch: &[ssf::Expanded], now: Millis) -> StoreResult<usize> {
+        on_backend!(self, b => b.ssf_store_expanded(batch, now).await)
     }
 
     pub async fn ssf_poll_ready(&self, stream_id: &str, active: bool, now: Millis) -> StoreResult<bool> {
         on_backend!(self, b => b.ssf_poll_ready(stream_id, active, now).await)
     }
 
-    pub async fn ssf_claim_push(&self, now: Millis, lease_until: Millis, limit: i64) -> StoreResult<Vec<ssf::PushJob>> {
-        on_backend!(self, b => b.ssf_claim_push(now, lease_until, limit).await)
+    pub async fn ssf_due_heads(
+        &self,
+        stream_id: &str,
+        now: Millis,
+        limit: i64,
+        all: bool,
+    ) -> StoreResult<Vec<ssf::PushJob>> {
+        on_backend!(self, b => b.ssf_due_heads(stream_id, now, limit, all).await)
     }
 
-    pub async fn ssf_release_lease(&self, id: i64) -> StoreResult<()> {
-        on_backend!(self, b => b.ssf_release_lease(id).await)
+    pub async fn ssf_lease(
+        &self,
+        jobs: Vec<ssf::PushJob>,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreResult<Vec<ssf::PushJob>> {
+        on_backend!(self, b => b.ssf_lease(jobs, now, lease_until).await)
+    }
+
+    pub async fn ssf_release_lease(&self, job: &ssf::PushJob) -> StoreResult<()> {
+        on_backend!(self, b => b.ssf_release_lease(job).await)
+    }
+
+    pub async fn ssf_repair_head(&self, job: &ssf::PushJob) -> StoreResult<()> {
+        on_backend!(self, b => b.ssf_repair_head(job).await)
     }
 
     pub async fn ssf_clear_leases(&self) -> StoreResult<u64> {

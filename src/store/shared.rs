@@ -747,14 +747,15 @@ macro_rules! shared_store {
                     now: Millis,
                 ) -> StoreResult<bool> {
                     let res = sqlx::query(
-                        "INSERT INTO service_credentials (name, secret_digest, scopes, created_at, ssf_aud) \
-                         VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO service_credentials (id, name, secret_digest, scopes, created_at, ssf_aud) \
+                         VALUES ($6, $1, $2, $3, $4, $5)",
                     )
                     .bind(name)
                     .bind(&digest[..])
                     .bind(scopes)
                     .bind(Ts(now))
                     .bind(ssf_aud)
+                    .bind(format!("svc_{}", uuid::Uuid::new_v4().simple()))
                     .execute(self.writer())
                     .await;
                     match res {
@@ -766,18 +767,33 @@ macro_rules! shared_store {
 
                 pub(crate) async fn service_credentials(&self) -> StoreResult<Vec<ServiceCredentialRow>> {
                     Ok(sqlx::query_as(
-                        "SELECT name, scopes, created_at, last_used_at, ssf_aud FROM service_credentials ORDER BY name",
+                        "SELECT id, name, scopes, created_at, last_used_at, ssf_aud FROM service_credentials ORDER BY name",
                     )
                     .fetch_all(self.reader())
                     .await?)
                 }
 
-                pub(crate) async fn remove_service_credential(&self, name: &str) -> StoreResult<bool> {
-                    let r = sqlx::query("DELETE FROM service_credentials WHERE name = $1")
+                /// Deletes a credential and, in the same transaction, the Shared Signals streams it
+                /// owns with every SET, head and subject rule of theirs (SECURITY.md G-1). `None`
+                /// when there is no credential of that name; else the ids of the streams deleted.
+                pub(crate) async fn remove_service_credential(&self, name: &str) -> StoreResult<Option<Vec<String>>> {
+                    let mut tx = self.begin().await?;
+                    let id: Option<String> = sqlx::query_scalar("SELECT id FROM service_credentials WHERE name = $1")
                         .bind(name)
-                        .execute(self.writer())
+                        .fetch_optional(&mut *tx)
                         .await?;
-                    Ok(r.rows_affected() == 1)
+                    let Some(id) = id else { return Ok(None) };
+                    let streams: Vec<String> =
+                        sqlx::query_scalar("SELECT id FROM ssf_streams WHERE owner_id = $1 ORDER BY id")
+                            .bind(&id)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    for stream in &streams {
+                        super::ssf_shared::delete_stream_rows(&mut tx, stream).await?;
+                    }
+                    sqlx::query("DELETE FROM service_credentials WHERE id = $1").bind(&id).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(Some(streams))
                 }
 
                 pub(crate) async fn service_credential_by_digest(
@@ -785,7 +801,7 @@ macro_rules! shared_store {
                     digest: &[u8; 32],
                 ) -> StoreResult<Option<ServiceCredentialRow>> {
                     Ok(sqlx::query_as(
-                        "SELECT name, scopes, created_at, last_used_at, ssf_aud FROM service_credentials \
+                        "SELECT id, name, scopes, created_at, last_used_at, ssf_aud FROM service_credentials \
                          WHERE secret_digest = $1",
                     )
                     .bind(&digest[..])
@@ -798,7 +814,7 @@ macro_rules! shared_store {
                     name: &str,
                 ) -> StoreResult<Option<ServiceCredentialBinding>> {
                     Ok(sqlx::query_as(
-                        "SELECT name, scopes, created_at, last_used_at, ssf_aud, secret_digest \
+                        "SELECT id, name, scopes, created_at, last_used_at, ssf_aud, secret_digest \
                          FROM service_credentials WHERE name = $1",
                     )
                     .bind(name)

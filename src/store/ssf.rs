@@ -1,12 +1,30 @@
 //! Shared Signals storage (docs/SSF.md §3.3): the SET keys, the streams and their subject
 //! rules, the outbox (`ssf_signals`, written by the revoking transactions in `revoke_in` and
-//! `signal_user`) and the stored SETs (`ssf_deliveries`). The store knows rows and states only;
-//! what a SET says and to whom is the `ssf` room's business (it passes a `build` function to
-//! [`expand`](super::Store::ssf_expand)).
+//! `signal_user`), the stored SETs (`ssf_deliveries`) and the head of each push stream's subjects
+//! (`ssf_heads`). The store knows rows and states only; what a SET says and to whom is the `ssf`
+//! room's business.
 //!
-//! Written once for both backends by [`ssf_store!`], like `shared_store!`: PostgreSQL claims
-//! rows `FOR UPDATE SKIP LOCKED` (any number of instances dispatch and push at once, none
-//! waits for another's rows), SQLite needs no lock under `BEGIN IMMEDIATE`.
+//! Written once for both backends by [`ssf_store!`], like `shared_store!`. What the backends do
+//! differently is in the lock clauses the macro is given: PostgreSQL claims outbox rows `FOR
+//! UPDATE SKIP LOCKED` (any number of instances expand at once, none waits for another's rows)
+//! and locks a stream's row before it touches the stream's SETs or heads (`FOR SHARE` to store
+//! SETs, `FOR UPDATE` to change the stream), so a disable and an expansion serialise and no two
+//! transactions take the same locks in opposite orders; SQLite's one writer needs none of it.
+//!
+//! **No write transaction does more than write** (SECURITY.md G-2, G-6): outbox rows are leased
+//! in one short transaction, their SETs built, matched against subject rules (one indexed lookup
+//! per signal) and signed outside any, and stored in another short one; a push claim reads the
+//! due heads of one stream through an index outside any transaction, then leases them with
+//! conditional updates.
+//!
+//! **Heads.** For each (push stream, subject) with a pending SET, `ssf_heads` holds the oldest
+//! (by outbox row, then id): the only one of that subject that may be pushed, leased while its
+//! push is in flight. A stored SET becomes the head when its subject has none, or replaces a
+//! younger head not in flight; a head's completion (delivered, dead letter) makes the next
+//! pending SET of the subject the head ([`recompute_head`]); the rare bulk changes (disable,
+//! redelivery, the retention sweep, a method change) rebuild a stream's heads, keeping those in
+//! flight. A head whose SET is no longer pending (a crash between a bulk change and the end of
+//! its push) is repaired when a claim meets it.
 
 use crate::clock::Millis;
 
@@ -31,6 +49,9 @@ impl std::fmt::Debug for SsfKeyRow {
 #[derive(Clone, sqlx::FromRow)]
 pub struct StreamRow {
     pub id: String,
+    /// The owning credential's immutable id (SECURITY.md G-1): what every ownership check uses.
+    pub owner_id: String,
+    /// The owning credential's name, for listings.
     pub owner: String,
     pub aud: String,
     pub delivery: String,
@@ -43,6 +64,8 @@ pub struct StreamRow {
     pub event_subject: bool,
     pub status: String,
     pub status_reason: Option<String>,
+    /// Who set the status: `operator`, `receiver`, or `None` (never changed).
+    pub status_by: Option<String>,
     pub health: String,
     #[sqlx(try_from = "super::OptTs")]
     pub last_success_at: Option<Millis>,
@@ -55,6 +78,13 @@ pub struct StreamRow {
     pub updated_at: Millis,
 }
 
+impl StreamRow {
+    /// Disabled by an operator: the receiver's own status call cannot lift it (G-1).
+    pub fn operator_disabled(&self) -> bool {
+        self.status == "disabled" && self.status_by.as_deref() == Some(STATUS_BY_OPERATOR)
+    }
+}
+
 /// Never prints the receiver's `authorization_header` (docs/SSF.md §1.2).
 impl std::fmt::Debug for StreamRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,6 +95,11 @@ impl std::fmt::Debug for StreamRow {
             .finish_non_exhaustive()
     }
 }
+
+/// `status_by` of a status set by the operator (the CLI).
+pub const STATUS_BY_OPERATOR: &str = "operator";
+/// `status_by` of a status set by the stream's receiver (`POST /ssf/status`).
+pub const STATUS_BY_RECEIVER: &str = "receiver";
 
 /// An outbox row: one event, not yet expanded into SETs.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -92,6 +127,13 @@ pub struct NewDelivery {
     pub set_jws: String,
 }
 
+/// One leased outbox row and the SETs made of it, to store together.
+#[derive(Debug, Clone)]
+pub struct Expanded {
+    pub signal_id: i64,
+    pub deliveries: Vec<NewDelivery>,
+}
+
 /// A stored SET, as `ssf stream show` lists it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryRow {
@@ -108,19 +150,28 @@ pub struct DeliveryRow {
     pub created_at: Millis,
 }
 
-/// A SET due for a push attempt, leased to this worker.
+/// A due head of a push stream as a claim reads it: the SET to push, or (`state` not pending) a
+/// stale head to repair.
 #[derive(Clone, sqlx::FromRow)]
 pub struct PushJob {
     pub id: i64,
     pub stream_id: String,
-    pub jti: String,
-    pub kind: String,
-    pub set_jws: String,
-    pub attempts: i32,
-    #[sqlx(try_from = "super::Ts")]
-    pub created_at: Millis,
-    pub endpoint_url: Option<String>,
-    pub authorization_header: Option<String>,
+    pub subject_key: String,
+    /// The SET's state; `None` when its row is gone.
+    pub state: Option<String>,
+    pub jti: Option<String>,
+    pub kind: Option<String>,
+    pub set_jws: Option<String>,
+    pub attempts: Option<i32>,
+    #[sqlx(try_from = "super::OptTs")]
+    pub created_at: Option<Millis>,
+}
+
+impl PushJob {
+    /// Whether this head's SET is pending (else the head is stale and must be repaired).
+    pub fn is_pending(&self) -> bool {
+        self.state.as_deref() == Some("pending") && self.set_jws.is_some()
+    }
 }
 
 impl std::fmt::Debug for PushJob {
@@ -137,10 +188,6 @@ pub struct StreamCounts {
     pub dead: i64,
 }
 
-/// The dispatcher's SET builder: given an outbox row, a stream and that stream's excluded
-/// subjects, the SET to store for the stream, or `None`.
-pub type BuildSet = dyn Fn(&SignalRow, &StreamRow, &[String]) -> Option<NewDelivery> + Send + Sync;
-
 /// What a push attempt came to, as the store records it.
 #[derive(Debug, Clone)]
 pub enum PushResult {
@@ -149,17 +196,56 @@ pub enum PushResult {
     Dead { error: String },
 }
 
+/// What a stream create came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// The credential has a stream already.
+    Exists,
+    /// The credential is gone (removed since the request was authenticated).
+    NoOwner,
+}
+
+/// What a status change came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    Changed,
+    NotFound,
+    /// A receiver's change of a stream its operator disabled (G-1): nothing written.
+    OperatorDisabled,
+}
+
+/// What storing a subject rule came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleChange {
+    Done,
+    /// The stream holds [`MAX_SUBJECT_RULES`] rules already: nothing written (G-2).
+    Full,
+}
+
 /// The columns of [`StreamRow`].
-pub(super) const STREAM_COLS: &str = "id, owner, aud, delivery, method, endpoint_url, authorization_header, \
-    events_requested, events_delivered, description, event_subject, status, status_reason, health, \
+pub(super) const STREAM_COLS: &str = "id, owner_id, owner, aud, delivery, method, endpoint_url, authorization_header, \
+    events_requested, events_delivered, description, event_subject, status, status_reason, status_by, health, \
     last_success_at, last_error, last_verify_at, created_at, updated_at";
 
 /// The columns of [`DeliveryRow`].
 pub(super) const DELIVERY_COLS: &str =
     "id, stream_id, jti, kind, state, attempts, next_attempt_at, last_error, created_at";
 
+/// The head row of a pending SET `d` (a `SELECT` list over `ssf_deliveries d`): its user id is
+/// the `user:` subject key's rest.
+pub(super) const HEAD_OF_D: &str = "d.stream_id AS stream_id, d.subject_key AS subject_key, d.id AS delivery_id, \
+    d.signal_id AS signal_id, CASE WHEN d.subject_key LIKE 'user:%' THEN substr(d.subject_key, 6) END AS user_id, \
+    d.next_attempt_at AS next_attempt_at";
+
+/// The columns a head is inserted with, in [`HEAD_OF_D`]'s order.
+pub(super) const HEAD_COLS: &str = "stream_id, subject_key, delivery_id, signal_id, user_id, next_attempt_at";
+
 /// Paused streams hold at most this many SETs (docs/SSF.md §4); past it the oldest are dropped.
 pub const PAUSED_MAX: i64 = 100_000;
+/// The most subject rules one stream holds (G-2; docs/SSF.md §8.7): the next `subjects:remove`
+/// is 400.
+pub const MAX_SUBJECT_RULES: i64 = 2_000;
 /// How long a returned, unacknowledged polled SET waits before it is handed out again (§3.2).
 pub const REDELIVER_AFTER_MS: Millis = 30_000;
 /// Retention: delivered rows 24 h, dead, dropped or never-delivered ones 7 days (§3.3).
@@ -167,15 +253,83 @@ pub const KEEP_DELIVERED_MS: Millis = 24 * 3_600_000;
 pub const KEEP_UNDELIVERED_MS: Millis = 7 * 24 * 3_600_000;
 
 /// Expands to the SSF statements as methods of the backend store `$Store` (connection type
-/// `$Conn`); `$lock_signals` and `$lock_push` are the claims' lock clauses.
+/// `$Conn`). `$skip_locked`, `$for_update` and `$for_share` are the backend's lock clauses
+/// (PostgreSQL's; empty on SQLite, whose one writer needs none).
 macro_rules! ssf_store {
-    ($Store:ident, $Conn:ty, $lock_signals:literal, $lock_push:literal) => {
+    ($Store:ident, $Conn:ty, $skip_locked:literal, $for_update:literal, $for_share:literal) => {
         /// The Shared Signals statements (`store/ssf.rs`), expanded for this backend.
         pub(super) mod ssf_shared {
             use super::$Store as Backend;
             use $crate::clock::Millis;
             use $crate::store::ssf::*;
             use $crate::store::{StoreResult, Ts};
+
+            type Conn = $Conn;
+
+            /// Locks stream `id`'s row for a change of the stream (PostgreSQL): first, before any
+            /// of its SETs or heads, as every transaction that touches them does.
+            async fn lock_stream(c: &mut Conn, id: &str) -> StoreResult<()> {
+                sqlx::query(concat!("SELECT id FROM ssf_streams WHERE id = $1", $for_update))
+                    .bind(id)
+                    .fetch_optional(&mut *c)
+                    .await?;
+                Ok(())
+            }
+
+            /// Deletes stream `id` with every SET, head and subject rule of it (its removal by
+            /// the receiver, the operator, or the removal of its credential: G-1).
+            pub(super) async fn delete_stream_rows(c: &mut Conn, id: &str) -> StoreResult<bool> {
+                lock_stream(c, id).await?;
+                sqlx::query("DELETE FROM ssf_heads WHERE stream_id = $1").bind(id).execute(&mut *c).await?;
+                sqlx::query("DELETE FROM ssf_deliveries WHERE stream_id = $1").bind(id).execute(&mut *c).await?;
+                sqlx::query("DELETE FROM ssf_subject_rules WHERE stream_id = $1").bind(id).execute(&mut *c).await?;
+                let r = sqlx::query("DELETE FROM ssf_streams WHERE id = $1").bind(id).execute(&mut *c).await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            /// Makes the oldest pending SET of (`stream`, `subject`) its head, or leaves it
+            /// without one (a completion, or a repair).
+            async fn recompute_head(c: &mut Conn, stream: &str, subject: &str) -> StoreResult<()> {
+                sqlx::query("DELETE FROM ssf_heads WHERE stream_id = $1 AND subject_key = $2")
+                    .bind(stream)
+                    .bind(subject)
+                    .execute(&mut *c)
+                    .await?;
+                sqlx::query(&format!(
+                    "INSERT INTO ssf_heads ({HEAD_COLS}) SELECT {HEAD_OF_D} \
+                     FROM ssf_deliveries d JOIN ssf_streams s ON s.id = d.stream_id \
+                     WHERE d.stream_id = $1 AND d.subject_key = $2 AND d.state = 'pending' AND s.method = 'push' \
+                     ORDER BY d.signal_id, d.id LIMIT 1"
+                ))
+                .bind(stream)
+                .bind(subject)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            }
+
+            /// Rebuilds the heads of stream `id` after a bulk change of its SETs (disable,
+            /// redelivery, the retention sweep, a change of method); heads in flight are kept
+            /// (their push's end recomputes them), so a subject never has two in flight.
+            async fn rebuild_heads(c: &mut Conn, id: &str, now: Millis) -> StoreResult<()> {
+                sqlx::query("DELETE FROM ssf_heads WHERE stream_id = $1 AND (leased_until IS NULL OR leased_until <= $2)")
+                    .bind(id)
+                    .bind(Ts(now))
+                    .execute(&mut *c)
+                    .await?;
+                sqlx::query(&format!(
+                    "INSERT INTO ssf_heads ({HEAD_COLS}) \
+                     SELECT {HEAD_COLS} FROM ( \
+                       SELECT {HEAD_OF_D}, row_number() OVER (PARTITION BY d.subject_key ORDER BY d.signal_id, d.id) AS rn \
+                       FROM ssf_deliveries d JOIN ssf_streams s ON s.id = d.stream_id \
+                       WHERE d.stream_id = $1 AND d.state = 'pending' AND s.method = 'push') AS x \
+                     WHERE rn = 1 ON CONFLICT (stream_id, subject_key) DO NOTHING"
+                ))
+                .bind(id)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            }
 
             impl Backend {
                 // ---- keys ----
@@ -184,11 +338,13 @@ macro_rules! ssf_store {
                     Ok(sqlx::query_as("SELECT * FROM ssf_keys ORDER BY created_at, kid").fetch_all(self.reader()).await?)
                 }
 
-                /// Kids whose SETs are still stored undelivered or dead (their keys stay
-                /// published after retirement).
+                /// Retired kids whose SETs are still stored undelivered or dead (their keys stay
+                /// published): one index probe per retired key, never a scan of the SETs (G-6).
                 pub(crate) async fn ssf_kids_in_use(&self) -> StoreResult<Vec<String>> {
                     Ok(sqlx::query_scalar(
-                        "SELECT DISTINCT kid FROM ssf_deliveries WHERE state IN ('pending', 'dead')",
+                        "SELECT k.kid FROM ssf_keys k WHERE k.retired_at IS NOT NULL AND (\
+                           EXISTS (SELECT 1 FROM ssf_deliveries d WHERE d.kid = k.kid AND d.state = 'pending') \
+                           OR EXISTS (SELECT 1 FROM ssf_deliveries d WHERE d.kid = k.kid AND d.state = 'dead'))",
                     )
                     .fetch_all(self.reader())
                     .await?)
@@ -221,14 +377,24 @@ macro_rules! ssf_store {
 
                 // ---- streams ----
 
-                /// Creates a stream; false when its owner has one already.
-                pub(crate) async fn ssf_create_stream(&self, s: &StreamRow) -> StoreResult<bool> {
+                /// Creates a stream for the credential `s.owner_id`, if it still exists and has
+                /// no stream yet.
+                pub(crate) async fn ssf_create_stream(&self, s: &StreamRow) -> StoreResult<Created> {
+                    let mut tx = self.begin().await?;
+                    let owner: Option<String> =
+                        sqlx::query_scalar(concat!("SELECT id FROM service_credentials WHERE id = $1", $for_share))
+                            .bind(&s.owner_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if owner.is_none() {
+                        return Ok(Created::NoOwner);
+                    }
                     let r = sqlx::query(
-                        "INSERT INTO ssf_streams (id, owner, aud, delivery, method, endpoint_url, authorization_header, \
-                           events_requested, events_delivered, description, event_subject, status, status_reason, \
-                           health, created_at, updated_at) \
-                         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'ok', $14, $14 \
-                         WHERE NOT EXISTS (SELECT 1 FROM ssf_streams WHERE owner = $2)",
+                        "INSERT INTO ssf_streams (id, owner_id, owner, aud, delivery, method, endpoint_url, \
+                           authorization_header, events_requested, events_delivered, description, event_subject, \
+                           status, status_reason, health, created_at, updated_at) \
+                         SELECT $1, $15, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'ok', $14, $14 \
+                         WHERE NOT EXISTS (SELECT 1 FROM ssf_streams WHERE owner_id = $15 OR owner = $2)",
                     )
                     .bind(&s.id)
                     .bind(&s.owner)
@@ -244,12 +410,17 @@ macro_rules! ssf_store {
                     .bind(&s.status)
                     .bind(&s.status_reason)
                     .bind(Ts(s.created_at))
-                    .execute(self.writer())
+                    .bind(&s.owner_id)
+                    .execute(&mut *tx)
                     .await;
                     match r {
-                        Ok(r) => Ok(r.rows_affected() == 1),
+                        Ok(r) if r.rows_affected() == 1 => {
+                            tx.commit().await?;
+                            Ok(Created::Created)
+                        }
+                        Ok(_) => Ok(Created::Exists),
                         // Two creates racing past NOT EXISTS: the UNIQUE owner decides.
-                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Created::Exists),
                         Err(e) => Err(e.into()),
                     }
                 }
@@ -269,6 +440,8 @@ macro_rules! ssf_store {
 
                 /// Replaces the Receiver-supplied configuration (and what derives from it).
                 pub(crate) async fn ssf_update_stream(&self, s: &StreamRow, now: Millis) -> StoreResult<bool> {
+                    let mut tx = self.begin().await?;
+                    lock_stream(&mut tx, &s.id).await?;
                     let r = sqlx::query(
                         "UPDATE ssf_streams SET delivery = $2, method = $3, endpoint_url = $4, authorization_header = $5, \
                            events_requested = $6, events_delivered = $7, description = $8, updated_at = $9 \
@@ -283,47 +456,66 @@ macro_rules! ssf_store {
                     .bind(&s.events_delivered)
                     .bind(&s.description)
                     .bind(Ts(now))
-                    .execute(self.writer())
-                    .await?;
-                    Ok(r.rows_affected() == 1)
-                }
-
-                /// Deletes a stream; its stored SETs and subject rules go with it (cascade).
-                pub(crate) async fn ssf_delete_stream(&self, id: &str) -> StoreResult<bool> {
-                    let mut tx = self.begin().await?;
-                    sqlx::query("DELETE FROM ssf_deliveries WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
-                    sqlx::query("DELETE FROM ssf_subject_rules WHERE stream_id = $1").bind(id).execute(&mut *tx).await?;
-                    let r = sqlx::query("DELETE FROM ssf_streams WHERE id = $1").bind(id).execute(&mut *tx).await?;
-                    tx.commit().await?;
-                    Ok(r.rows_affected() == 1)
-                }
-
-                /// Sets a stream's status. Disabling drops what it held (§4). `announce`: the
-                /// stream-updated event's payload, queued in the same transaction (a status
-                /// change by sessiond itself, §8.1.5). False when there is no such stream.
-                pub(crate) async fn ssf_set_status(
-                    &self,
-                    id: &str,
-                    status: &str,
-                    reason: Option<&str>,
-                    announce: Option<&str>,
-                    now: Millis,
-                ) -> StoreResult<bool> {
-                    let mut tx = self.begin().await?;
-                    let r = sqlx::query(
-                        "UPDATE ssf_streams SET status = $2, status_reason = $3, updated_at = $4 WHERE id = $1",
-                    )
-                    .bind(id)
-                    .bind(status)
-                    .bind(reason)
-                    .bind(Ts(now))
                     .execute(&mut *tx)
                     .await?;
                     if r.rows_affected() != 1 {
                         return Ok(false);
                     }
+                    // The method may have changed: only push streams have heads.
+                    rebuild_heads(&mut tx, &s.id, now).await?;
+                    tx.commit().await?;
+                    Ok(true)
+                }
+
+                /// Deletes a stream with its stored SETs, heads and subject rules.
+                pub(crate) async fn ssf_delete_stream(&self, id: &str) -> StoreResult<bool> {
+                    let mut tx = self.begin().await?;
+                    let deleted = delete_stream_rows(&mut tx, id).await?;
+                    tx.commit().await?;
+                    Ok(deleted)
+                }
+
+                /// Sets a stream's status, recording who set it (`by`: [`STATUS_BY_OPERATOR`] or
+                /// [`STATUS_BY_RECEIVER`]). A receiver cannot change the status of a stream its
+                /// operator disabled (G-1). Disabling drops what it held (§4). `announce`: the
+                /// stream-updated event's payload, queued in the same transaction (a status
+                /// change by sessiond itself, §8.1.5).
+                pub(crate) async fn ssf_set_status(
+                    &self,
+                    id: &str,
+                    status: &str,
+                    reason: Option<&str>,
+                    by: &str,
+                    announce: Option<&str>,
+                    now: Millis,
+                ) -> StoreResult<StatusChange> {
+                    let mut tx = self.begin().await?;
+                    lock_stream(&mut tx, id).await?;
+                    let current: Option<(String, Option<String>)> =
+                        sqlx::query_as("SELECT status, status_by FROM ssf_streams WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some((current, current_by)) = current else { return Ok(StatusChange::NotFound) };
+                    if by != STATUS_BY_OPERATOR
+                        && current == "disabled"
+                        && current_by.as_deref() == Some(STATUS_BY_OPERATOR)
+                    {
+                        return Ok(StatusChange::OperatorDisabled);
+                    }
+                    sqlx::query(
+                        "UPDATE ssf_streams SET status = $2, status_reason = $3, status_by = $4, updated_at = $5 \
+                         WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(status)
+                    .bind(reason)
+                    .bind(by)
+                    .bind(Ts(now))
+                    .execute(&mut *tx)
+                    .await?;
                     if status == "disabled" {
-                        sqlx::query(
+                        let dropped = sqlx::query(
                             "UPDATE ssf_deliveries SET state = 'dropped', updated_at = $2 \
                              WHERE stream_id = $1 AND state = 'pending' AND kind <> 'stream-updated'",
                         )
@@ -331,6 +523,9 @@ macro_rules! ssf_store {
                         .bind(Ts(now))
                         .execute(&mut *tx)
                         .await?;
+                        if dropped.rows_affected() > 0 {
+                            rebuild_heads(&mut tx, id, now).await?;
+                        }
                     }
                     if let Some(payload) = announce {
                         sqlx::query(
@@ -344,7 +539,7 @@ macro_rules! ssf_store {
                         .await?;
                     }
                     tx.commit().await?;
-                    Ok(true)
+                    Ok(StatusChange::Changed)
                 }
 
                 /// Queues a verification event unless the last one was less than
@@ -382,29 +577,219 @@ macro_rules! ssf_store {
                     Ok(true)
                 }
 
-                pub(crate) async fn ssf_exclude_subject(&self, id: &str, subject: &str, exclude: bool) -> StoreResult<()> {
-                    let sql = if exclude {
-                        "INSERT INTO ssf_subject_rules (stream_id, subject) SELECT $1, $2 \
-                         WHERE NOT EXISTS (SELECT 1 FROM ssf_subject_rules WHERE stream_id = $1 AND subject = $2)"
-                    } else {
-                        "DELETE FROM ssf_subject_rules WHERE stream_id = $1 AND subject = $2"
-                    };
-                    match sqlx::query(sql).bind(id).bind(subject).execute(self.writer()).await {
-                        Ok(_) => Ok(()),
-                        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
-                        Err(e) => Err(e.into()),
+                // ---- subject rules ----
+
+                /// Adds (`exclude`) or deletes the exclusion of `subject` (normalised JSON) on
+                /// stream `id`, stored with its lookup `keys` (`ssf::events::rule_keys`). A new
+                /// rule past [`MAX_SUBJECT_RULES`] is refused ([`RuleChange::Full`]).
+                pub(crate) async fn ssf_exclude_subject(
+                    &self,
+                    id: &str,
+                    subject: &str,
+                    keys: (&str, &str),
+                    exclude: bool,
+                ) -> StoreResult<RuleChange> {
+                    if !exclude {
+                        sqlx::query("DELETE FROM ssf_subject_rules WHERE stream_id = $1 AND subject = $2")
+                            .bind(id)
+                            .bind(subject)
+                            .execute(self.writer())
+                            .await?;
+                        return Ok(RuleChange::Done);
                     }
+                    let mut tx = self.begin().await?;
+                    lock_stream(&mut tx, id).await?;
+                    let exists: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM ssf_subject_rules WHERE stream_id = $1 AND subject = $2)",
+                    )
+                    .bind(id)
+                    .bind(subject)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if exists {
+                        return Ok(RuleChange::Done);
+                    }
+                    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ssf_subject_rules WHERE stream_id = $1")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if n >= MAX_SUBJECT_RULES {
+                        return Ok(RuleChange::Full);
+                    }
+                    sqlx::query(
+                        "INSERT INTO ssf_subject_rules (stream_id, subject, user_key, session_key) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(id)
+                    .bind(subject)
+                    .bind(keys.0)
+                    .bind(keys.1)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(RuleChange::Done)
+                }
+
+                /// Rules stored before their keys existed (migration 0007), at most `limit`:
+                /// `(stream_id, subject)`.
+                pub(crate) async fn ssf_unkeyed_rules(&self, limit: i64) -> StoreResult<Vec<(String, String)>> {
+                    Ok(sqlx::query_as(
+                        "SELECT stream_id, subject FROM ssf_subject_rules WHERE user_key IS NULL ORDER BY stream_id, subject LIMIT $1",
+                    )
+                    .bind(limit)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                pub(crate) async fn ssf_set_rule_keys(
+                    &self,
+                    id: &str,
+                    subject: &str,
+                    keys: (&str, &str),
+                ) -> StoreResult<()> {
+                    sqlx::query(
+                        "UPDATE ssf_subject_rules SET user_key = $3, session_key = $4 WHERE stream_id = $1 AND subject = $2",
+                    )
+                    .bind(id)
+                    .bind(subject)
+                    .bind(keys.0)
+                    .bind(keys.1)
+                    .execute(self.writer())
+                    .await?;
+                    Ok(())
+                }
+
+                /// Whether any stream has a subject rule (when none has, expansion skips the
+                /// lookups).
+                pub(crate) async fn ssf_has_rules(&self) -> StoreResult<bool> {
+                    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ssf_subject_rules)")
+                        .fetch_one(self.reader())
+                        .await?)
+                }
+
+                /// The streams that exclude a subject whose `user` member has the key `user_key`
+                /// and whose `session` member (if it has one) has the key `session_key`: one
+                /// indexed lookup (G-2), whatever the number of rules.
+                pub(crate) async fn ssf_excluding_streams(
+                    &self,
+                    user_key: &str,
+                    session_key: Option<&str>,
+                ) -> StoreResult<Vec<String>> {
+                    Ok(sqlx::query_scalar(
+                        "SELECT DISTINCT stream_id FROM ssf_subject_rules \
+                         WHERE user_key IN ($1, '*') AND (CAST($2 AS TEXT) IS NULL OR session_key IN ($2, '*'))",
+                    )
+                    .bind(user_key)
+                    .bind(session_key)
+                    .fetch_all(self.reader())
+                    .await?)
                 }
 
                 // ---- the dispatcher ----
 
-                /// Whether some outbox row waits to be expanded (a read: the idle dispatcher,
-                /// every second and every revocation, takes no write transaction, which on
-                /// SQLite is the one write lock).
-                pub(crate) async fn ssf_has_unexpanded(&self) -> StoreResult<bool> {
-                    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ssf_signals WHERE expanded_at IS NULL)")
-                        .fetch_one(self.reader())
-                        .await?)
+                /// Whether some outbox row waits to be expanded and is not leased (a read: the
+                /// idle dispatcher, every second and every revocation, takes no write
+                /// transaction, which on SQLite is the one write lock).
+                pub(crate) async fn ssf_has_unexpanded(&self, now: Millis) -> StoreResult<bool> {
+                    Ok(sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM ssf_signals WHERE expanded_at IS NULL \
+                           AND (claimed_until IS NULL OR claimed_until <= $1))",
+                    )
+                    .bind(Ts(now))
+                    .fetch_one(self.reader())
+                    .await?)
+                }
+
+                /// Leases up to `limit` unexpanded outbox rows, oldest first, until
+                /// `lease_until`: one short write transaction (the SETs are built and signed
+                /// outside it, G-2). Another instance takes a row whose lease ran out.
+                pub(crate) async fn ssf_claim_signals(
+                    &self,
+                    limit: i64,
+                    now: Millis,
+                    lease_until: Millis,
+                ) -> StoreResult<Vec<SignalRow>> {
+                    let mut tx = self.begin().await?;
+                    let mut rows: Vec<SignalRow> = sqlx::query_as(concat!(
+                        "UPDATE ssf_signals SET claimed_until = $3 WHERE id IN ( \
+                           SELECT id FROM ssf_signals WHERE expanded_at IS NULL \
+                             AND (claimed_until IS NULL OR claimed_until <= $2) ORDER BY id LIMIT $1",
+                        $skip_locked,
+                        ") RETURNING id, kind, user_id, session_id, reason, txn, occurred_at, stream_id, payload"
+                    ))
+                    .bind(limit)
+                    .bind(Ts(now))
+                    .bind(Ts(lease_until))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    rows.sort_by_key(|r| r.id);
+                    Ok(rows)
+                }
+
+                /// Stores the SETs made of leased outbox rows and marks the rows expanded, in one
+                /// short transaction. A row another instance expanded meanwhile (its lease ran
+                /// out) is skipped with its SETs; a SET for a stream deleted meanwhile is not
+                /// stored, nor one for a stream disabled meanwhile (but its stream-updated
+                /// announcements). Returns the SETs stored.
+                pub(crate) async fn ssf_store_expanded(&self, batch: &[Expanded], now: Millis) -> StoreResult<usize> {
+                    let mut tx = self.begin().await?;
+                    // Every stream row first (a disable waits for this transaction, or this one
+                    // sees the disable), in id order.
+                    sqlx::query(concat!("SELECT id FROM ssf_streams ORDER BY id", $for_share))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let mut stored = 0;
+                    for e in batch {
+                        let r = sqlx::query(
+                            "UPDATE ssf_signals SET expanded_at = $2, claimed_until = NULL \
+                             WHERE id = $1 AND expanded_at IS NULL",
+                        )
+                        .bind(e.signal_id)
+                        .bind(Ts(now))
+                        .execute(&mut *tx)
+                        .await?;
+                        if r.rows_affected() != 1 {
+                            continue;
+                        }
+                        for d in &e.deliveries {
+                            let id: Option<i64> = sqlx::query_scalar(
+                                "INSERT INTO ssf_deliveries (stream_id, jti, signal_id, kind, subject_key, kid, set_jws, \
+                                   state, attempts, next_attempt_at, created_at, updated_at) \
+                                 SELECT $1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8 FROM ssf_streams s \
+                                 WHERE s.id = $1 AND (s.status <> 'disabled' OR $4 = 'stream-updated') \
+                                 RETURNING id",
+                            )
+                            .bind(&d.stream_id)
+                            .bind(&d.jti)
+                            .bind(e.signal_id)
+                            .bind(&d.kind)
+                            .bind(&d.subject_key)
+                            .bind(&d.kid)
+                            .bind(&d.set_jws)
+                            .bind(Ts(now))
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            let Some(id) = id else { continue };
+                            stored += 1;
+                            // The subject's head, unless it has an older one or one in flight.
+                            sqlx::query(&format!(
+                                "INSERT INTO ssf_heads ({HEAD_COLS}) SELECT {HEAD_OF_D} \
+                                 FROM ssf_deliveries d JOIN ssf_streams s ON s.id = d.stream_id \
+                                 WHERE d.id = $1 AND s.method = 'push' \
+                                 ON CONFLICT (stream_id, subject_key) DO UPDATE SET delivery_id = excluded.delivery_id, \
+                                   signal_id = excluded.signal_id, next_attempt_at = excluded.next_attempt_at, \
+                                   leased_until = NULL \
+                                 WHERE ssf_heads.signal_id > excluded.signal_id \
+                                   AND (ssf_heads.leased_until IS NULL OR ssf_heads.leased_until <= $2)"
+                            ))
+                            .bind(id)
+                            .bind(Ts(now))
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(stored)
                 }
 
                 /// Whether a poll of `stream_id` would hand out a SET now (a read: a waiting long
@@ -421,164 +806,126 @@ macro_rules! ssf_store {
                     .await?)
                 }
 
-                /// Claims up to `limit` outbox rows, builds their SETs with `build` (given the
-                /// signal, a stream and that stream's excluded subjects; `None` = not for this
-                /// stream) and stores them with the rows marked expanded, in one transaction.
-                /// Returns how many signals were expanded and the SETs stored.
-                pub(crate) async fn ssf_expand(
-                    &self,
-                    limit: i64,
-                    now: Millis,
-                    build: &BuildSet,
-                ) -> StoreResult<(usize, usize)> {
-                    let mut tx = self.begin().await?;
-                    let signals: Vec<SignalRow> = sqlx::query_as(concat!(
-                        "SELECT id, kind, user_id, session_id, reason, txn, occurred_at, stream_id, payload \
-                         FROM ssf_signals WHERE expanded_at IS NULL ORDER BY id LIMIT $1",
-                        $lock_signals
-                    ))
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    if signals.is_empty() {
-                        return Ok((0, 0));
-                    }
-                    let streams: Vec<StreamRow> =
-                        sqlx::query_as(&format!("SELECT {STREAM_COLS} FROM ssf_streams ORDER BY id"))
-                            .fetch_all(&mut *tx)
-                            .await?;
-                    let rules: Vec<(String, String)> =
-                        sqlx::query_as("SELECT stream_id, subject FROM ssf_subject_rules").fetch_all(&mut *tx).await?;
-                    let mut stored = 0;
-                    for signal in &signals {
-                        for stream in &streams {
-                            let excluded: Vec<String> =
-                                rules.iter().filter(|(s, _)| *s == stream.id).map(|(_, r)| r.clone()).collect();
-                            let Some(d) = build(signal, stream, &excluded) else { continue };
-                            sqlx::query(
-                                "INSERT INTO ssf_deliveries (stream_id, jti, signal_id, kind, subject_key, kid, set_jws, \
-                                   state, attempts, next_attempt_at, created_at, updated_at) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8)",
-                            )
-                            .bind(&d.stream_id)
-                            .bind(&d.jti)
-                            .bind(signal.id)
-                            .bind(&d.kind)
-                            .bind(&d.subject_key)
-                            .bind(&d.kid)
-                            .bind(&d.set_jws)
-                            .bind(Ts(now))
-                            .execute(&mut *tx)
-                            .await?;
-                            stored += 1;
-                        }
-                        sqlx::query("UPDATE ssf_signals SET expanded_at = $2 WHERE id = $1")
-                            .bind(signal.id)
-                            .bind(Ts(now))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    tx.commit().await?;
-                    Ok((signals.len(), stored))
-                }
-
                 // ---- push ----
 
-                /// Leases up to `limit` SETs due for a push: on enabled push streams (a
-                /// stream-updated SET goes out whatever the status, ahead of what is held), the
-                /// oldest pending SET of each subject only (SETs about one subject are never in
-                /// flight together nor reordered, §3.1), not leased by another worker. "Oldest"
-                /// is by outbox row (the order events were written), not by stored SET: two
-                /// instances may expand one user's events in either order.
-                ///
-                /// "Oldest pending of its subject" is `row_number() = 1` over the pending SETs
-                /// partitioned by (stream, subject): one sort of the backlog per claim, whatever
-                /// the planner believes. It was a correlated `NOT EXISTS (an older pending SET
-                /// of this subject)`, which PostgreSQL runs as a nested loop probing through
-                /// `ssf_deliveries_stream_idx` (every pending SET of the stream, per candidate)
-                /// when its statistics say few SETs are pending, as they do while a burst is
-                /// new (measured: the generic plan of sqlx's prepared statement, at 5,000
-                /// pending, even with `ssf_deliveries_subject_idx`): quadratic in the backlog,
-                /// 4.4 s per claim, so a logout-everyone over 5,000 sessions was pushed at ~10
-                /// SETs/s (BENCHMARKS.md, `ssf`). This form takes 15 ms there (generic or
-                /// custom plan), and 29 ms on SQLite (the probe with that index: 11 ms; SQLite
-                /// has no such plan flip, but one query serves both). Poll streams' rows and a
-                /// paused stream's held rows are left out before the window: their partitions
-                /// go whole (a paused stream keeps only its stream-updated rows, a subject of
-                /// their own), so the numbering of the rest is unchanged. The outer query
-                /// repeats the state and lease checks, which PostgreSQL re-evaluates on a row
-                /// another instance has just leased.
-                pub(crate) async fn ssf_claim_push(
+                /// Up to `limit` heads of push stream `stream_id` due at `now` and not leased,
+                /// read outside any transaction: its stream-updated head first, then (`all`: the
+                /// stream is enabled) the others by due time through `ssf_heads_due_idx`. A head
+                /// waits while an older outbox row about its user is still unexpanded (SETs about
+                /// one user are never reordered, even when instances expand out of order).
+                /// Heads whose SET is no longer pending come back too (`!is_pending()`), to be
+                /// repaired. Only one stream's heads are read, so a stream whose receiver stalls
+                /// never fills the claims of another (G-3).
+                pub(crate) async fn ssf_due_heads(
                     &self,
+                    stream_id: &str,
                     now: Millis,
-                    lease_until: Millis,
                     limit: i64,
+                    all: bool,
                 ) -> StoreResult<Vec<PushJob>> {
-                    // A read first (`ssf_deliveries_due_idx`): nothing due, no write transaction.
-                    let due: bool = sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM ssf_deliveries WHERE state = 'pending' AND next_attempt_at <= $1)",
-                    )
-                    .bind(Ts(now))
-                    .fetch_one(self.reader())
-                    .await?;
-                    if !due {
-                        return Ok(Vec::new());
-                    }
-                    let mut tx = self.begin().await?;
-                    let jobs: Vec<PushJob> = sqlx::query_as(concat!(
-                        "SELECT d.id, d.stream_id, d.jti, d.kind, d.set_jws, d.attempts, d.created_at, \
-                           s.endpoint_url, s.authorization_header \
-                         FROM ssf_deliveries d JOIN ssf_streams s ON s.id = d.stream_id \
-                         WHERE d.state = 'pending' AND (d.leased_until IS NULL OR d.leased_until <= $1) \
-                           AND d.id IN ( \
-                             SELECT h.id FROM ( \
-                               SELECT e.id, e.kind, e.signal_id, e.next_attempt_at, e.leased_until, \
-                                 row_number() OVER (PARTITION BY e.stream_id, e.subject_key \
-                                                    ORDER BY e.signal_id, e.id) AS rn \
-                               FROM ssf_deliveries e JOIN ssf_streams t ON t.id = e.stream_id \
-                               WHERE e.state = 'pending' AND t.method = 'push' \
-                                 AND (t.status = 'enabled' OR e.kind = 'stream-updated')) h \
-                             WHERE h.rn = 1 AND h.next_attempt_at <= $1 \
-                               AND (h.leased_until IS NULL OR h.leased_until <= $1) \
-                             ORDER BY CASE WHEN h.kind = 'stream-updated' THEN 0 ELSE 1 END, h.signal_id, h.id \
-                             LIMIT $2) \
-                         ORDER BY CASE WHEN d.kind = 'stream-updated' THEN 0 ELSE 1 END, d.signal_id, d.id LIMIT $2",
-                        $lock_push
-                    ))
-                    .bind(Ts(now))
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    for j in &jobs {
-                        sqlx::query("UPDATE ssf_deliveries SET leased_until = $2 WHERE id = $1")
-                            .bind(j.id)
-                            .bind(Ts(lease_until))
-                            .execute(&mut *tx)
+                    const SELECT: &str = "SELECT h.delivery_id AS id, h.stream_id, h.subject_key, d.state, d.jti, \
+                          d.kind, d.set_jws, d.attempts, d.created_at \
+                        FROM ssf_heads h LEFT JOIN ssf_deliveries d ON d.id = h.delivery_id \
+                        WHERE h.stream_id = $1 AND h.next_attempt_at <= $2 \
+                          AND (h.leased_until IS NULL OR h.leased_until <= $2) \
+                          AND NOT EXISTS (SELECT 1 FROM ssf_signals g \
+                            WHERE g.expanded_at IS NULL AND g.user_id = h.user_id AND g.id < h.signal_id)";
+                    let mut jobs: Vec<PushJob> =
+                        sqlx::query_as(&format!("{SELECT} AND h.subject_key = 'stream-updated'"))
+                            .bind(stream_id)
+                            .bind(Ts(now))
+                            .fetch_all(self.reader())
                             .await?;
+                    let rest = limit - jobs.len() as i64;
+                    if all && rest > 0 {
+                        let more: Vec<PushJob> = sqlx::query_as(&format!(
+                            "{SELECT} AND h.subject_key <> 'stream-updated' ORDER BY h.next_attempt_at LIMIT $3"
+                        ))
+                        .bind(stream_id)
+                        .bind(Ts(now))
+                        .bind(rest)
+                        .fetch_all(self.reader())
+                        .await?;
+                        jobs.extend(more);
                     }
-                    tx.commit().await?;
                     Ok(jobs)
                 }
 
-                /// Gives a leased SET back at once (this worker will not push it now).
-                pub(crate) async fn ssf_release_lease(&self, id: i64) -> StoreResult<()> {
-                    sqlx::query("UPDATE ssf_deliveries SET leased_until = NULL WHERE id = $1 AND state = 'pending'")
-                        .bind(id)
-                        .execute(self.writer())
+                /// Leases the heads of `jobs` (read by [`ssf_due_heads`](Self::ssf_due_heads))
+                /// until `lease_until`, each only if it is still that SET's head and not leased
+                /// by another worker: one short write transaction. Returns the jobs leased.
+                pub(crate) async fn ssf_lease(
+                    &self,
+                    jobs: Vec<PushJob>,
+                    now: Millis,
+                    lease_until: Millis,
+                ) -> StoreResult<Vec<PushJob>> {
+                    if jobs.is_empty() {
+                        return Ok(jobs);
+                    }
+                    let mut tx = self.begin().await?;
+                    let mut leased = Vec::with_capacity(jobs.len());
+                    for j in jobs {
+                        let r = sqlx::query(
+                            "UPDATE ssf_heads SET leased_until = $4 \
+                             WHERE stream_id = $1 AND subject_key = $2 AND delivery_id = $3 \
+                               AND (leased_until IS NULL OR leased_until <= $5)",
+                        )
+                        .bind(&j.stream_id)
+                        .bind(&j.subject_key)
+                        .bind(j.id)
+                        .bind(Ts(lease_until))
+                        .bind(Ts(now))
+                        .execute(&mut *tx)
                         .await?;
+                        if r.rows_affected() == 1 {
+                            leased.push(j);
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(leased)
+                }
+
+                /// Gives a leased head back at once (this worker will not push it now).
+                pub(crate) async fn ssf_release_lease(&self, job: &PushJob) -> StoreResult<()> {
+                    sqlx::query(
+                        "UPDATE ssf_heads SET leased_until = NULL \
+                         WHERE stream_id = $1 AND subject_key = $2 AND delivery_id = $3",
+                    )
+                    .bind(&job.stream_id)
+                    .bind(&job.subject_key)
+                    .bind(job.id)
+                    .execute(self.writer())
+                    .await?;
                     Ok(())
                 }
 
-                /// Drops every lease: for a single-instance database at start, where any lease
-                /// left is a killed process's push that will never report.
-                pub(crate) async fn ssf_clear_leases(&self) -> StoreResult<u64> {
-                    let r = sqlx::query("UPDATE ssf_deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL")
-                        .execute(self.writer())
-                        .await?;
-                    Ok(r.rows_affected())
+                /// Repairs a stale head (its SET is no longer pending): the subject's next pending
+                /// SET becomes its head.
+                pub(crate) async fn ssf_repair_head(&self, job: &PushJob) -> StoreResult<()> {
+                    let mut tx = self.begin().await?;
+                    lock_stream(&mut tx, &job.stream_id).await?;
+                    recompute_head(&mut tx, &job.stream_id, &job.subject_key).await?;
+                    tx.commit().await?;
+                    Ok(())
                 }
 
-                /// Records a push attempt's result (and the stream's health).
+                /// Drops every push lease and outbox lease: for a single-instance database at
+                /// start, where any lease left is a killed process's work that will never report.
+                pub(crate) async fn ssf_clear_leases(&self) -> StoreResult<u64> {
+                    let heads = sqlx::query("UPDATE ssf_heads SET leased_until = NULL WHERE leased_until IS NOT NULL")
+                        .execute(self.writer())
+                        .await?;
+                    sqlx::query(
+                        "UPDATE ssf_signals SET claimed_until = NULL WHERE claimed_until IS NOT NULL AND expanded_at IS NULL",
+                    )
+                    .execute(self.writer())
+                    .await?;
+                    Ok(heads.rows_affected())
+                }
+
+                /// Records a push attempt's result (and the stream's health); a SET that is done
+                /// hands its subject's head to the next pending SET.
                 pub(crate) async fn ssf_push_result(
                     &self,
                     job: &PushJob,
@@ -586,16 +933,9 @@ macro_rules! ssf_store {
                     now: Millis,
                 ) -> StoreResult<()> {
                     let mut tx = self.begin().await?;
+                    // The stream's row first (its health), as every transaction on its SETs.
                     match result {
                         PushResult::Delivered => {
-                            sqlx::query(
-                                "UPDATE ssf_deliveries SET state = 'delivered', attempts = attempts + 1, \
-                                   leased_until = NULL, updated_at = $2 WHERE id = $1 AND state = 'pending'",
-                            )
-                            .bind(job.id)
-                            .bind(Ts(now))
-                            .execute(&mut *tx)
-                            .await?;
                             sqlx::query(
                                 "UPDATE ssf_streams SET health = 'ok', last_success_at = $2, last_error = NULL WHERE id = $1",
                             )
@@ -603,11 +943,26 @@ macro_rules! ssf_store {
                             .bind(Ts(now))
                             .execute(&mut *tx)
                             .await?;
+                            sqlx::query(
+                                "UPDATE ssf_deliveries SET state = 'delivered', attempts = attempts + 1, \
+                                   updated_at = $2 WHERE id = $1 AND state = 'pending'",
+                            )
+                            .bind(job.id)
+                            .bind(Ts(now))
+                            .execute(&mut *tx)
+                            .await?;
+                            recompute_head(&mut tx, &job.stream_id, &job.subject_key).await?;
                         }
                         PushResult::Retry { next_attempt_at, error, failing } => {
+                            sqlx::query("UPDATE ssf_streams SET health = $2, last_error = $3 WHERE id = $1")
+                                .bind(&job.stream_id)
+                                .bind(if *failing { "failing" } else { "retrying" })
+                                .bind(error)
+                                .execute(&mut *tx)
+                                .await?;
                             sqlx::query(
                                 "UPDATE ssf_deliveries SET attempts = attempts + 1, next_attempt_at = $2, \
-                                   leased_until = NULL, last_error = $3, updated_at = $4 WHERE id = $1 AND state = 'pending'",
+                                   last_error = $3, updated_at = $4 WHERE id = $1 AND state = 'pending'",
                             )
                             .bind(job.id)
                             .bind(Ts(*next_attempt_at))
@@ -615,16 +970,25 @@ macro_rules! ssf_store {
                             .bind(Ts(now))
                             .execute(&mut *tx)
                             .await?;
-                            sqlx::query("UPDATE ssf_streams SET health = $2, last_error = $3 WHERE id = $1")
+                            sqlx::query(
+                                "UPDATE ssf_heads SET next_attempt_at = $4, leased_until = NULL \
+                                 WHERE stream_id = $1 AND subject_key = $2 AND delivery_id = $3",
+                            )
+                            .bind(&job.stream_id)
+                            .bind(&job.subject_key)
+                            .bind(job.id)
+                            .bind(Ts(*next_attempt_at))
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        PushResult::Dead { error } => {
+                            sqlx::query("UPDATE ssf_streams SET last_error = $2 WHERE id = $1")
                                 .bind(&job.stream_id)
-                                .bind(if *failing { "failing" } else { "retrying" })
                                 .bind(error)
                                 .execute(&mut *tx)
                                 .await?;
-                        }
-                        PushResult::Dead { error } => {
                             sqlx::query(
-                                "UPDATE ssf_deliveries SET state = 'dead', attempts = attempts + 1, leased_until = NULL, \
+                                "UPDATE ssf_deliveries SET state = 'dead', attempts = attempts + 1, \
                                    last_error = $2, updated_at = $3 WHERE id = $1 AND state = 'pending'",
                             )
                             .bind(job.id)
@@ -632,11 +996,7 @@ macro_rules! ssf_store {
                             .bind(Ts(now))
                             .execute(&mut *tx)
                             .await?;
-                            sqlx::query("UPDATE ssf_streams SET last_error = $2 WHERE id = $1")
-                                .bind(&job.stream_id)
-                                .bind(error)
-                                .execute(&mut *tx)
-                                .await?;
+                            recompute_head(&mut tx, &job.stream_id, &job.subject_key).await?;
                         }
                     }
                     tx.commit().await?;
@@ -724,12 +1084,14 @@ macro_rules! ssf_store {
                     .await?)
                 }
 
+                /// Pending and dead SETs per stream (through `ssf_deliveries_stream_idx`; streams
+                /// with neither are absent).
                 pub(crate) async fn ssf_counts(&self) -> StoreResult<Vec<StreamCounts>> {
                     Ok(sqlx::query_as(
                         "SELECT stream_id, \
                            SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending, \
                            SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS dead \
-                         FROM ssf_deliveries GROUP BY stream_id",
+                         FROM ssf_deliveries WHERE state IN ('pending', 'dead') GROUP BY stream_id",
                     )
                     .fetch_all(self.reader())
                     .await?)
@@ -737,6 +1099,8 @@ macro_rules! ssf_store {
 
                 /// Re-queues the stream's dead letters (created at or after `since`).
                 pub(crate) async fn ssf_redeliver(&self, stream_id: &str, since: Millis, now: Millis) -> StoreResult<u64> {
+                    let mut tx = self.begin().await?;
+                    lock_stream(&mut tx, stream_id).await?;
                     let r = sqlx::query(
                         "UPDATE ssf_deliveries SET state = 'pending', attempts = 0, next_attempt_at = $3, \
                            leased_until = NULL, returned_at = NULL, updated_at = $3 \
@@ -745,8 +1109,12 @@ macro_rules! ssf_store {
                     .bind(stream_id)
                     .bind(Ts(since))
                     .bind(Ts(now))
-                    .execute(self.writer())
+                    .execute(&mut *tx)
                     .await?;
+                    if r.rows_affected() > 0 {
+                        rebuild_heads(&mut tx, stream_id, now).await?;
+                    }
+                    tx.commit().await?;
                     Ok(r.rows_affected())
                 }
 
@@ -761,21 +1129,36 @@ macro_rules! ssf_store {
                     .bind(Ts(now - KEEP_UNDELIVERED_MS))
                     .execute(self.writer())
                     .await?;
-                    let old = sqlx::query(
-                        "UPDATE ssf_deliveries SET state = 'dropped', updated_at = $2 \
-                         WHERE state = 'pending' AND created_at < $1",
+                    let mut dropped = 0;
+                    let old: Vec<String> = sqlx::query_scalar(
+                        "SELECT DISTINCT stream_id FROM ssf_deliveries WHERE state = 'pending' AND created_at < $1",
                     )
                     .bind(Ts(now - KEEP_UNDELIVERED_MS))
-                    .bind(Ts(now))
-                    .execute(self.writer())
-                    .await?
-                    .rows_affected();
-                    let mut over = 0;
+                    .fetch_all(self.reader())
+                    .await?;
+                    for stream in old {
+                        let mut tx = self.begin().await?;
+                        lock_stream(&mut tx, &stream).await?;
+                        dropped += sqlx::query(
+                            "UPDATE ssf_deliveries SET state = 'dropped', updated_at = $3 \
+                             WHERE stream_id = $1 AND state = 'pending' AND created_at < $2",
+                        )
+                        .bind(&stream)
+                        .bind(Ts(now - KEEP_UNDELIVERED_MS))
+                        .bind(Ts(now))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        rebuild_heads(&mut tx, &stream, now).await?;
+                        tx.commit().await?;
+                    }
                     for c in self.ssf_counts().await? {
                         if c.pending <= PAUSED_MAX {
                             continue;
                         }
-                        over += sqlx::query(
+                        let mut tx = self.begin().await?;
+                        lock_stream(&mut tx, &c.stream_id).await?;
+                        dropped += sqlx::query(
                             "UPDATE ssf_deliveries SET state = 'dropped', updated_at = $3 WHERE id IN ( \
                                SELECT id FROM ssf_deliveries WHERE stream_id = $1 AND state = 'pending' \
                                ORDER BY id LIMIT $2)",
@@ -783,20 +1166,19 @@ macro_rules! ssf_store {
                         .bind(&c.stream_id)
                         .bind(c.pending - PAUSED_MAX)
                         .bind(Ts(now))
-                        .execute(self.writer())
+                        .execute(&mut *tx)
                         .await?
                         .rows_affected();
+                        rebuild_heads(&mut tx, &c.stream_id, now).await?;
+                        tx.commit().await?;
                     }
                     sqlx::query("DELETE FROM ssf_signals WHERE expanded_at IS NOT NULL AND expanded_at < $1")
                         .bind(Ts(now - KEEP_DELIVERED_MS))
                         .execute(self.writer())
                         .await?;
-                    Ok(old + over)
+                    Ok(dropped)
                 }
             }
-
-            #[allow(dead_code)]
-            type Conn = $Conn;
         }
     };
 }

@@ -169,6 +169,9 @@ pub struct LogEntry {
 /// A service credential as stored, without its digest (docs/API.md §8).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ServiceCredentialRow {
+    /// Immutable, never reused (migration 0007): what owns the credential's Shared Signals
+    /// stream, so a credential added later under the same name owns nothing of the old one's.
+    pub id: String,
     pub name: String,
     /// Space-separated scopes.
     pub scopes: String,

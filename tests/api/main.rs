@@ -41,6 +41,7 @@ mod service;
 mod ssf;
 mod ssf_auth;
 mod ssf_crash;
+mod ssf_hardening;
 mod throttling;
 mod upgrade;
 mod ws;

@@ -46,7 +46,13 @@ pub async fn receiver_credential(app: &TestApp) -> (String, String) {
     (name, sk)
 }
 
-async fn call(app: &TestApp, method: reqwest::Method, path: &str, sk: &str, body: Option<Value>) -> reqwest::Response {
+pub async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    sk: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
     let mut req = app.client.request(method, app.url(path)).bearer_auth(sk);
     if let Some(b) = body {
         req = req.json(&b);
@@ -54,7 +60,7 @@ async fn call(app: &TestApp, method: reqwest::Method, path: &str, sk: &str, body
     req.send().await.unwrap()
 }
 
-async fn post(app: &TestApp, path: &str, sk: &str, body: Value) -> reqwest::Response {
+pub async fn post(app: &TestApp, path: &str, sk: &str, body: Value) -> reqwest::Response {
     call(app, reqwest::Method::POST, path, sk, Some(body)).await
 }
 
@@ -100,13 +106,13 @@ impl Checker {
 }
 
 /// The next pushed SET, checked; panics after `WAIT`.
-async fn next_set(rx: &Receiver, c0: &mut Checker, aud: &str) -> (Received, Value) {
+pub async fn next_set(rx: &Receiver, c0: &mut Checker, aud: &str) -> (Received, Value) {
     let got = rx.next(WAIT).await.expect("a SET within 5 s");
     let claims = c0.check(&got.body, aud);
     (got, claims)
 }
 
-fn event_of(claims: &Value) -> (String, Value) {
+pub fn event_of(claims: &Value) -> (String, Value) {
     let (k, v) = claims["events"].as_object().unwrap().iter().next().unwrap();
     (k.clone(), v.clone())
 }
@@ -503,12 +509,16 @@ async fn c16_retry_until_accepted_byte_identical() {
     rx.answer_next(500, "");
     let t = app.new_session().await;
     app.post_auth("/v1/auth/logout", &t.access, None).await;
+    let id = stream["stream_id"].as_str().unwrap();
     let (first, _) = next_set(&rx, &mut c0, &name).await;
     assert_eq!(first.answered, 500);
-    // The backoff (1 s, then 5 s) runs on the server's clock: move it instead of waiting.
+    // The backoff (1 s, then 5 s) runs on the server's clock from the end of each attempt: once
+    // the attempt is recorded, move the clock instead of waiting.
+    wait_attempts(&app, id, 1).await;
     app.clock.advance(Duration::from_secs(2));
     let second = rx.next(WAIT).await.expect("a retry");
     assert_eq!(second.answered, 500);
+    wait_attempts(&app, id, 2).await;
     app.clock.advance(Duration::from_secs(7));
     let third = rx.next(WAIT).await.expect("a second retry");
     assert_eq!(third.answered, 202);
@@ -519,9 +529,21 @@ async fn c16_retry_until_accepted_byte_identical() {
     assert_eq!(rx.count(), 3);
     // Observable per stream: two retries, one delivery.
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let id = stream["stream_id"].as_str().unwrap();
     assert!(metrics.contains(&format!("sessiond_ssf_retries_total{{stream=\"{id}\"}} 2")), "{metrics}");
     assert!(metrics.contains(&format!("sessiond_ssf_delivered_total{{stream=\"{id}\"}} 1")), "{metrics}");
+}
+
+/// Waits (bounded) until the one pending SET of stream `id` has `n` recorded attempts.
+pub async fn wait_attempts(app: &TestApp, id: &str, n: i32) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let pending = app.state.store.ssf_undelivered(id, 10).await.unwrap();
+        if pending.iter().any(|d| d.state == "pending" && d.attempts >= n) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "attempt {n} was never recorded: {pending:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -721,7 +743,7 @@ async fn c23_operator_pause_enable_announce_and_delete() {
 }
 
 /// `sessiond ssf ARGS… --database-url URL` against the test's database.
-fn ssf_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+pub fn ssf_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())

@@ -207,39 +207,44 @@ async fn setup() -> Option<Setup> {
     })
 }
 
-/// `(attempts, next_attempt_at, leased_until)` of the stored SET `jti`, in ms since the epoch.
+/// `(attempts, next_attempt_at, leased_until)` of the stored SET `jti`, in ms since the epoch
+/// (the push lease is its head's, `ssf_heads`).
 async fn schedule(url: &str, jti: &str) -> (i64, i64, Option<i64>) {
     assert!(jti.len() == 32 && jti.chars().all(|c| c.is_ascii_hexdigit()), "jti {jti:?} is not 32 hex digits");
     let mut raw = RawDb::connect(url).await.unwrap();
     match &mut raw {
         RawDb::Sqlite(c) => {
-            let sql = format!("SELECT attempts, next_attempt_at, leased_until FROM ssf_deliveries WHERE jti = '{jti}'");
+            let sql = format!(
+                "SELECT d.attempts, d.next_attempt_at, h.leased_until FROM ssf_deliveries d \
+                 LEFT JOIN ssf_heads h ON h.delivery_id = d.id WHERE d.jti = '{jti}'"
+            );
             sqlx::query_as(&sql).fetch_one(c).await.unwrap()
         }
         RawDb::Postgres(c) => {
             let ms = |col: &str| format!("(EXTRACT(EPOCH FROM {col}) * 1000)::bigint");
             let sql = format!(
-                "SELECT attempts::bigint, {}, {} FROM ssf_deliveries WHERE jti = '{jti}'",
-                ms("next_attempt_at"),
-                ms("leased_until")
+                "SELECT d.attempts::bigint, {}, {} FROM ssf_deliveries d \
+                 LEFT JOIN ssf_heads h ON h.delivery_id = d.id WHERE d.jti = '{jti}'",
+                ms("d.next_attempt_at"),
+                ms("h.leased_until")
             );
             sqlx::query_as(&sql).fetch_one(c).await.unwrap()
         }
     }
 }
 
-/// The latest `leased_until` among the stream's stored SETs (ms since the epoch), if any.
+/// The latest push lease among the stream's heads (ms since the epoch), if any.
 async fn stream_lease(url: &str, stream_id: &str) -> Option<i64> {
     assert!(stream_id.starts_with("st_") && stream_id[3..].chars().all(|c| c.is_ascii_hexdigit()));
     let mut raw = RawDb::connect(url).await.unwrap();
     match &mut raw {
         RawDb::Sqlite(c) => {
-            let sql = format!("SELECT MAX(leased_until) FROM ssf_deliveries WHERE stream_id = '{stream_id}'");
+            let sql = format!("SELECT MAX(leased_until) FROM ssf_heads WHERE stream_id = '{stream_id}'");
             sqlx::query_scalar(&sql).fetch_one(c).await.unwrap()
         }
         RawDb::Postgres(c) => {
             let sql = format!(
-                "SELECT (EXTRACT(EPOCH FROM MAX(leased_until)) * 1000)::bigint FROM ssf_deliveries WHERE stream_id = '{stream_id}'"
+                "SELECT (EXTRACT(EPOCH FROM MAX(leased_until)) * 1000)::bigint FROM ssf_heads WHERE stream_id = '{stream_id}'"
             );
             sqlx::query_scalar(&sql).fetch_one(c).await.unwrap()
         }

@@ -1,7 +1,9 @@
-//! Upgrades (issue 12): a database written by the sessiond of migrations 0001–0003 (times as
-//! integer milliseconds, flags as 0/1 on both backends), then today's server started on it,
-//! which runs the remaining migrations (on PostgreSQL, 0004 converts to `timestamptz` and
-//! `boolean` in place). Everything the old rows said must still hold, over HTTP.
+//! Upgrades: a database written by an older sessiond, then today's server started on it, which
+//! runs the remaining migrations. Everything the old rows said must still hold, over HTTP.
+//! - Issue 12: migrations 0001–0003 (times as integer milliseconds, flags as 0/1 on both
+//!   backends; on PostgreSQL, 0004 converts to `timestamptz` and `boolean` in place).
+//! - Issue 20: migrations 0001–0006 with Shared Signals streams (0007: streams owned by the
+//!   credential's id, a removed credential's stream gone, heads, keyed subject rules).
 
 use std::path::Path;
 
@@ -12,9 +14,10 @@ use sessiond::tokens::refresh::RefreshToken;
 
 use crate::helpers::*;
 
-/// The migrations of the sessiond before issue 12, as a migrator of their own (a copy of files
-/// 0001–0003: their checksums are the ones today's server expects).
-async fn old_migrator(dir: &Path) -> sqlx::migrate::Migrator {
+/// The migrations of an older sessiond (`versions`, e.g. 0001–0003 before issue 12), as a
+/// migrator of their own (copies of the files: their checksums are the ones today's server
+/// expects).
+async fn old_migrator(dir: &Path, versions: &[&str]) -> sqlx::migrate::Migrator {
     let backend = match crate::BACKEND {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
@@ -22,7 +25,7 @@ async fn old_migrator(dir: &Path) -> sqlx::migrate::Migrator {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend);
     let old = dir.join("old-migrations");
     std::fs::create_dir_all(&old).unwrap();
-    for version in ["0001", "0002", "0003"] {
+    for version in versions {
         let file = std::fs::read_dir(&source)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -31,7 +34,8 @@ async fn old_migrator(dir: &Path) -> sqlx::migrate::Migrator {
         std::fs::copy(&file, old.join(file.file_name().unwrap())).unwrap();
     }
     let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
-    assert_eq!(migrator.iter().map(|m| m.version).collect::<Vec<_>>(), [1, 2, 3]);
+    let expected: Vec<i64> = versions.iter().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(migrator.iter().map(|m| m.version).collect::<Vec<_>>(), expected);
     migrator
 }
 
@@ -39,7 +43,7 @@ async fn old_migrator(dir: &Path) -> sqlx::migrate::Migrator {
 async fn i12_a_database_of_the_old_format_upgrades_in_place_and_keeps_working() {
     let Some((config, dir, db)) = fresh_database().await else { return };
     let mut raw = RawDb::connect(&config.database_url).await.unwrap();
-    raw.migrate(&old_migrator(dir.path()).await).await.unwrap();
+    raw.migrate(&old_migrator(dir.path(), &["0001", "0002", "0003"]).await).await.unwrap();
 
     // Rows as the old sessiond wrote them: integer ms (with a millisecond part, which must
     // survive) and 0/1 flags, through plain SQL.
@@ -150,4 +154,87 @@ async fn i12_a_database_of_the_old_format_upgrades_in_place_and_keeps_working() 
     assert_eq!((&first["event"], &first["at"]), (&Value::from("user_registered"), &Value::from(rfc3339(audit_at))));
     let row = &app.state.store.audit_events(Some(&admin), 0, 1).await.unwrap()[0];
     assert_eq!(row.at, audit_at);
+}
+
+/// Issue 20 (SECURITY.md G-1, G-2, G-6): a database of migration 0006 with a receiver's push
+/// stream (a subject rule, a pending SET) and a stream whose credential had been removed (the
+/// hole), then today's server. The removed credential's stream is gone, audited; the live one
+/// is its credential's (by id), its pending SET is pushed (the migration made it its subject's
+/// head), and its old rule gets its lookup keys at start and still excludes its user.
+#[tokio::test]
+async fn i20_streams_of_migration_0006_upgrade_to_owned_streams_heads_and_keyed_rules() {
+    let Some((mut config, dir, db)) = fresh_database().await else { return };
+    config.ssf_allow_insecure_push = true;
+    let mut raw = RawDb::connect(&config.database_url).await.unwrap();
+    let old: &[&str] = match crate::BACKEND {
+        Backend::Sqlite => &["0001", "0002", "0003", "0005", "0006"],
+        Backend::Postgres => &["0001", "0002", "0003", "0004", "0005", "0006"],
+    };
+    raw.migrate(&old_migrator(dir.path(), old).await).await.unwrap();
+
+    let rx = crate::ssf_receiver::Receiver::start().await;
+    let now = Clock::system().now_ms();
+    let secret = sessiond::service_credentials::ServiceSecret::generate();
+    let (excluded, listed) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+    let hash = sessiond::password::hash_with_params(PASSWORD, 8192, 1, 1);
+    let iss = config.issuer.clone();
+    let rule = serde_json::json!({ "format": "complex", "user": { "format": "iss_sub", "iss": iss, "sub": excluded } });
+    let events = r#"["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]"#;
+    let delivery = format!(r#"{{"method":"urn:ietf:rfc:8935","endpoint_url":"{}"}}"#, rx.url());
+    let t = sql_time(now);
+    let sql = format!(
+        "INSERT INTO users (id, email, password_hash, is_admin, created_at) VALUES \
+           ('{excluded}', 'excluded@example.com', '{hash}', false, {t}), \
+           ('{listed}', 'listed@example.com', '{hash}', false, {t});
+         INSERT INTO service_credentials (name, secret_digest, scopes, created_at, ssf_aud) VALUES \
+           ('billing', {digest}, 'ssf', {t}, 'billing');
+         INSERT INTO ssf_streams (id, owner, aud, delivery, method, endpoint_url, events_requested, \
+           events_delivered, event_subject, status, health, created_at, updated_at) VALUES \
+           ('st_live', 'billing', 'billing', '{delivery}', 'push', '{url}', '{events}', '{events}', false, \
+            'enabled', 'ok', {t}, {t}), \
+           ('st_orphan', 'removed-receiver', 'removed-receiver', '{delivery}', 'push', '{url}', '{events}', \
+            '{events}', false, 'enabled', 'ok', {t}, {t});
+         INSERT INTO ssf_subject_rules (stream_id, subject) VALUES ('st_live', '{rule}'), ('st_orphan', '{rule}');
+         INSERT INTO ssf_deliveries (stream_id, jti, signal_id, kind, subject_key, kid, set_jws, state, attempts, \
+           next_attempt_at, created_at, updated_at) VALUES \
+           ('st_live', 'jti-held', 1, 'session-revoked', 'user:u_old', 'kid-old', 'held.set.jws', 'pending', 0, {t}, {t}, {t}), \
+           ('st_orphan', 'jti-orphan', 1, 'session-revoked', 'user:u_old', 'kid-old', 'orphan.set.jws', 'pending', 0, \
+            {t}, {t}, {t});",
+        digest = sql_blob(&secret.digest()),
+        url = rx.url(),
+    );
+    raw.execute(&sql).await.unwrap();
+    drop(raw);
+
+    let app = start_on(config, dir, Clock::system(), db).await;
+    // The removed credential's stream went with everything it held, and the audit says so.
+    assert!(app.state.store.ssf_stream("st_orphan").await.unwrap().is_none());
+    let audit: Vec<(String, Option<String>)> = {
+        let sql = "SELECT event, detail FROM audit_log WHERE event = 'ssf_stream_deleted'";
+        match app.raw_db().await {
+            RawDb::Sqlite(mut c) => sqlx::query_as(sql).fetch_all(&mut c).await.unwrap(),
+            RawDb::Postgres(mut c) => sqlx::query_as(sql).fetch_all(&mut c).await.unwrap(),
+        }
+    };
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let detail: Value = serde_json::from_str(audit[0].1.as_deref().unwrap()).unwrap();
+    assert_eq!(detail["stream_id"], "st_orphan");
+    assert_eq!(detail["by"], "migration_0007_credential_removed");
+    // The live stream is its credential's: listed for its secret.
+    let r = app.client.get(app.url("/ssf/stream")).bearer_auth(secret.as_str()).send().await.unwrap();
+    let streams: Value = r.json().await.unwrap();
+    assert_eq!(streams[0]["stream_id"], "st_live", "{streams}");
+    // The held SET is pushed (its head was made by the migration), byte for byte.
+    let got = rx.next(std::time::Duration::from_secs(5)).await.expect("the held SET");
+    assert_eq!(got.body, "held.set.jws");
+    // The old rule was keyed at start: the excluded user's logout is not delivered, the other's is.
+    for (email, delivered) in [("excluded@example.com", false), ("listed@example.com", true)] {
+        let t = app.session_of(email).await;
+        app.post_auth("/v1/auth/logout", &t.access, None).await;
+        if delivered {
+            let got = rx.next(std::time::Duration::from_secs(5)).await.expect("the listed user's SET");
+            assert_eq!(got.claims()["sub_id"]["user"]["sub"], Value::from(listed.clone()));
+        }
+    }
+    rx.expect_none(std::time::Duration::from_secs(1)).await;
 }

@@ -58,6 +58,8 @@ mod ssf_auth;
 mod ssf_c0;
 #[path = "../api/ssf_crash.rs"]
 mod ssf_crash;
+#[path = "../api/ssf_hardening.rs"]
+mod ssf_hardening;
 #[allow(dead_code)]
 #[path = "../support/ssf_receiver.rs"]
 mod ssf_receiver;

@@ -454,3 +454,61 @@ mod self_test {
         assert!(answered_at.duration_since(got.at) >= Duration::from_millis(300));
     }
 }
+
+/// A push endpoint that accepts connections, reads what is sent and never answers (a
+/// "tarpit"): every push to it lasts until the transmitter's own timeout. Connections are held
+/// until the tarpit is dropped.
+pub struct Tarpit {
+    addr: SocketAddr,
+    /// Requests that have started arriving (connections that sent bytes).
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Tarpit {
+    pub async fn start() -> Tarpit {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("a free port");
+        let addr = listener.local_addr().expect("a bound address");
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let seen = seen.clone();
+                held.push(tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = [0u8; 4096];
+                    let mut counted = false;
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !counted {
+                            counted = true;
+                            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    // Never answers; the connection stays open until the peer gives up.
+                    std::future::pending::<()>().await;
+                }));
+            }
+        });
+        Tarpit { addr, requests, task }
+    }
+
+    /// The push endpoint: `http://127.0.0.1:PORT/events`.
+    pub fn url(&self) -> String {
+        Receiver::url_for(self.addr.port())
+    }
+
+    /// How many pushes have started arriving.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Tarpit {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
