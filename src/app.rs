@@ -78,6 +78,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         ssf,
         accounts: Accounts::new(store.clone(), passwords, limits.clone(), clock.clone()),
         sessions,
+        feed_tail: crate::feed::tail::FeedTail::new(store.clone()),
         store,
         keys,
         hub,

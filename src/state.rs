@@ -37,6 +37,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Wakes the revocation feed's long polls on this instance (docs/API.md §9).
     pub feed: crate::feed::FeedSignal,
+    /// The newest revocation log entries, read once per commit for every follower at the head.
+    pub feed_tail: crate::feed::tail::FeedTail,
     /// The Shared Signals transmitter (docs/SSF.md).
     pub ssf: crate::ssf::Ssf,
 }

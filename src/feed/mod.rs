@@ -7,6 +7,8 @@
 //! one read when it asks and one per wake-up. The entries themselves always come from the
 //! database log, whose cursors follow commit order; the signal only says "look again".
 
+pub mod tail;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -68,10 +70,12 @@ impl FeedSignal {
         self.closing.cancelled().await
     }
 
-    /// A place for one more event stream of `credential`, or `None` past a cap: at most
-    /// [`MAX_STREAMS_PER_INSTANCE`] here and [`MAX_STREAMS_PER_CREDENTIAL`] per credential. The
-    /// place is freed when the guard drops (the stream ended).
-    pub fn open_stream(&self, credential: &str) -> Option<StreamSlot> {
+    /// A place for one more follower of `credential` held open on this instance (an event
+    /// stream, a long poll, a snapshot being sent), or `None` past a cap: at most
+    /// [`MAX_STREAMS_PER_INSTANCE`] here and [`MAX_STREAMS_PER_CREDENTIAL`] per credential, all
+    /// three kinds together (SECURITY.md G-5). The place is freed when the guard drops (the
+    /// answer or the stream ended).
+    pub fn admit(&self, credential: &str) -> Option<StreamSlot> {
         let mut per = self.streams.per_credential.lock().unwrap_or_else(|p| p.into_inner());
         let total = self.streams.total.load(Ordering::Acquire);
         let mine = per.get(credential).copied().unwrap_or(0);
@@ -83,7 +87,7 @@ impl FeedSignal {
         Some(StreamSlot { streams: self.streams.clone(), credential: credential.to_string() })
     }
 
-    /// Event streams open on this instance.
+    /// Followers held open on this instance (event streams, long polls, snapshots).
     pub fn open_streams(&self) -> usize {
         self.streams.total.load(Ordering::Acquire)
     }
@@ -94,10 +98,11 @@ impl FeedSignal {
     }
 }
 
-/// Most event streams one instance serves at once; the next gets 503 with `Retry-After`.
+/// Most followers (event streams, long polls, snapshots) one instance serves at once; the next
+/// gets 503 with `Retry-After`.
 pub const MAX_STREAMS_PER_INSTANCE: usize = 1024;
-/// Most event streams one service credential holds on one instance (a follower needs one; a
-/// few more cover restarts and several processes of one service).
+/// Most followers one service credential holds on one instance (a follower needs one; a few
+/// more cover restarts and several processes of one service).
 pub const MAX_STREAMS_PER_CREDENTIAL: usize = 16;
 
 #[derive(Default)]
@@ -106,7 +111,7 @@ struct Streams {
     per_credential: Mutex<std::collections::HashMap<String, usize>>,
 }
 
-/// One open event stream's place under the caps; freed on drop.
+/// One follower's place under the caps; freed on drop.
 pub struct StreamSlot {
     streams: Arc<Streams>,
     credential: String,
@@ -147,13 +152,13 @@ mod tests {
     #[test]
     fn stream_caps_hold_per_credential_and_free_on_drop() {
         let signal = FeedSignal::default();
-        let held: Vec<_> = (0..MAX_STREAMS_PER_CREDENTIAL).map(|_| signal.open_stream("a").unwrap()).collect();
-        assert!(signal.open_stream("a").is_none(), "the credential's cap");
-        let other = signal.open_stream("b").expect("another credential has its own");
+        let held: Vec<_> = (0..MAX_STREAMS_PER_CREDENTIAL).map(|_| signal.admit("a").unwrap()).collect();
+        assert!(signal.admit("a").is_none(), "the credential's cap");
+        let other = signal.admit("b").expect("another credential has its own");
         assert_eq!(signal.open_streams(), MAX_STREAMS_PER_CREDENTIAL + 1);
         drop(held);
         drop(other);
         assert_eq!(signal.open_streams(), 0);
-        assert!(signal.open_stream("a").is_some());
+        assert!(signal.admit("a").is_some());
     }
 }

@@ -27,6 +27,7 @@ use utoipa_axum::routes;
 use super::service::ServiceCaller;
 use crate::clock::{rfc3339, Clock, Millis};
 use crate::error::{AppError, Result};
+use crate::feed::tail::FeedTail;
 use crate::feed::FeedSignal;
 use crate::service_credentials::Scope;
 use crate::state::AppState;
@@ -202,35 +203,47 @@ fn bounded(value: Option<&str>, range: std::ops::RangeInclusive<i64>, default: i
         FeedProblems
     )
 )]
+#[allow(clippy::too_many_arguments)]
 async fn revocations(
     caller: ServiceCaller,
     State(store): State<Store>,
     State(clock): State<Clock>,
     State(feed): State<FeedSignal>,
+    State(tail): State<FeedTail>,
     query: std::result::Result<Query<FeedQuery>, QueryRejection>,
-) -> Result<Json<RevocationPage>> {
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
     caller.require(Scope::RevocationsRead)?;
     let Query(q) = query.map_err(|_| AppError::InvalidRequest("The query string is not valid."))?;
     let limit = bounded(q.limit.as_deref(), 1..=MAX_LIMIT, DEFAULT_LIMIT, "limit must be an integer from 1 to 1000.")?;
     let wait = bounded(q.wait.as_deref(), 0..=MAX_WAIT_SECS as i64, 0, "wait must be an integer from 0 to 30.")?;
     let Some(after) = q.after else {
-        let (entries, head) = store.revocations_snapshot(clock.now_ms()).await?;
-        return Ok(Json(RevocationPage::new(entries, head)));
+        // A snapshot is held open while it is sent: under the followers' caps (G-5).
+        let slot = feed.admit(caller.name()).ok_or_else(too_many)?;
+        return snapshot(store, &tail, clock.now_ms(), slot).await;
     };
     let after = parse_cursor(&after).ok_or(AppError::InvalidRequest("after is not a cursor of this feed."))?;
+    // A long poll holds a place under the caps while it waits (G-5); a plain poll answers at once.
+    let _slot = match wait {
+        0 => None,
+        _ => Some(feed.admit(caller.name()).ok_or_else(too_many)?),
+    };
     // Subscribed before the first read: a commit after it wakes the wait below.
     let mut commits = feed.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait as u64);
     let mut head_checked = false;
     loop {
-        let entries = store.revocations_after(after, limit).await?;
+        let seen = *commits.borrow_and_update();
+        let entries = tail.after(after, limit, seen).await?;
         if !entries.is_empty() {
-            return Ok(Json(RevocationPage::new(entries, after)));
+            return Ok(Json(RevocationPage::new(entries, after)).into_response());
         }
         // Nothing after it: is it a cursor we ever gave out? (Entries exist beyond any cursor
         // below the head, so this read is only needed when there are none.)
         if !head_checked {
-            if after > store.revocation_head().await? {
+            let head = store.revocation_head().await?;
+            tail.saw_head(head).await;
+            if after > head {
                 return Err(AppError::InvalidRequest(
                     "after is beyond the newest revocation: start over from a snapshot.",
                 ));
@@ -243,9 +256,86 @@ async fn revocations(
             changed = tokio::time::timeout_at(deadline, commits.changed()) => matches!(changed, Ok(Ok(()))),
         };
         if !woken {
-            return Ok(Json(RevocationPage::new(Vec::new(), after)));
+            return Ok(Json(RevocationPage::new(Vec::new(), after)).into_response());
         }
     }
+}
+
+/// Past the followers' caps: 503 `unavailable` with `Retry-After`.
+fn too_many() -> AppError {
+    AppError::Unavailable(anyhow::anyhow!("too many revocation feed followers"))
+}
+
+/// Entries one read of a snapshot takes, and one chunk of its answer holds.
+const SNAPSHOT_PAGE: i64 = 1000;
+
+/// A chunk of a streamed snapshot; the last one says so (a body that ends without it was cut
+/// short, and is aborted rather than ended: the follower must not take it for the whole set).
+struct Chunk {
+    bytes: axum::body::Bytes,
+    last: bool,
+}
+
+/// The snapshot as one JSON document, sent page by page as it is read (G-5): a snapshot of any
+/// size holds about one page in memory. The head and the first page are read before the
+/// answer starts (their failure is a 503); a later failed read, or a reader that takes longer
+/// than [`SLOW_READER`] to accept a page, aborts the answer, which the follower sees as a broken
+/// response. `slot` is the snapshot's place under the caps, held until the last page is sent.
+async fn snapshot(
+    store: Store,
+    tail: &FeedTail,
+    now: Millis,
+    slot: crate::feed::StreamSlot,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let head = store.revocation_head().await?;
+    tail.saw_head(head).await;
+    let first = store.revocations_in_force(0, head, now, SNAPSHOT_PAGE).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(2);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let mut page = first;
+        let mut bytes = b"{\"revocations\":[".to_vec();
+        let mut first_entry = true;
+        loop {
+            let full = page.len() as i64 == SNAPSHOT_PAGE;
+            let last_cursor = page.last().map(|e| e.cursor);
+            for e in page {
+                if !first_entry {
+                    bytes.push(b',');
+                }
+                first_entry = false;
+                bytes.extend(serde_json::to_vec(&RevocationView::from(e)).unwrap_or_default());
+            }
+            let Some(after) = last_cursor.filter(|_| full) else { break };
+            let chunk = Chunk { bytes: std::mem::take(&mut bytes).into(), last: false };
+            if !matches!(tokio::time::timeout(SLOW_READER, tx.send(chunk)).await, Ok(Ok(()))) {
+                return;
+            }
+            page = match store.revocations_in_force(after, head, now, SNAPSHOT_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation snapshot: a page read failed; the answer is aborted");
+                    return;
+                }
+            };
+        }
+        bytes.extend(format!("],\"next\":\"{head}\"}}").into_bytes());
+        let _ = tokio::time::timeout(SLOW_READER, tx.send(Chunk { bytes: bytes.into(), last: true })).await;
+    });
+    let body = futures::stream::unfold((rx, false), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        match rx.recv().await {
+            Some(c) => Some((Ok::<_, std::io::Error>(c.bytes), (rx, c.last))),
+            None => Some((Err(std::io::Error::other("the snapshot was cut short")), (rx, true))),
+        }
+    });
+    let mut res = axum::body::Body::from_stream(body).into_response();
+    res.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    Ok(res)
 }
 
 problems!(StreamProblems: InvalidRequest, InvalidToken, Forbidden, Unavailable);
@@ -286,11 +376,13 @@ pub const CREDENTIAL_RECHECK: Duration = Duration::from_secs(2);
         StreamProblems
     )
 )]
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     caller: ServiceCaller,
     State(store): State<Store>,
     State(clock): State<Clock>,
     State(feed): State<FeedSignal>,
+    State(tail): State<FeedTail>,
     headers: axum::http::HeaderMap,
     query: std::result::Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<axum::response::Response> {
@@ -310,22 +402,22 @@ async fn stream(
         },
     };
     if let Some(after) = resume {
-        if after > store.revocation_head().await? {
+        let head = store.revocation_head().await?;
+        tail.saw_head(head).await;
+        if after > head {
             return Err(AppError::InvalidRequest(
                 "The cursor is beyond the newest revocation: start over from a snapshot.",
             ));
         }
     }
-    let Some(slot) = feed.open_stream(caller.name()) else {
-        return Err(AppError::Unavailable(anyhow::anyhow!("too many revocation streams")));
-    };
+    let slot = feed.admit(caller.name()).ok_or_else(too_many)?;
     // The secret's digest, to notice the credential's removal while the stream lasts.
     let digest = super::extract::bearer(&headers)?
         .and_then(crate::service_credentials::ServiceSecret::parse)
         .map(|s| s.digest())
         .ok_or(AppError::InvalidToken { presented: true })?;
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(feed_stream(store, clock, feed, resume, digest, tx, slot));
+    tokio::spawn(feed_stream(Follower { store, tail, clock, feed }, resume, digest, tx, slot));
     let events = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
     });
@@ -363,31 +455,63 @@ async fn deliver(tx: &EventTx, event: axum::response::sse::Event) -> bool {
 /// every entry as it commits, woken by the instance's [`FeedSignal`] (no polling loop). Ends
 /// when the reader leaves or stalls, the credential is removed, a read fails (the follower
 /// resumes from its last id), or the server shuts down.
-async fn feed_stream(
+/// What a stream's producer reads with.
+struct Follower {
     store: Store,
+    tail: FeedTail,
     clock: Clock,
     feed: FeedSignal,
+}
+
+/// The snapshot's entries as events, page by page (G-5); the head it was read at, or `None`
+/// when the stream must end.
+async fn send_snapshot(store: &Store, tail: &FeedTail, now: Millis, tx: &EventTx) -> Option<i64> {
+    let head = match store.revocation_head().await {
+        Ok(head) => {
+            tail.saw_head(head).await;
+            head
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation stream: snapshot read failed");
+            return None;
+        }
+    };
+    let mut after = 0;
+    loop {
+        let page = match store.revocations_in_force(after, head, now, SNAPSHOT_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation stream: snapshot read failed");
+                return None;
+            }
+        };
+        let full = page.len() as i64 == SNAPSHOT_PAGE;
+        for e in page {
+            after = e.cursor;
+            if !deliver(tx, revocation_event(e)).await {
+                return None;
+            }
+        }
+        if !full {
+            return Some(head);
+        }
+    }
+}
+
+async fn feed_stream(
+    follower: Follower,
     resume: Option<i64>,
     digest: [u8; 32],
     tx: EventTx,
     _slot: crate::feed::StreamSlot,
 ) {
+    let Follower { store, tail, clock, feed } = follower;
     let mut commits = feed.subscribe();
     let mut cursor = match resume {
         Some(after) => after,
-        None => match store.revocations_snapshot(clock.now_ms()).await {
-            Ok((entries, head)) => {
-                for e in entries {
-                    if !deliver(&tx, revocation_event(e)).await {
-                        return;
-                    }
-                }
-                head
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "revocation stream: snapshot read failed");
-                return;
-            }
+        None => match send_snapshot(&store, &tail, clock.now_ms(), &tx).await {
+            Some(head) => head,
+            None => return,
         },
     };
     let mut synced = false;
@@ -407,7 +531,8 @@ async fn feed_stream(
             }
             recheck = tokio::time::Instant::now() + CREDENTIAL_RECHECK;
         }
-        let entries = match store.revocations_after(cursor, MAX_LIMIT).await {
+        let seen = *commits.borrow_and_update();
+        let entries = match tail.after(cursor, MAX_LIMIT, seen).await {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(error = %e, "revocation stream: log read failed");

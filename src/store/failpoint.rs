@@ -17,6 +17,9 @@ pub const REVOKE_AFTER_LOG: &str = "revoke_after_log";
 /// [`PgStore::revocations_in`](super::PgStore::revocations_in): the backplane's read of notified
 /// ranges of the revocation log (a pool timeout or a refused `SELECT` in production).
 pub const REVOCATIONS_READ: &str = "revocations_read";
+/// [`Store::revocations_after`](super::Store::revocations_after): a feed follower's read of the
+/// log (counted: one commit must cost one read however many followers wait, SECURITY.md G-5).
+pub const FEED_READ: &str = "feed_read";
 
 /// The armed failpoints of a store, shared by its clones, each armed until disarmed or for a
 /// number of hits, and how often each point was reached. While nothing is armed a check costs

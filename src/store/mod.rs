@@ -287,10 +287,36 @@ impl Store {
         on_backend!(self, b => b.revocations_after(cursor, limit).await)
     }
 
-    /// Every entry still in force at `now` (`until` after it), oldest first, and the head they
-    /// were read at: the cursor to follow from.
+    /// One page of a snapshot: the entries after `after` and at most `head` still in force at
+    /// `now` (`until` after it), oldest first, at most `limit`. Ids grow in commit order on both
+    /// backends, so everything committed after the head was read has a larger id: the entries
+    /// in force up to the head are exactly the set a follower needs before it follows from the
+    /// head, and reading them page by page after reading the head misses none.
+    pub async fn revocations_in_force(
+        &self,
+        after: i64,
+        head: i64,
+        now: Millis,
+        limit: i64,
+    ) -> StoreResult<Vec<LogEntry>> {
+        on_backend!(self, b => b.revocations_in_force(after, head, now, limit).await)
+    }
+
+    /// Every entry still in force at `now`, oldest first, and the head they were read at: the
+    /// cursor to follow from. Held in memory whole: the feed pages
+    /// ([`revocations_in_force`](Store::revocations_in_force)) instead.
     pub async fn revocations_snapshot(&self, now: Millis) -> StoreResult<(Vec<LogEntry>, i64)> {
-        on_backend!(self, b => b.revocations_snapshot(now).await)
+        let head = self.revocation_head().await?;
+        let mut out: Vec<LogEntry> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |e| e.cursor);
+            let page = self.revocations_in_force(after, head, now, 1000).await?;
+            let done = page.len() < 1000;
+            out.extend(page);
+            if done {
+                return Ok((out, head));
+            }
+        }
     }
 
     // ---- service credentials (docs/API.md §8) ----

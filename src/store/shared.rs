@@ -712,6 +712,8 @@ macro_rules! shared_store {
                 }
 
                 pub(crate) async fn revocations_after(&self, cursor: i64, limit: i64) -> StoreResult<Vec<LogEntry>> {
+                    // Counted, so a test can see how many reads the feed's followers make.
+                    $crate::store::fail_at!(self.failpoints, $crate::store::failpoint::FEED_READ);
                     let rows: Vec<LogRow> =
                         sqlx::query_as(&format!("SELECT {LOG_COLS} FROM revocations WHERE id > $1 ORDER BY id LIMIT $2"))
                             .bind(cursor)
@@ -721,19 +723,24 @@ macro_rules! shared_store {
                     Ok(rows.into_iter().map(LogRow::entry).collect())
                 }
 
-                pub(crate) async fn revocations_snapshot(&self, now: Millis) -> StoreResult<(Vec<LogEntry>, i64)> {
-                    // Ids grow in commit order on both backends: everything committed after
-                    // the head was read has a larger id, so "in force and at most the head"
-                    // is the exact set a follower needs before it follows from the head.
-                    let head = self.revocation_head().await?;
+                pub(crate) async fn revocations_in_force(
+                    &self,
+                    after: i64,
+                    head: i64,
+                    now: Millis,
+                    limit: i64,
+                ) -> StoreResult<Vec<LogEntry>> {
                     let rows: Vec<LogRow> = sqlx::query_as(&format!(
-                        "SELECT {LOG_COLS} FROM revocations WHERE id <= $1 AND access_expires_at > $2 ORDER BY id"
+                        "SELECT {LOG_COLS} FROM revocations WHERE id > $1 AND id <= $2 AND access_expires_at > $3 \
+                         ORDER BY id LIMIT $4"
                     ))
+                    .bind(after)
                     .bind(head)
                     .bind(Ts($crate::store::revocation_exp_floor(now)))
+                    .bind(limit)
                     .fetch_all(self.reader())
                     .await?;
-                    Ok((rows.into_iter().map(LogRow::entry).collect(), head))
+                    Ok(rows.into_iter().map(LogRow::entry).collect())
                 }
 
                 // ---- service credentials (docs/API.md §8) ----

@@ -380,3 +380,90 @@ async fn followers_with_any_page_size_collect_the_same_entries() {
         assert_eq!(seen, &db);
     }
 }
+
+/// G-5. Long polls, snapshots and event streams share the followers' caps: with a credential's
+/// 16 places taken by parked long polls, its next long poll, snapshot and stream get 503 with
+/// `Retry-After`, another credential's are admitted; one commit wakes all 16 with one read of
+/// the log (the tail hands every waiter at the head the same entries); and the places come back
+/// when they answer. (Before: 5,000 parked long polls of one credential were all admitted, and
+/// each commit cost one read per waiter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g5_long_polls_snapshots_and_streams_share_the_followers_caps() {
+    let Some(app) = spawn_app().await else { return };
+    let reader = feed_reader(&app).await;
+    let head = feed(&app, &reader, "").await["next"].as_str().unwrap().to_string();
+    let cap = sessiond::feed::MAX_STREAMS_PER_CREDENTIAL;
+    let parked: Vec<_> = (0..cap)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url(&format!("{FEED}?after={head}&wait=30")));
+            let reader = reader.clone();
+            tokio::spawn(async move { client.get(url).bearer_auth(reader).send().await.unwrap() })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.state.feed.open_streams() < cap || app.state.feed.waiting() < cap {
+        assert!(Instant::now() < deadline, "the long polls never all parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for query in [format!("?after={head}&wait=30"), String::new()] {
+        let r = app.get_auth(&format!("{FEED}{query}"), &reader).await;
+        assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"), "{query}");
+        assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    }
+    let r = app.get_auth("/v1/revocations/stream", &reader).await;
+    assert_problem(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    // A plain poll (`wait` 0) holds nothing and is answered; so is another credential.
+    assert!(entries(&feed(&app, &reader, &format!("?after={head}")).await).is_empty());
+    let other = feed_reader(&app).await;
+    assert_eq!(feed(&app, &other, "").await["next"], head.as_str());
+
+    let reads = app.state.store.failpoint_passes(failpoint::FEED_READ);
+    let t = app.new_session().await;
+    assert_eq!(app.post_auth("/v1/auth/logout", &t.access, None).await.status(), StatusCode::NO_CONTENT);
+    for poll in parked {
+        let r = poll.await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let page: Value = r.json().await.unwrap();
+        assert_eq!(entries(&page).len(), 1, "{page}");
+        assert_eq!(entries(&page)[0]["session_id"], t.session_id.as_str());
+    }
+    let read = app.state.store.failpoint_passes(failpoint::FEED_READ) - reads;
+    assert!(read <= 2, "{cap} waiters woken by one commit read the log {read} times");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.state.feed.open_streams() > 0 {
+        assert!(Instant::now() < deadline, "the places were not freed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let page = feed(&app, &reader, &format!("?after={head}&wait=1")).await;
+    assert_eq!(entries(&page).len(), 1, "admitted again");
+}
+
+/// A snapshot of several pages (it is sent page by page, G-5) is exactly the entries in force,
+/// in order, then the head.
+#[tokio::test]
+async fn a_snapshot_of_many_pages_is_every_entry_in_force_in_order() {
+    let Some(app) = spawn_app().await else { return };
+    let reader = feed_reader(&app).await;
+    let now = app.clock.now_ms();
+    let until = sql_time(now + 3_600_000);
+    let gone = sql_time(now - 3_600_000);
+    let mut rows = Vec::new();
+    for i in 0..2_500 {
+        // Every tenth entry is past its `until`: not in the snapshot.
+        let exp = if i % 10 == 3 { &gone } else { &until };
+        rows.push(format!("('s-{i}', 'u-{i}', 'logout', {}, {exp})", sql_time(now)));
+    }
+    let sql = format!(
+        "INSERT INTO revocations (session_id, user_id, reason, at, access_expires_at) VALUES {}",
+        rows.join(", ")
+    );
+    app.raw_db().await.execute(&sql).await.unwrap();
+    let page = feed(&app, &reader, "").await;
+    let got: Vec<&str> = entries(&page).iter().map(|e| e["session_id"].as_str().unwrap()).collect();
+    let want: Vec<String> = (0..2_500).filter(|i| i % 10 != 3).map(|i| format!("s-{i}")).collect();
+    assert_eq!(got, want);
+    let cursors: Vec<i64> = entries(&page).iter().map(|e| cursor(&e["cursor"])).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "in cursor order");
+    let head = log_rows(&app).await.last().unwrap().0;
+    assert_eq!(cursor(&page["next"]), head);
+}
