@@ -408,7 +408,7 @@ impl PgStore {
     }
 }
 
-super::ssf::ssf_store!(PgStore, sqlx::PgConnection, " FOR UPDATE SKIP LOCKED", " FOR UPDATE", " FOR SHARE");
+super::ssf::ssf_store!(PgStore, sqlx::Postgres, sqlx::PgConnection, " FOR UPDATE SKIP LOCKED", " FOR UPDATE", " FOR SHARE");
 shared_store!(PgStore, sqlx::Postgres, sqlx::PgConnection);
 
 /// Where `options` point, for error messages: host and port (or socket) and database. Built

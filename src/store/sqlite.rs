@@ -238,7 +238,7 @@ impl SqliteStore {
     }
 }
 
-super::ssf::ssf_store!(SqliteStore, sqlx::SqliteConnection, "", "", "");
+super::ssf::ssf_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection, "", "", "");
 shared_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection);
 
 /// Copies the WAL back into the database every 250 ms with a passive checkpoint on a reader

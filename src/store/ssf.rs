@@ -252,11 +252,11 @@ pub const REDELIVER_AFTER_MS: Millis = 30_000;
 pub const KEEP_DELIVERED_MS: Millis = 24 * 3_600_000;
 pub const KEEP_UNDELIVERED_MS: Millis = 7 * 24 * 3_600_000;
 
-/// Expands to the SSF statements as methods of the backend store `$Store` (connection type
-/// `$Conn`). `$skip_locked`, `$for_update` and `$for_share` are the backend's lock clauses
+/// Expands to the SSF statements as methods of the backend store `$Store` (database `$DB`,
+/// connection type `$Conn`). `$skip_locked`, `$for_update` and `$for_share` are the backend's lock clauses
 /// (PostgreSQL's; empty on SQLite, whose one writer needs none).
 macro_rules! ssf_store {
-    ($Store:ident, $Conn:ty, $skip_locked:literal, $for_update:literal, $for_share:literal) => {
+    ($Store:ident, $DB:ty, $Conn:ty, $skip_locked:literal, $for_update:literal, $for_share:literal) => {
         /// The Shared Signals statements (`store/ssf.rs`), expanded for this backend.
         pub(super) mod ssf_shared {
             use super::$Store as Backend;
@@ -265,6 +265,7 @@ macro_rules! ssf_store {
             use $crate::store::{StoreResult, Ts};
 
             type Conn = $Conn;
+            type Builder<'a> = sqlx::QueryBuilder<'a, $DB>;
 
             /// Locks stream `id`'s row for a change of the stream (PostgreSQL): first, before any
             /// of its SETs or heads, as every transaction that touches them does.
@@ -727,69 +728,98 @@ macro_rules! ssf_store {
                 }
 
                 /// Stores the SETs made of leased outbox rows and marks the rows expanded, in one
-                /// short transaction. A row another instance expanded meanwhile (its lease ran
-                /// out) is skipped with its SETs; a SET for a stream deleted meanwhile is not
-                /// stored, nor one for a stream disabled meanwhile (but its stream-updated
-                /// announcements). Returns the SETs stored.
+                /// short transaction of a few multi-row statements. A row another instance
+                /// expanded meanwhile (its lease ran out) is skipped with its SETs; a SET for a
+                /// stream deleted meanwhile is not stored, nor one for a stream disabled meanwhile
+                /// (but its stream-updated announcements). A stored SET becomes its subject's
+                /// head unless the subject has an older one or one in flight. Returns the SETs
+                /// stored.
                 pub(crate) async fn ssf_store_expanded(&self, batch: &[Expanded], now: Millis) -> StoreResult<usize> {
+                    if batch.is_empty() {
+                        return Ok(0);
+                    }
                     let mut tx = self.begin().await?;
                     // Every stream row first (a disable waits for this transaction, or this one
                     // sees the disable), in id order.
-                    sqlx::query(concat!("SELECT id FROM ssf_streams ORDER BY id", $for_share))
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    let mut stored = 0;
+                    let streams: Vec<(String, String, String)> =
+                        sqlx::query_as(concat!("SELECT id, status, method FROM ssf_streams ORDER BY id", $for_share))
+                            .fetch_all(&mut *tx)
+                            .await?;
+                    let mut q = Builder::new("UPDATE ssf_signals SET expanded_at = ");
+                    q.push_bind(Ts(now)).push(", claimed_until = NULL WHERE expanded_at IS NULL AND id IN (");
+                    let mut ids = q.separated(", ");
                     for e in batch {
-                        let r = sqlx::query(
-                            "UPDATE ssf_signals SET expanded_at = $2, claimed_until = NULL \
-                             WHERE id = $1 AND expanded_at IS NULL",
-                        )
-                        .bind(e.signal_id)
-                        .bind(Ts(now))
-                        .execute(&mut *tx)
-                        .await?;
-                        if r.rows_affected() != 1 {
-                            continue;
-                        }
-                        for d in &e.deliveries {
-                            let id: Option<i64> = sqlx::query_scalar(
-                                "INSERT INTO ssf_deliveries (stream_id, jti, signal_id, kind, subject_key, kid, set_jws, \
-                                   state, attempts, next_attempt_at, created_at, updated_at) \
-                                 SELECT $1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8, $8 FROM ssf_streams s \
-                                 WHERE s.id = $1 AND (s.status <> 'disabled' OR $4 = 'stream-updated') \
-                                 RETURNING id",
-                            )
-                            .bind(&d.stream_id)
-                            .bind(&d.jti)
-                            .bind(e.signal_id)
-                            .bind(&d.kind)
-                            .bind(&d.subject_key)
-                            .bind(&d.kid)
-                            .bind(&d.set_jws)
-                            .bind(Ts(now))
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                            let Some(id) = id else { continue };
-                            stored += 1;
-                            // The subject's head, unless it has an older one or one in flight.
-                            sqlx::query(&format!(
-                                "INSERT INTO ssf_heads ({HEAD_COLS}) SELECT {HEAD_OF_D} \
-                                 FROM ssf_deliveries d JOIN ssf_streams s ON s.id = d.stream_id \
-                                 WHERE d.id = $1 AND s.method = 'push' \
-                                 ON CONFLICT (stream_id, subject_key) DO UPDATE SET delivery_id = excluded.delivery_id, \
-                                   signal_id = excluded.signal_id, next_attempt_at = excluded.next_attempt_at, \
-                                   leased_until = NULL \
-                                 WHERE ssf_heads.signal_id > excluded.signal_id \
-                                   AND (ssf_heads.leased_until IS NULL OR ssf_heads.leased_until <= $2)"
-                            ))
-                            .bind(id)
-                            .bind(Ts(now))
-                            .execute(&mut *tx)
-                            .await?;
+                        ids.push_bind(e.signal_id);
+                    }
+                    q.push(") RETURNING id");
+                    let mine: std::collections::HashSet<i64> =
+                        q.build_query_scalar::<i64>().fetch_all(&mut *tx).await?.into_iter().collect();
+                    let stream = |id: &str| streams.iter().find(|(s, _, _)| s == id);
+                    let rows: Vec<(i64, &NewDelivery)> = batch
+                        .iter()
+                        .filter(|e| mine.contains(&e.signal_id))
+                        .flat_map(|e| e.deliveries.iter().map(move |d| (e.signal_id, d)))
+                        .filter(|(_, d)| {
+                            stream(&d.stream_id).is_some_and(|(_, status, _)| status != "disabled" || d.kind == "stream-updated")
+                        })
+                        .collect();
+                    // (stream, subject) → the oldest stored SET of this batch: (signal, id).
+                    let mut heads: std::collections::BTreeMap<(&str, &str), (i64, i64)> = Default::default();
+                    for chunk in rows.chunks(500) {
+                        let mut q = Builder::new(
+                            "INSERT INTO ssf_deliveries (stream_id, jti, signal_id, kind, subject_key, kid, set_jws, \
+                               state, attempts, next_attempt_at, created_at, updated_at) ",
+                        );
+                        q.push_values(chunk, |mut b, (signal_id, d)| {
+                            b.push_bind(&d.stream_id)
+                                .push_bind(&d.jti)
+                                .push_bind(*signal_id)
+                                .push_bind(&d.kind)
+                                .push_bind(&d.subject_key)
+                                .push_bind(&d.kid)
+                                .push_bind(&d.set_jws)
+                                .push("'pending'")
+                                .push("0")
+                                .push_bind(Ts(now))
+                                .push_bind(Ts(now))
+                                .push_bind(Ts(now));
+                        });
+                        q.push(" RETURNING id, jti");
+                        let ids: Vec<(i64, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                        for (id, jti) in ids {
+                            let Some((signal_id, d)) = chunk.iter().find(|(_, d)| d.jti == jti) else { continue };
+                            if !stream(&d.stream_id).is_some_and(|(_, _, method)| method == "push") {
+                                continue;
+                            }
+                            let head = heads.entry((d.stream_id.as_str(), d.subject_key.as_str())).or_insert((*signal_id, id));
+                            *head = (*head).min((*signal_id, id));
                         }
                     }
+                    if !heads.is_empty() {
+                        let heads: Vec<_> = heads.into_iter().collect();
+                        let mut q = Builder::new(
+                            "INSERT INTO ssf_heads (stream_id, subject_key, delivery_id, signal_id, user_id, next_attempt_at) ",
+                        );
+                        q.push_values(&heads, |mut b, ((stream, subject), (signal_id, id))| {
+                            b.push_bind(*stream)
+                                .push_bind(*subject)
+                                .push_bind(*id)
+                                .push_bind(*signal_id)
+                                .push_bind(subject.strip_prefix("user:"))
+                                .push_bind(Ts(now));
+                        });
+                        q.push(
+                            " ON CONFLICT (stream_id, subject_key) DO UPDATE SET delivery_id = excluded.delivery_id, \
+                               signal_id = excluded.signal_id, next_attempt_at = excluded.next_attempt_at, \
+                               leased_until = NULL \
+                             WHERE ssf_heads.signal_id > excluded.signal_id \
+                               AND (ssf_heads.leased_until IS NULL OR ssf_heads.leased_until <= ",
+                        );
+                        q.push_bind(Ts(now)).push(")");
+                        q.build().execute(&mut *tx).await?;
+                    }
                     tx.commit().await?;
-                    Ok(stored)
+                    Ok(rows.len())
                 }
 
                 /// Whether a poll of `stream_id` would hand out a SET now (a read: a waiting long
@@ -830,60 +860,49 @@ macro_rules! ssf_store {
                           AND (h.leased_until IS NULL OR h.leased_until <= $2) \
                           AND NOT EXISTS (SELECT 1 FROM ssf_signals g \
                             WHERE g.expanded_at IS NULL AND g.user_id = h.user_id AND g.id < h.signal_id)";
-                    let mut jobs: Vec<PushJob> =
-                        sqlx::query_as(&format!("{SELECT} AND h.subject_key = 'stream-updated'"))
-                            .bind(stream_id)
-                            .bind(Ts(now))
-                            .fetch_all(self.reader())
-                            .await?;
-                    let rest = limit - jobs.len() as i64;
-                    if all && rest > 0 {
-                        let more: Vec<PushJob> = sqlx::query_as(&format!(
-                            "{SELECT} AND h.subject_key <> 'stream-updated' ORDER BY h.next_attempt_at LIMIT $3"
-                        ))
-                        .bind(stream_id)
-                        .bind(Ts(now))
-                        .bind(rest)
-                        .fetch_all(self.reader())
-                        .await?;
-                        jobs.extend(more);
-                    }
-                    Ok(jobs)
+                    // The stream-updated head first; then, on an enabled stream, the others by
+                    // due time (each part through the primary key or `ssf_heads_due_idx`).
+                    Ok(sqlx::query_as(&format!(
+                        "SELECT * FROM ({SELECT} AND h.subject_key = 'stream-updated') AS a UNION ALL \
+                         SELECT * FROM ({SELECT} AND $4 AND h.subject_key <> 'stream-updated' \
+                           ORDER BY h.next_attempt_at LIMIT $3) AS b"
+                    ))
+                    .bind(stream_id)
+                    .bind(Ts(now))
+                    .bind(limit)
+                    .bind(all)
+                    .fetch_all(self.reader())
+                    .await?)
                 }
 
-                /// Leases the heads of `jobs` (read by [`ssf_due_heads`](Self::ssf_due_heads))
-                /// until `lease_until`, each only if it is still that SET's head and not leased
-                /// by another worker: one short write transaction. Returns the jobs leased.
+                /// Leases the heads of `jobs` (read by [`ssf_due_heads`](Self::ssf_due_heads) for
+                /// one stream) until `lease_until`, each only if it is still that SET's head and
+                /// not leased by another worker: one conditional update (a delivery is its own
+                /// subject's, so a head matches both lists only as it was read). Returns the jobs
+                /// leased.
                 pub(crate) async fn ssf_lease(
                     &self,
                     jobs: Vec<PushJob>,
                     now: Millis,
                     lease_until: Millis,
                 ) -> StoreResult<Vec<PushJob>> {
-                    if jobs.is_empty() {
-                        return Ok(jobs);
+                    let Some(stream) = jobs.first().map(|j| j.stream_id.clone()) else { return Ok(jobs) };
+                    let mut q = Builder::new("UPDATE ssf_heads SET leased_until = ");
+                    q.push_bind(Ts(lease_until)).push(" WHERE stream_id = ").push_bind(stream.clone());
+                    q.push(" AND (leased_until IS NULL OR leased_until <= ").push_bind(Ts(now)).push(") AND subject_key IN (");
+                    let mut subjects = q.separated(", ");
+                    for j in &jobs {
+                        subjects.push_bind(j.subject_key.clone());
                     }
-                    let mut tx = self.begin().await?;
-                    let mut leased = Vec::with_capacity(jobs.len());
-                    for j in jobs {
-                        let r = sqlx::query(
-                            "UPDATE ssf_heads SET leased_until = $4 \
-                             WHERE stream_id = $1 AND subject_key = $2 AND delivery_id = $3 \
-                               AND (leased_until IS NULL OR leased_until <= $5)",
-                        )
-                        .bind(&j.stream_id)
-                        .bind(&j.subject_key)
-                        .bind(j.id)
-                        .bind(Ts(lease_until))
-                        .bind(Ts(now))
-                        .execute(&mut *tx)
-                        .await?;
-                        if r.rows_affected() == 1 {
-                            leased.push(j);
-                        }
+                    q.push(") AND delivery_id IN (");
+                    let mut ids = q.separated(", ");
+                    for j in &jobs {
+                        ids.push_bind(j.id);
                     }
-                    tx.commit().await?;
-                    Ok(leased)
+                    q.push(") RETURNING delivery_id");
+                    let leased: std::collections::HashSet<i64> =
+                        q.build_query_scalar::<i64>().fetch_all(self.writer()).await?.into_iter().collect();
+                    Ok(jobs.into_iter().filter(|j| j.stream_id == stream && leased.contains(&j.id)).collect())
                 }
 
                 /// Gives a leased head back at once (this worker will not push it now).
