@@ -53,8 +53,8 @@ impl<'a> Event<'a> {
     }
 }
 
-/// Records one event (log line, then row).
-pub async fn record(store: &Store, now: Millis, who: &Who, ev: Event<'_>) {
+/// The structured log line of an event (target `audit`).
+pub fn log(who: &Who, ev: &Event<'_>) {
     tracing::info!(
         target: "audit",
         event = ev.kind,
@@ -65,6 +65,26 @@ pub async fn record(store: &Store, now: Millis, who: &Who, ev: Event<'_>) {
         detail = %ev.detail,
         "audit"
     );
+}
+
+/// The row of an event, owned: for a write inside another transaction (a revocation's, whose
+/// row commits with it; `Store::revoke`). Log it with [`log`] once it committed.
+pub fn row(now: Millis, who: &Who, ev: &Event<'_>) -> crate::store::AuditRecord {
+    crate::store::AuditRecord {
+        at: now,
+        event: ev.kind,
+        actor_user_id: who.actor.clone(),
+        target_user_id: ev.target_user.map(str::to_string),
+        target_session_id: ev.target_session.map(str::to_string),
+        ip: who.ip.clone(),
+        user_agent: who.user_agent.clone(),
+        detail: (!ev.detail.is_null()).then(|| ev.detail.to_string()),
+    }
+}
+
+/// Records one event (log line, then row).
+pub async fn record(store: &Store, now: Millis, who: &Who, ev: Event<'_>) {
+    log(who, &ev);
     let row = NewAuditEvent {
         at: now,
         event: ev.kind,

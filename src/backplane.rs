@@ -8,6 +8,11 @@
 //! down the instance fails closed: `authenticate` checks the session in the database on every
 //! request and socket `auth`, and `/readyz` answers 503 once it has been down for 5 s.
 //!
+//! A listener that stops delivering without an error (a silent network: packets dropped,
+//! nothing reset) counts as down too: it probes itself every [`PROBE_EVERY`] (a `NOTIFY` on its
+//! own channel, sent through the request pool) and, having heard nothing for [`PROOF_WITHIN`],
+//! drops its connection and starts over, failing closed meanwhile (SECURITY.md G-4).
+//!
 //! A notification whose log rows cannot be read leaves the denylist stale. The listener then
 //! fails closed, retries the read briefly ([`NOTIFIED_READ_ATTEMPTS`]), and if it still fails it
 //! drops its connection and starts over (LISTEN, then the full resync, which re-applies the
@@ -48,6 +53,18 @@ const NOTIFIED_READ_TIMEOUT: Duration = Duration::from_secs(1);
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most notifications handled as one batch (one read of the log).
 const MAX_BATCH: usize = 512;
+/// How often the listener proves that it still delivers: a `NOTIFY` to itself, sent through
+/// the request pool, that it must hear back (docs/API.md §6: at least every 2 s).
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// With nothing heard for this long, its own probes included, the listener counts as down
+/// (a silent network: packets dropped, nothing reset, no error ever comes): the instance fails
+/// closed, and the listener reconnects and resyncs (docs/API.md §6: 5 s; SECURITY.md G-4).
+pub const PROOF_WITHIN: Duration = Duration::from_secs(5);
+
+/// The channel an instance's listener probes itself on (only it listens there).
+pub fn probe_channel(instance_id: &str) -> String {
+    format!("sessiond_probe_{instance_id}")
+}
 
 #[derive(Deserialize)]
 struct RevocationNote {
@@ -100,22 +117,44 @@ async fn listen_once(
     stop: &CancellationToken,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
-    let mut listener = pg.listener(&listener_name(&sessions.instance_id)).await?;
-    listener.listen_all([REVOCATIONS_CHANNEL, ACKS_CHANNEL]).await?;
+    // Every step is bounded: on a silent network none of them would ever fail by itself.
+    let bound = sessions.store.db_timeout();
+    let probe = probe_channel(&sessions.instance_id);
+    let mut listener = tokio::time::timeout(bound, pg.listener(&listener_name(&sessions.instance_id)))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting the listener took longer than {bound:?}"))??;
+    tokio::time::timeout(bound, listener.listen_all([REVOCATIONS_CHANNEL, ACKS_CHANNEL, probe.as_str()]))
+        .await
+        .map_err(|_| anyhow::anyhow!("LISTEN took longer than {bound:?}"))??;
     let n = sessions.rebuild_denylist().await?;
     bp.set_up();
     bp.set_synced();
+    bp.proved(sessions.clock.now_ms());
     // A forced resync is routine, not a sign of a database that refuses connections: the next
     // reconnect starts at the short pause again.
     *backoff = RECONNECT_BACKOFF;
     tracing::info!(resynced = n, "revocation listener up");
+    let mut heard = tokio::time::Instant::now();
+    let mut probes = tokio::time::interval(PROBE_EVERY);
+    probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let note = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
+            _ = bp.resync_requested() => anyhow::bail!("a resync was requested"),
+            _ = tokio::time::sleep_until(heard + PROOF_WITHIN) => anyhow::bail!(
+                "the listener heard nothing for {PROOF_WITHIN:?}, its own probes included: a silent network"
+            ),
+            _ = probes.tick() => {
+                send_probe(pg.clone(), probe.clone());
+                continue;
+            }
             n = listener.try_recv() => n?,
         };
         // `None`: the connection was lost. Start over: a new connection, LISTEN, resync.
         let Some(note) = note else { anyhow::bail!("listener connection lost") };
+        // Anything heard proves the connection delivers.
+        heard = tokio::time::Instant::now();
+        bp.proved(sessions.clock.now_ms());
         let (batch, lost) = drain_queued(&mut listener, note)?;
         let mut revocations = Vec::new();
         for note in &batch {
@@ -130,6 +169,18 @@ async fn listen_once(
             anyhow::bail!("listener connection lost");
         }
     }
+}
+
+/// Sends one liveness probe through the request pool, in the background (bounded: a probe that
+/// cannot be sent is a probe not heard).
+fn send_probe(pg: PgStore, channel: String) {
+    tokio::spawn(async move {
+        match tokio::time::timeout(PROBE_EVERY, pg.notify(&channel, "")).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "the listener's probe could not be sent"),
+            Err(_) => tracing::debug!("the listener's probe could not be sent in time"),
+        }
+    });
 }
 
 /// `first` and the notifications already received behind it (at most [`MAX_BATCH`]), without

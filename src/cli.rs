@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::accounts::{normalize_email, Accounts, Via};
 use crate::clock::{rfc3339, Clock};
-use crate::config::{Cli, Command, Config, KeysCommand, ServiceCommand, UserCommand};
+use crate::config::{Cli, Command, Config, EpochCommand, KeysCommand, ServiceCommand, UserCommand};
 
 pub mod ssf_cmd;
 use crate::error::AppError;
@@ -51,6 +51,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             audit::record(&store, clock.now_ms(), &audit::Who::system(), ev).await;
             store.close().await;
             println!("published key {kid}; it signs from {}", rfc3339(at));
+            Ok(())
+        }
+        Some(Command::Backup(args)) => {
+            let url = args.db.url(&config);
+            anyhow::ensure!(
+                url.starts_with("sqlite:"),
+                "sessiond backup copies an SQLite database; back PostgreSQL up with its own tools (pg_dump, \
+                 base backups), then run `sessiond epoch renew` after restoring one (docs/operations.md)"
+            );
+            anyhow::ensure!(
+                !args.path.exists(),
+                "{} exists already: the backup goes to a new file",
+                args.path.display()
+            );
+            let store = Store::connect(url).await?;
+            store.migrate().await?;
+            let res = store.backup(&args.path).await;
+            store.close().await;
+            res.with_context(|| format!("backing up to {}", args.path.display()))?;
+            eprintln!("backed up to {} (with a feed epoch of its own)", args.path.display());
+            Ok(())
+        }
+        Some(Command::Epoch(EpochCommand::Renew(db))) => {
+            let store = Store::connect(db.url(&config)).await?;
+            store.migrate().await?;
+            let res = store.renew_feed_epoch().await;
+            if let Ok(epoch) = &res {
+                let ev =
+                    audit::Event::new("feed_epoch_renewed").detail(serde_json::json!({ "epoch": epoch, "via": "cli" }));
+                audit::record(&store, Clock::system().now_ms(), &audit::Who::system(), ev).await;
+            }
+            store.close().await;
+            println!("{}", res?);
             Ok(())
         }
         Some(Command::Service(cmd)) => service(cmd, &config).await,
@@ -145,10 +178,7 @@ pub(crate) fn aligned<const N: usize>(header: [&str; N], rows: &[[String; N]]) -
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = app::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-    let state = app::build_state(config, Clock::system()).await?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    app::serve(listener, state, app::shutdown_signal()).await?;
-    Ok(())
+    app::run(config, Clock::system(), listener, app::shutdown_signal()).await
 }
 
 /// `sessiond user add --email E [--admin]`, password on stdin (one line), or asked for twice

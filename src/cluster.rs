@@ -30,6 +30,10 @@ pub struct Link {
     down_since: AtomicI64,
     /// The first LISTEN + resync has completed.
     synced_once: AtomicBool,
+    /// When the listener last proved it delivers (ms; 0: never).
+    last_proof: AtomicI64,
+    /// Asks the listener to reconnect and resync (a revoking write whose outcome is unknown).
+    resync: tokio::sync::Notify,
     /// request id → where acknowledgements go.
     acks: DashMap<String, mpsc::Sender<(String, i64)>>,
 }
@@ -40,6 +44,8 @@ impl Link {
             listening: AtomicBool::new(false),
             down_since: AtomicI64::new(now),
             synced_once: AtomicBool::new(false),
+            last_proof: AtomicI64::new(0),
+            resync: tokio::sync::Notify::new(),
             acks: DashMap::new(),
         }
     }
@@ -70,6 +76,29 @@ impl Link {
     /// The first LISTEN + resync has completed.
     pub fn set_synced(&self) {
         self.synced_once.store(true, Ordering::Release);
+    }
+
+    /// The listener heard something at `now`: it delivers.
+    pub fn proved(&self, now: Millis) {
+        self.last_proof.store(now, Ordering::Release);
+    }
+
+    /// When the listener last proved it delivers (ms), if ever.
+    pub fn last_proof(&self) -> Option<Millis> {
+        Some(self.last_proof.load(Ordering::Acquire)).filter(|t| *t > 0)
+    }
+
+    /// A revoking write of this instance failed after it may have committed: its revocation
+    /// may be in the database but not in the denylist (and this instance skips its own
+    /// notifications). Fail closed now; the listener reconnects and resyncs, which applies it.
+    pub fn request_resync(&self, now: Millis) {
+        self.set_down(now);
+        self.resync.notify_one();
+    }
+
+    /// Resolves when a resync was requested (for the listener).
+    pub async fn resync_requested(&self) {
+        self.resync.notified().await
     }
 
     /// Registers a request id; acknowledgements of it arrive on the receiver.

@@ -89,6 +89,30 @@ pub enum Command {
     Ssf(SsfCommand),
     /// Apply database migrations and exit.
     Migrate(DbArgs),
+    /// Write an online, consistent copy of the SQLite database to PATH (docs/operations.md):
+    /// restoring is copying it back while no server runs. The copy has a feed epoch of its
+    /// own, so the revocation feed's followers start over from a snapshot after a restore.
+    Backup(BackupArgs),
+    /// The revocation feed's epoch (docs/operations.md).
+    #[command(subcommand)]
+    Epoch(EpochCommand),
+}
+
+/// `sessiond backup PATH`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where the copy goes (a new file).
+    pub path: std::path::PathBuf,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EpochCommand {
+    /// Give the database a new feed epoch, after restoring it any other way than from a
+    /// `sessiond backup` copy (a PostgreSQL dump, a point-in-time recovery): every follower's
+    /// cursor becomes unknown and it starts over from a snapshot. Run it before the servers start.
+    Renew(DbArgs),
 }
 
 /// The server's flags, as `sessiond serve` shows them in its help.
@@ -339,6 +363,27 @@ pub struct Config {
     /// On shutdown, how long to wait for sockets to close before exiting.
     #[arg(long, env = "SESSIOND_SHUTDOWN_DRAIN", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_drain: Duration,
+
+    /// On shutdown, how long the instance keeps accepting with `/readyz` answering 503 before
+    /// it stops accepting: the time a load balancer needs to notice (docs/operations.md).
+    #[arg(long, env = "SESSIOND_SHUTDOWN_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// The deadline of every HTTP request but long polls and streams (docs/API.md §14): past
+    /// it the answer is 503 `unavailable` with `Retry-After`.
+    #[arg(long, env = "SESSIOND_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// The longest a request or socket `auth` waits on the database (docs/API.md §6): pool
+    /// acquire, connect and each statement; past it the answer is 503 `unavailable`.
+    #[arg(long, env = "SESSIOND_DB_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+
+    /// SQLite's `synchronous` (docs/operations.md): `normal` (the default: in WAL mode a commit
+    /// survives a crash of the process, the last ones may be lost on a power loss or an OS
+    /// crash) or `full` (each commit is on disk before it is answered, slower).
+    #[arg(long, env = "SESSIOND_SQLITE_SYNCHRONOUS", default_value = "normal", value_parser = ["normal", "full"])]
+    pub sqlite_synchronous: String,
 
     /// Directory of the browser pages and `sessiond.js` (default: `./static`, else the
     /// source checkout's `static/`).

@@ -75,21 +75,53 @@ pub enum AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => AppError::Unavailable(e.into()),
-            sqlx::Error::Database(ref db) if is_busy(db.as_ref()) => AppError::Unavailable(e.into()),
-            other => AppError::Internal(other.into()),
+        if is_outage(&e) {
+            AppError::Unavailable(e.into())
+        } else {
+            AppError::Internal(e.into())
         }
     }
 }
 
-/// SQLite `SQLITE_BUSY`/`SQLITE_LOCKED`, Postgres serialization/deadlock/admin-shutdown: retryable.
-fn is_busy(db: &dyn sqlx::error::DatabaseError) -> bool {
-    matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517") | Some("40001") | Some("40P01") | Some("57P01"))
+/// Whether a database error is an outage or a transient refusal, answered 503 `unavailable`
+/// (docs/API.md §14), never 500: the database cannot be reached or stopped answering (pool
+/// timeout or closed, I/O, TLS, a broken protocol stream, SQLite's worker gone), or it refuses
+/// for now ([`is_outage_code`]).
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else { return false };
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                code.parse().is_ok_and(is_sqlite_outage)
+            } else {
+                is_postgres_outage(&code)
+            }
+        }
+        _ => false,
+    }
+}
+
+/// PostgreSQL's SQLSTATEs of an outage or a transient refusal: any connection exception (class
+/// `08`), the server shutting down or starting (`57P01` admin, `57P02` crash, `57P03` cannot
+/// connect now), too many connections (`53300`), out of memory or disk (`53100`, `53200`),
+/// serialization failure and deadlock (`40001`, `40P01`).
+pub fn is_postgres_outage(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08")
+        || matches!(sqlstate, "57P01" | "57P02" | "57P03" | "53300" | "53100" | "53200" | "40001" | "40P01")
+}
+
+/// SQLite's result codes (the primary code of an extended one) of an outage or a transient
+/// refusal: `SQLITE_BUSY` (5), `SQLITE_LOCKED` (6), `SQLITE_READONLY` (8: a read-only file
+/// system), `SQLITE_IOERR` (10), `SQLITE_FULL` (13: a full disk), `SQLITE_CANTOPEN` (14),
+/// `SQLITE_PROTOCOL` (15).
+pub fn is_sqlite_outage(code: i64) -> bool {
+    matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14 | 15)
 }
 
 impl AppError {
@@ -322,6 +354,37 @@ impl IntoResponse for AppError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 21: every outage the contract names is a 503, and a genuine fault stays a 500.
+    #[test]
+    fn outage_codes_are_unavailable_and_faults_are_not() {
+        for code in
+            ["57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004", "08P01", "53300", "40001", "40P01"]
+        {
+            assert!(is_postgres_outage(code), "PostgreSQL {code}");
+        }
+        // Bugs and bad input: unique and foreign-key violations, syntax, a bad value.
+        for code in ["23505", "23503", "42601", "22P02", "42P01"] {
+            assert!(!is_postgres_outage(code), "PostgreSQL {code} is not an outage");
+        }
+        // SQLite: BUSY, LOCKED, BUSY_SNAPSHOT (517), READONLY, IOERR and its extended codes
+        // (IOERR_READ 266, IOERR_WRITE 778, IOERR_FSYNC 1034), FULL, CANTOPEN, PROTOCOL.
+        for code in [5, 6, 517, 8, 10, 266, 778, 1034, 13, 14, 15] {
+            assert!(is_sqlite_outage(code), "SQLite {code}");
+        }
+        // A constraint (19, and its extended UNIQUE 2067, FOREIGNKEY 787), an error, corruption.
+        for code in [19, 2067, 787, 1, 11] {
+            assert!(!is_sqlite_outage(code), "SQLite {code} is not an outage");
+        }
+        assert!(is_outage(&sqlx::Error::PoolTimedOut));
+        assert!(is_outage(&sqlx::Error::Protocol("unexpected message".into())));
+        assert!(is_outage(&sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))));
+        assert!(!is_outage(&sqlx::Error::RowNotFound));
+        let e: AppError = sqlx::Error::Protocol("x".into()).into();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let e: AppError = sqlx::Error::RowNotFound.into();
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     /// The published enum spells every code exactly as the bodies do.
     #[test]

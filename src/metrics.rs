@@ -110,6 +110,8 @@ pub struct Metrics {
     pub revocations: Family<ReasonLabels, Counter>,
     pub active_sessions: Gauge,
     pub denylist_entries: Gauge,
+    /// User emails held in the store's bounded cache.
+    pub email_cache_entries: Gauge,
     /// WebSocket connections open on this instance (authenticated or not).
     pub ws_open: Gauge,
     /// Authenticated sockets registered in the hub.
@@ -127,6 +129,11 @@ pub struct Metrics {
     pub ws_evicted: Counter,
     /// Upgrades refused by a cap, by which cap.
     pub ws_refused: Family<OutcomeLabels, Counter>,
+    /// PostgreSQL: 1 while the revocation listener is connected, synced and proven alive.
+    pub listener_up: Gauge,
+    /// PostgreSQL: Unix time (s) the listener last proved it delivers (its own probe, or any
+    /// notification).
+    pub listener_last_proof: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -145,6 +152,8 @@ impl Metrics {
         let revocations = Family::<ReasonLabels, Counter>::default();
         let active_sessions = Gauge::default();
         let denylist_entries = Gauge::default();
+        let email_cache_entries = Gauge::default();
+        registry.register("email_cache_entries", "User emails held in the bounded cache", email_cache_entries.clone());
         let ws_open = Gauge::default();
         let ws_authenticated = Gauge::default();
         let ws_logouts = Family::<ReasonLabels, Counter>::default();
@@ -160,6 +169,18 @@ impl Metrics {
         let ws_queue_full_closes = Counter::default();
         let ws_evicted = Counter::default();
         let ws_refused = Family::<OutcomeLabels, Counter>::default();
+        let listener_up = Gauge::default();
+        let listener_last_proof = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "listener_up",
+            "PostgreSQL: 1 while the revocation listener is connected, synced and proven alive",
+            listener_up.clone(),
+        );
+        registry.register(
+            "listener_last_proof_timestamp_seconds",
+            "PostgreSQL: Unix time the revocation listener last proved it delivers",
+            listener_last_proof.clone(),
+        );
         registry.register("ws_refused", "WebSocket upgrades refused by a cap, by cap", ws_refused.clone());
         registry.register("http_requests", "HTTP requests by route and status", http_requests.clone());
         registry.register("logins", "Login attempts by outcome", logins.clone());
@@ -234,6 +255,7 @@ impl Metrics {
             revocations,
             active_sessions,
             denylist_entries,
+            email_cache_entries,
             ws_open,
             ws_authenticated,
             ws_logouts,
@@ -242,6 +264,8 @@ impl Metrics {
             ws_queue_full_closes,
             ws_evicted,
             ws_refused,
+            listener_up,
+            listener_last_proof,
         }
     }
 

@@ -391,8 +391,8 @@ impl Sessions {
         // disconnects, the rotation still completes or rolls back whole, and a reuse revocation
         // never stays committed but unannounced.
         let (st, who) = (self.clone(), client.who(None));
-        let outcome = detached(async move {
-        let outcome = st.store.rotate_refresh(rotation).await?;
+        let outcome = self.detached(async move {
+        let outcome = st.revoking(st.store.rotate_refresh(rotation).await)?;
         match &outcome {
             RotateOutcome::Reused { revoked, foreign_client } => {
                 tracing::warn!(session_id = ?revoked.first().map(|r| &r.session_id), foreign_client, "refresh token reused: session revoked");
@@ -491,31 +491,27 @@ impl Sessions {
         who: &Who,
     ) -> Result<(Vec<Revoked>, usize)> {
         let (st, who) = (self.clone(), who.clone());
-        detached(async move {
+        self.detached(async move {
             let now = st.clock.now_ms();
-            let (revoked, notified) = st.revoke_and_publish(&sel, reason, count_cluster, now).await?;
-            st.audit_revocation(now, &who, &sel, reason, &revoked).await;
+            // The audit row is written in the revoking transaction: a crash after the commit
+            // cannot lose it (docs/API.md §14).
+            let row =
+                |revoked: &[Revoked]| revocation_event(&sel, reason, revoked).map(|ev| audit::row(now, &who, &ev));
+            let (revoked, notified) = st.revoke_and_publish(&sel, reason, count_cluster, now, Some(&row)).await?;
+            if let Some(ev) = revocation_event(&sel, reason, &revoked) {
+                audit::log(&who, &ev);
+            }
             Ok((revoked, notified))
         })
         .await
     }
 
-    /// One `sessions_revoked` audit event per revocation (not per session: "log out everyone" is one
-    /// row), naming the user or session it was aimed at.
+    /// One `sessions_revoked` audit event per revocation, written after its commit (the reuse
+    /// and expiry paths; `end_sessions` writes its row in the revoking transaction).
     async fn audit_revocation(&self, now: Millis, who: &Who, sel: &Selector, reason: Reason, revoked: &[Revoked]) {
-        if revoked.is_empty() {
-            return;
+        if let Some(ev) = revocation_event(sel, reason, revoked) {
+            audit::record(&self.store, now, who, ev).await;
         }
-        let mut ev =
-            Event::new("sessions_revoked").detail(json!({ "reason": reason.as_str(), "sessions": revoked.len() }));
-        match sel {
-            Selector::Session(id) | Selector::OwnSession { session_id: id, .. } => {
-                ev = ev.session(id).user(&revoked[0].user_id);
-            }
-            Selector::User { user_id, .. } => ev = ev.user(user_id),
-            Selector::Everyone | Selector::Expired => {}
-        }
-        audit::record(&self.store, now, who, ev).await;
     }
 
     /// Commits the revocation, then publishes it; with `count_cluster` on PostgreSQL, adds the
@@ -526,6 +522,7 @@ impl Sessions {
         reason: Reason,
         count_cluster: bool,
         now: Millis,
+        audit: Option<crate::store::AuditOf<'_>>,
     ) -> Result<(Vec<Revoked>, usize)> {
         let cluster = match (&self.link, self.store.postgres(), count_cluster) {
             (Some(bp), Some(pg), true) => {
@@ -537,7 +534,7 @@ impl Sessions {
             _ => None,
         };
         let req = cluster.as_ref().map(|c| c.2.as_str());
-        let revoked = match self.store.revoke(sel, reason.as_str(), now, req).await {
+        let revoked = match self.revoking(self.store.revoke(sel, reason.as_str(), now, req, audit).await) {
             Ok(r) => r,
             Err(e) => {
                 if let Some((bp, _, req, _)) = &cluster {
@@ -658,12 +655,10 @@ impl Sessions {
         let (st, uid, sid, who, now) =
             (self.clone(), user_id.to_string(), session_id.to_string(), who.clone(), self.clock.now_ms());
         let verified = user.credential_version;
-        detached(async move {
+        self.detached(async move {
             // Another change committed since `current` was verified: it is no longer current.
             let revoked = st
-                .store
-                .change_password(&uid, verified, &hash, &sid, now)
-                .await?
+                .revoking(st.store.change_password(&uid, verified, &hash, &sid, now).await)?
                 .ok_or(AppError::InvalidCredentials)?;
             st.publish(&revoked);
             st.metrics.password_change("success");
@@ -680,9 +675,10 @@ impl Sessions {
     pub async fn set_disabled(&self, user_id: &str, disabled: bool, who: &Who) -> Result<usize> {
         let (st, uid, who) = (self.clone(), user_id.to_string(), who.clone());
         // Detached: a committed revocation is always published and audited.
-        detached(async move {
+        self.detached(async move {
             let now = st.clock.now_ms();
-            let revoked = st.store.set_user_disabled(&uid, disabled, now).await?.ok_or(AppError::NotFound)?;
+            let revoked =
+                st.revoking(st.store.set_user_disabled(&uid, disabled, now).await)?.ok_or(AppError::NotFound)?;
             st.publish(&revoked);
             let kind = if disabled { "user_disabled" } else { "user_enabled" };
             let ev = Event::new(kind).user(&uid).detail(json!({ "sessions_revoked": revoked.len() }));
@@ -698,9 +694,9 @@ impl Sessions {
     /// the `admin` claim of an unexpired access token unless its session is revoked (RT14).
     pub async fn set_admin(&self, user_id: &str, admin: bool, who: &Who) -> Result<()> {
         let (st, uid, who) = (self.clone(), user_id.to_string(), who.clone());
-        detached(async move {
+        self.detached(async move {
             let now = st.clock.now_ms();
-            let revoked = st.store.set_user_admin(&uid, admin, now).await?.ok_or(AppError::NotFound)?;
+            let revoked = st.revoking(st.store.set_user_admin(&uid, admin, now).await)?.ok_or(AppError::NotFound)?;
             st.publish(&revoked);
             let kind = if admin { "admin_granted" } else { "admin_revoked" };
             let ev = Event::new(kind).user(&uid).detail(json!({ "sessions_revoked": revoked.len() }));
@@ -749,7 +745,7 @@ impl Sessions {
     /// Ends expired sessions (`session_expired`) and prunes the denylist. Run periodically.
     pub async fn sweep(&self) -> Result<usize> {
         let now = self.clock.now_ms();
-        let revoked = self.store.sweep_expired(now, ms(self.config.refresh_reuse_grace)).await?;
+        let revoked = self.revoking(self.store.sweep_expired(now, ms(self.config.refresh_reuse_grace)).await)?;
         self.publish(&revoked);
         self.audit_revocation(now, &Who::system(), &Selector::Expired, Reason::SessionExpired, &revoked).await;
         self.limits.prune(now);
@@ -782,11 +778,53 @@ impl Sessions {
     }
 }
 
-/// Runs `work` in its own task and waits for it: if the request is dropped (the client went
-/// away), the work still completes, so a committed change is never left unpublished or
-/// unaudited.
-async fn detached<T: Send + 'static>(work: impl std::future::Future<Output = Result<T>> + Send + 'static) -> Result<T> {
-    tokio::spawn(work).await.map_err(|e| AppError::Internal(e.into()))?
+impl Sessions {
+    /// Runs `work` in its own task and waits for it, at most `--db-timeout` (docs/API.md §6):
+    /// if the request is dropped (the client went away) or stops waiting (503), the work still
+    /// completes, so a committed change is never left unpublished or unaudited.
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let task = tokio::spawn(work);
+        match tokio::time::timeout(self.store.db_timeout(), task).await {
+            Ok(joined) => joined.map_err(|e| AppError::Internal(e.into()))?,
+            Err(_) => Err(AppError::Unavailable(anyhow::anyhow!(
+                "the database did not answer within --db-timeout; the change goes on and is published once it commits"
+            ))),
+        }
+    }
+
+    /// A revoking write's result. When it failed because the database could not be reached, it
+    /// may have committed all the same (the commit sent, its answer lost): its revocations may
+    /// be in the database but not in this instance's denylist, and this instance skips its own
+    /// notifications. On PostgreSQL the instance then fails closed and its listener resyncs
+    /// (SECURITY.md G-4); SQLite's one writer answers every commit.
+    fn revoking<T>(&self, result: crate::store::StoreResult<T>) -> crate::store::StoreResult<T> {
+        if let (Err(e), Some(link)) = (&result, &self.link) {
+            if e.is_outage() {
+                tracing::warn!(error = %e, "a revoking write failed with its outcome unknown: failing closed until a resync");
+                link.request_resync(self.clock.now_ms());
+            }
+        }
+        result
+    }
+}
+
+/// The `sessions_revoked` audit event of a revocation (one per revocation, not per session:
+/// "log out everyone" is one row), naming the user or session it was aimed at; `None` when it
+/// ended nothing.
+fn revocation_event<'a>(sel: &'a Selector, reason: Reason, revoked: &'a [Revoked]) -> Option<Event<'a>> {
+    let first = revoked.first()?;
+    let mut ev = Event::new("sessions_revoked").detail(json!({ "reason": reason.as_str(), "sessions": revoked.len() }));
+    match sel {
+        Selector::Session(id) | Selector::OwnSession { session_id: id, .. } => {
+            ev = ev.session(id).user(&first.user_id);
+        }
+        Selector::User { user_id, .. } => ev = ev.user(user_id),
+        Selector::Everyone | Selector::Expired => {}
+    }
+    Some(ev)
 }
 
 /// The client address of an audited caller (its `ip` is that address as text).

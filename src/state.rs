@@ -18,6 +18,21 @@ use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::tokens::jwt::Keys;
 
+/// Set at the shutdown signal (a type of its own, so handlers can take it through `FromRef`
+/// beside `ready`).
+#[derive(Clone, Default)]
+pub struct Draining(pub Arc<AtomicBool>);
+
+impl Draining {
+    pub fn store(&self, v: bool, order: std::sync::atomic::Ordering) {
+        self.0.store(v, order)
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 #[derive(Clone, FromRef)]
 pub struct AppState {
     pub sessions: Sessions,
@@ -35,6 +50,8 @@ pub struct AppState {
     pub allowed_origins: Arc<AllowedOrigins>,
     /// True once the denylist is rebuilt and the keyset loaded: `/readyz` may answer 200.
     pub ready: Arc<AtomicBool>,
+    /// True from the shutdown signal on: `/readyz` answers 503 (docs/API.md §14).
+    pub draining: Draining,
     /// Wakes the revocation feed's long polls on this instance (docs/API.md §9).
     pub feed: crate::feed::FeedSignal,
     /// The newest revocation log entries, read once per commit for every follower at the head.

@@ -147,6 +147,7 @@ fn openapi_document_describes_the_api() {
         ("POST", "/v1/admin/users/{id}/admin"),
         ("DELETE", "/v1/admin/users/{id}/admin"),
         ("GET", "/v1/admin/audit"),
+        ("GET", "/v1/admin/health"),
         ("GET", "/v1/revocations"),
         ("GET", "/v1/revocations/stream"),
         ("POST", "/oauth2/revoke"),

@@ -9,6 +9,7 @@
 //!   revoke-under-login   the same while 8 clients log in flat out
 //!   cluster   revoke across instances (PostgreSQL NOTIFY)       --revokes 1000 --rate 100 --idle 10000
 //!   churn     reconnect storm after a restart                   --sizes 19000
+//!   soak      churn and a request mix for a while, bounded?         --sizes 10000 --seconds 600
 //!   refresh   refreshes/s from pre-minted tokens, SQLite + PG   --count 20000 --concurrency 64
 //!   refresh-store  the rotation transaction alone, in process   --count 5000
 //!   verify    /v1/me and /healthz req/s + in-process verify µs  --seconds 10 --concurrency 64
@@ -38,6 +39,7 @@ mod common;
 mod peers;
 mod resource;
 mod scenarios;
+mod soak;
 mod ssf;
 mod worker;
 
@@ -81,6 +83,10 @@ pub enum Scenario {
     /// Shared Signals push: logout → SET at a receiver (--revokes, --rate), and the SETs/s of a
     /// logout-everyone burst (--burst), over --streams push streams, on --stores.
     Ssf,
+    /// Sockets under continuous churn (connect, auth, re-auth, logout, reconnect) and a steady
+    /// request mix for --seconds (default 600) at --sizes (default 10000): server RSS, open
+    /// files, hub registry, denylist and cache sizes at the start, middle and end.
+    Soak,
     /// Internal: a socket-holding worker process.
     #[value(hide = true)]
     Worker,
@@ -136,9 +142,9 @@ pub struct Args {
     /// Concurrent clients (refresh, verify).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Duration of a timed scenario (verify, login).
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
+    /// Duration of a timed scenario (verify, login: default 10; soak: 600).
+    #[arg(long)]
+    seconds: Option<u64>,
     /// Where `peers` writes its SVG charts (default: bench/charts).
     #[arg(long)]
     pub charts: Option<std::path::PathBuf>,
@@ -164,10 +170,18 @@ impl Args {
         self.revokes.unwrap_or(if self.scenario == Scenario::Ssf { 500 } else { 1000 })
     }
 
+    /// `--seconds`, defaulting per scenario.
+    pub fn seconds(&self) -> u64 {
+        self.seconds.unwrap_or(if self.scenario == Scenario::Soak { 600 } else { 10 })
+    }
+
     /// `--sizes`, defaulting per scenario.
     pub fn sizes(&self) -> Vec<usize> {
-        let default: &[usize] =
-            if self.scenario == Scenario::Peers { &[5000, 15_000] } else { &[1000, 5000, 10_000, 19_000] };
+        let default: &[usize] = match self.scenario {
+            Scenario::Peers => &[5000, 15_000],
+            Scenario::Soak => &[10_000],
+            _ => &[1000, 5000, 10_000, 19_000],
+        };
         self.sizes.clone().unwrap_or_else(|| default.to_vec())
     }
 
@@ -213,6 +227,7 @@ fn main() {
             Scenario::Peers => peers::run(&args).await,
             Scenario::RevokeToResourceServer => resource::run(&args).await,
             Scenario::Ssf => ssf::run(&args).await,
+            Scenario::Soak => soak::run(&args).await,
             Scenario::Worker | Scenario::Server => unreachable!("handled above"),
         }
     });

@@ -96,7 +96,7 @@ struct Contender {
 }
 
 enum Kind {
-    Sessiond { minter: Minter, _server: Server },
+    Sessiond { minter: Box<Minter>, _server: Server },
     Peer { _process: Peer },
 }
 
@@ -109,7 +109,7 @@ impl Contender {
             let server = Server::start(&db.url, port, &[]).await;
             let minter = Minter::new(&db.url, &server.base()).await;
             let (pid, base, ws) = (server.child.id(), server.base(), server.ws());
-            let kind = Kind::Sessiond { minter, _server: server };
+            let kind = Kind::Sessiond { minter: Box::new(minter), _server: server };
             return Ok(Contender { name: name.to_string(), pid, base, ws, framing: Framing::Plain, kind, dir });
         }
         let (mut cmd, path, framing) = peer_command(name)?;

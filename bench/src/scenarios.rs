@@ -270,7 +270,7 @@ pub async fn login(args: &Args) -> Vec<String> {
     let dir = TempDir::new();
     let db = Db::new(args, &dir, false).await;
     let server = Server::start(&db.url, free_port(), &[]).await;
-    let (n, secs) = login_flood(server.base(), Duration::from_secs(args.seconds)).await;
+    let (n, secs) = login_flood(server.base(), Duration::from_secs(args.seconds())).await;
     drop(server);
     vec![format!("| logins | {n} in {secs:.1} s | {:.0} logins/s (8 concurrent clients) |", n as f64 / secs)]
 }
@@ -397,7 +397,7 @@ pub async fn verify(args: &Args) -> Vec<String> {
         let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(256).build().unwrap();
         let lat = Arc::new(std::sync::Mutex::new(hist()));
         let start = Instant::now();
-        let dur = Duration::from_secs(args.seconds);
+        let dur = Duration::from_secs(args.seconds());
         let mut tasks = Vec::new();
         for _ in 0..args.concurrency {
             let (client, lat, url, token) =

@@ -43,3 +43,18 @@ fn peers_and_everyone_run_at_tiny_n() {
     let everyone = bench(&["everyone", "--sizes", "20"]);
     assert!(everyone.contains("| 20 (20 got it) |"), "{everyone}");
 }
+
+/// The soak's short run (issue 21; BENCHMARKS.md has the long one): 100 sockets under churn
+/// and the request mix for 20 s; every socket step and request answered as expected, and the
+/// hub registry and open sockets back to zero once the sockets are closed.
+#[test]
+fn soak_runs_short_and_ends_with_an_empty_registry() {
+    let soak = bench(&["soak", "--sizes", "100", "--seconds", "20"]);
+    let closed = soak.lines().find(|l| l.starts_with("| closed |")).unwrap_or_else(|| panic!("{soak}"));
+    let cells: Vec<&str> = closed.split('|').map(str::trim).collect();
+    // | closed | at | rss | files | cpu | registry | open | …
+    assert_eq!((cells[6], cells[7]), ("0", "0"), "registry and sockets after closing: {closed}");
+    let logouts: u64 = cells[11].parse().unwrap();
+    assert!(logouts > 0, "the churn logged sessions out: {closed}");
+    assert!(soak.contains("failures (a request or socket step not answered as expected) 0"), "{soak}");
+}

@@ -6,11 +6,11 @@
 //!   long poll that answers as soon as an entry is committed (woken by the instance's
 //!   [`FeedSignal`], never by polling the database), or with an empty list after `wait` seconds.
 //!
-//! Cursors are the revocation log's ids as decimal strings (opaque to followers). They grow in
-//! commit order (see `Store::revocations_after`), so a follower that asks with the `next` it was
-//! given receives every later revocation exactly once. A cursor beyond the newest entry (a
-//! database restored from an older backup) or not one of ours is 400 `invalid_request`: the
-//! follower starts over from a snapshot.
+//! Cursors are `EPOCH.ID` (opaque to followers): the database's feed epoch and the revocation
+//! log's id. Ids grow in commit order (see `Store::revocations_after`), so a follower that asks
+//! with the `next` it was given receives every later revocation exactly once. A cursor of
+//! another epoch (a restored backup, a new database: docs/API.md §14), beyond the newest entry,
+//! or not one of ours is 400 `invalid_request`: the follower starts over from a snapshot.
 
 use std::time::Duration;
 
@@ -80,7 +80,7 @@ problems!(FeedProblems: InvalidRequest, InvalidToken, Forbidden, Unavailable);
 struct FeedQuery {
     /// The `next` of the previous answer (or the `cursor` of the last entry processed). Absent:
     /// a snapshot.
-    #[param(pattern = "^[0-9]{1,19}$")]
+    #[param(pattern = "^[0-9a-f]{16}\\.[0-9]{1,19}$")]
     after: Option<String>,
     /// With `after`: at most this many entries, 1 to 1000; empty or absent: 500.
     #[param(schema_with = limit_schema)]
@@ -113,7 +113,7 @@ fn wait_schema() -> utoipa::openapi::schema::Schema {
 #[schema(as = Revocation)]
 pub struct RevocationView {
     /// Opaque; cursors order the entries. Ask with it as `after` to get what follows.
-    #[schema(pattern = "^[0-9]{1,19}$")]
+    #[schema(pattern = "^[0-9a-f]{16}\\.[0-9]{1,19}$")]
     pub cursor: String,
     pub session_id: String,
     pub user_id: String,
@@ -130,10 +130,10 @@ pub struct RevocationView {
     pub until: String,
 }
 
-impl From<LogEntry> for RevocationView {
-    fn from(e: LogEntry) -> Self {
+impl RevocationView {
+    fn new(e: LogEntry, cursors: &Cursors) -> Self {
         RevocationView {
-            cursor: e.cursor.to_string(),
+            cursor: cursors.show(e.cursor),
             session_id: e.session_id,
             user_id: e.user_id,
             reason: e.reason,
@@ -153,19 +153,67 @@ fn ceil_to_second(t: Millis) -> Millis {
 pub struct RevocationPage {
     pub revocations: Vec<RevocationView>,
     /// The cursor to ask with next time (`after`); equal to `after` when nothing is new.
-    #[schema(pattern = "^[0-9]{1,19}$")]
+    #[schema(pattern = "^[0-9a-f]{16}\\.[0-9]{1,19}$")]
     pub next: String,
 }
 
 impl RevocationPage {
-    fn new(entries: Vec<LogEntry>, after: i64) -> Self {
-        let next = entries.last().map_or(after, |e| e.cursor).to_string();
-        RevocationPage { revocations: entries.into_iter().map(RevocationView::from).collect(), next }
+    fn new(entries: Vec<LogEntry>, after: i64, cursors: &Cursors) -> Self {
+        let next = cursors.show(entries.last().map_or(after, |e| e.cursor));
+        RevocationPage { revocations: entries.into_iter().map(|e| RevocationView::new(e, cursors)).collect(), next }
     }
 }
 
-/// A cursor we issue: the decimal id of a log entry (0: before the first).
-fn parse_cursor(s: &str) -> Option<i64> {
+/// The cursors of this database: `EPOCH.ID`, its feed epoch (16 hex digits, `sessiond_meta`)
+/// and a log id (0: before the first entry).
+#[derive(Clone)]
+struct Cursors(std::sync::Arc<str>);
+
+/// Why a cursor was refused.
+enum BadCursor {
+    /// Not the shape we issue.
+    Malformed,
+    /// Ours in shape, but of another database (a restored backup, a new database).
+    OtherEpoch,
+}
+
+impl Cursors {
+    async fn of(store: &Store) -> Result<Cursors> {
+        Ok(Cursors(store.feed_epoch().await?))
+    }
+
+    fn show(&self, id: i64) -> String {
+        format!("{}.{id}", self.0)
+    }
+
+    fn parse(&self, s: &str) -> std::result::Result<i64, BadCursor> {
+        let (epoch, id) = s.split_once('.').ok_or(BadCursor::Malformed)?;
+        let id = parse_id(id).ok_or(BadCursor::Malformed)?;
+        if epoch.len() != 16 || !epoch.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BadCursor::Malformed);
+        }
+        if epoch != &*self.0 {
+            return Err(BadCursor::OtherEpoch);
+        }
+        Ok(id)
+    }
+
+    /// [`parse`](Self::parse), as the 400 a follower gets (`what`: the parameter's name).
+    fn parse_or_400(&self, s: &str, what: &'static str) -> Result<i64> {
+        self.parse(s).map_err(|e| match (e, what) {
+            (BadCursor::OtherEpoch, _) => AppError::InvalidRequest(
+                "The cursor is of another database (a restored backup, or a new database): start over from a snapshot.",
+            ),
+            (BadCursor::Malformed, "Last-Event-ID") => {
+                AppError::InvalidRequest("Last-Event-ID is not a cursor of this feed.")
+            }
+            (BadCursor::Malformed, _) => AppError::InvalidRequest("after is not a cursor of this feed."),
+        })
+    }
+}
+
+/// A log id as a cursor holds it: decimal, no sign, no leading zero.
+fn parse_id(s: &str) -> Option<i64> {
     if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -222,7 +270,8 @@ async fn revocations(
         let slot = feed.admit(caller.name()).ok_or_else(too_many)?;
         return snapshot(store, &tail, clock.now_ms(), slot).await;
     };
-    let after = parse_cursor(&after).ok_or(AppError::InvalidRequest("after is not a cursor of this feed."))?;
+    let cursors = Cursors::of(&store).await?;
+    let after = cursors.parse_or_400(&after, "after")?;
     // A long poll holds a place under the caps while it waits (G-5); a plain poll answers at once.
     let _slot = match wait {
         0 => None,
@@ -236,7 +285,7 @@ async fn revocations(
         let seen = *commits.borrow_and_update();
         let entries = tail.after(after, limit, seen).await?;
         if !entries.is_empty() {
-            return Ok(Json(RevocationPage::new(entries, after)).into_response());
+            return Ok(Json(RevocationPage::new(entries, after, &cursors)).into_response());
         }
         // Nothing after it: is it a cursor we ever gave out? (Entries exist beyond any cursor
         // below the head, so this read is only needed when there are none.)
@@ -256,7 +305,7 @@ async fn revocations(
             changed = tokio::time::timeout_at(deadline, commits.changed()) => matches!(changed, Ok(Ok(()))),
         };
         if !woken {
-            return Ok(Json(RevocationPage::new(Vec::new(), after)).into_response());
+            return Ok(Json(RevocationPage::new(Vec::new(), after, &cursors)).into_response());
         }
     }
 }
@@ -288,6 +337,7 @@ async fn snapshot(
     slot: crate::feed::StreamSlot,
 ) -> Result<axum::response::Response> {
     use axum::response::IntoResponse;
+    let cursors = Cursors::of(&store).await?;
     let head = store.revocation_head().await?;
     tail.saw_head(head).await;
     let first = store.revocations_in_force(0, head, now, SNAPSHOT_PAGE).await?;
@@ -305,7 +355,7 @@ async fn snapshot(
                     bytes.push(b',');
                 }
                 first_entry = false;
-                bytes.extend(serde_json::to_vec(&RevocationView::from(e)).unwrap_or_default());
+                bytes.extend(serde_json::to_vec(&RevocationView::new(e, &cursors)).unwrap_or_default());
             }
             let Some(after) = last_cursor.filter(|_| full) else { break };
             let chunk = Chunk { bytes: std::mem::take(&mut bytes).into(), last: false };
@@ -320,7 +370,7 @@ async fn snapshot(
                 }
             };
         }
-        bytes.extend(format!("],\"next\":\"{head}\"}}").into_bytes());
+        bytes.extend(format!("],\"next\":\"{}\"}}", cursors.show(head)).into_bytes());
         let _ = tokio::time::timeout(SLOW_READER, tx.send(Chunk { bytes: bytes.into(), last: true })).await;
     });
     let body = futures::stream::unfold((rx, false), |(mut rx, done)| async move {
@@ -366,7 +416,7 @@ pub const CREDENTIAL_RECHECK: Duration = Duration::from_secs(2);
     operation_id = "revocations_stream",
     params(
         StreamQuery,
-        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9]{1,19}$",
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, pattern = "^[0-9a-f]{16}\\.[0-9]{1,19}$",
             description = "The last cursor received: resume after it (wins over `after`)."),
     ),
     security(("service" = [])),
@@ -389,15 +439,11 @@ async fn stream(
     use axum::response::IntoResponse;
     caller.require(Scope::RevocationsRead)?;
     let Query(q) = query.map_err(|_| AppError::InvalidRequest("The query string is not valid."))?;
+    let cursors = Cursors::of(&store).await?;
     let resume = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(parse_cursor)
-                .ok_or(AppError::InvalidRequest("Last-Event-ID is not a cursor of this feed."))?,
-        ),
+        Some(v) => Some(cursors.parse_or_400(v.to_str().unwrap_or_default(), "Last-Event-ID")?),
         None => match q.after.as_deref() {
-            Some(a) => Some(parse_cursor(a).ok_or(AppError::InvalidRequest("after is not a cursor of this feed."))?),
+            Some(a) => Some(cursors.parse_or_400(a, "after")?),
             None => None,
         },
     };
@@ -417,7 +463,7 @@ async fn stream(
         .map(|s| s.digest())
         .ok_or(AppError::InvalidToken { presented: true })?;
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(feed_stream(Follower { store, tail, clock, feed }, resume, digest, tx, slot));
+    tokio::spawn(feed_stream(Follower { store, tail, clock, feed, cursors }, resume, digest, tx, slot));
     let events = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
     });
@@ -434,15 +480,15 @@ async fn stream(
 #[into_params(parameter_in = Query)]
 struct StreamQuery {
     /// Resume after this cursor (`Last-Event-ID` wins when both are sent).
-    #[param(pattern = "^[0-9]{1,19}$")]
+    #[param(pattern = "^[0-9a-f]{16}\\.[0-9]{1,19}$")]
     after: Option<String>,
 }
 
 type EventTx = tokio::sync::mpsc::Sender<axum::response::sse::Event>;
 
-fn revocation_event(e: LogEntry) -> axum::response::sse::Event {
-    let id = e.cursor.to_string();
-    let data = serde_json::to_string(&RevocationView::from(e)).unwrap_or_default();
+fn revocation_event(e: LogEntry, cursors: &Cursors) -> axum::response::sse::Event {
+    let id = cursors.show(e.cursor);
+    let data = serde_json::to_string(&RevocationView::new(e, cursors)).unwrap_or_default();
     axum::response::sse::Event::default().event("revocation").id(id).data(data)
 }
 
@@ -461,11 +507,12 @@ struct Follower {
     tail: FeedTail,
     clock: Clock,
     feed: FeedSignal,
+    cursors: Cursors,
 }
 
 /// The snapshot's entries as events, page by page (G-5); the head it was read at, or `None`
 /// when the stream must end.
-async fn send_snapshot(store: &Store, tail: &FeedTail, now: Millis, tx: &EventTx) -> Option<i64> {
+async fn send_snapshot(store: &Store, tail: &FeedTail, cursors: &Cursors, now: Millis, tx: &EventTx) -> Option<i64> {
     let head = match store.revocation_head().await {
         Ok(head) => {
             tail.saw_head(head).await;
@@ -488,7 +535,7 @@ async fn send_snapshot(store: &Store, tail: &FeedTail, now: Millis, tx: &EventTx
         let full = page.len() as i64 == SNAPSHOT_PAGE;
         for e in page {
             after = e.cursor;
-            if !deliver(tx, revocation_event(e)).await {
+            if !deliver(tx, revocation_event(e, cursors)).await {
                 return None;
             }
         }
@@ -505,11 +552,11 @@ async fn feed_stream(
     tx: EventTx,
     _slot: crate::feed::StreamSlot,
 ) {
-    let Follower { store, tail, clock, feed } = follower;
+    let Follower { store, tail, clock, feed, cursors } = follower;
     let mut commits = feed.subscribe();
     let mut cursor = match resume {
         Some(after) => after,
-        None => match send_snapshot(&store, &tail, clock.now_ms(), &tx).await {
+        None => match send_snapshot(&store, &tail, &cursors, clock.now_ms(), &tx).await {
             Some(head) => head,
             None => return,
         },
@@ -542,14 +589,14 @@ async fn feed_stream(
         if let Some(last) = entries.last() {
             cursor = last.cursor;
             for e in entries {
-                if !deliver(&tx, revocation_event(e)).await {
+                if !deliver(&tx, revocation_event(e, &cursors)).await {
                     return;
                 }
             }
             continue;
         }
         if !synced {
-            let next = cursor.to_string();
+            let next = cursors.show(cursor);
             let data = serde_json::json!({ "next": next }).to_string();
             if !deliver(&tx, axum::response::sse::Event::default().event("synced").id(next).data(data)).await {
                 return;
@@ -572,6 +619,14 @@ mod tests {
 
     #[test]
     fn cursors_and_bounds_are_strict() {
+        let c = Cursors("0123456789abcdef".into());
+        assert_eq!(c.show(42), "0123456789abcdef.42");
+        assert!(matches!(c.parse("0123456789abcdef.42"), Ok(42)));
+        assert!(matches!(c.parse("0123456789abcdee.42"), Err(BadCursor::OtherEpoch)), "another database's");
+        for bad in ["42", "0123456789abcdef", "0123456789abcdef.", ".42", "0123456789abcdeg.42", "abc.42"] {
+            assert!(matches!(c.parse(bad), Err(BadCursor::Malformed)), "{bad}");
+        }
+        let parse_cursor = parse_id;
         assert_eq!(parse_cursor("0"), Some(0));
         assert_eq!(parse_cursor("9223372036854775807"), Some(i64::MAX));
         for bad in ["", "-1", "+1", " 1", "1a", "9223372036854775808", "00000000000000000001", "0x10"] {

@@ -44,6 +44,11 @@ struct Status {
     responses((status = 200, description = "`{\"status\":\"ok\"}`", body = Status))
 )]
 async fn healthz() -> Response {
+    healthz_ok().await
+}
+
+/// `/healthz`'s answer (also while the instance starts, before it has a state).
+pub async fn healthz_ok() -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response()
 }
 
@@ -53,16 +58,24 @@ problems!(ReadyProblems: Unavailable);
 ///
 /// 200 once startup finished (keys loaded, denylist rebuilt) and while the database answers;
 /// with PostgreSQL also the revocation listener (after its first `LISTEN` and resync, and not
-/// down for 5 s).
+/// down for 5 s). 503 from the shutdown signal on.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses((status = 200, description = "`{\"status\":\"ready\"}`", body = Status), ReadyProblems)
 )]
-async fn readyz(State(sessions): State<Sessions>, State(ready): State<Arc<AtomicBool>>) -> Response {
+async fn readyz(
+    State(sessions): State<Sessions>,
+    State(ready): State<Arc<AtomicBool>>,
+    State(draining): State<crate::state::Draining>,
+) -> Response {
     if !ready.load(Ordering::Acquire) {
         return AppError::Unavailable(anyhow::anyhow!("starting")).into_response();
+    }
+    // Shutting down: a load balancer must stop sending here (docs/API.md §14).
+    if draining.is_set() {
+        return AppError::Unavailable(anyhow::anyhow!("shutting down")).into_response();
     }
     // With PostgreSQL: not before the first LISTEN + resync, nor after 5 s without a listener.
     if let Some(link) = &sessions.link {
@@ -121,6 +134,11 @@ fn metrics_allowed(config: &Config, addr: Option<IpAddr>, headers: &HeaderMap) -
 /// The Prometheus text exposition: in-memory gauges only, no database work per scrape.
 pub fn render_metrics(sessions: &Sessions) -> Response {
     sessions.metrics.denylist_entries.set(sessions.denylist.len() as i64);
+    sessions.metrics.email_cache_entries.set(sessions.store.email_cache_len() as i64);
+    if let Some(link) = &sessions.link {
+        sessions.metrics.listener_up.set(i64::from(link.is_up()));
+        sessions.metrics.listener_last_proof.set(link.last_proof().map_or(0.0, |t| t as f64 / 1000.0));
+    }
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], sessions.metrics.render())
         .into_response()
 }

@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod openapi;
 pub mod admin;
+pub mod admin_health;
 pub mod auth;
 pub mod cookie;
 pub mod extract;
@@ -40,6 +41,7 @@ pub fn api_router(state: &AppState) -> OpenApiRouter<AppState> {
         .merge(auth::router(state))
         .merge(me::router())
         .merge(admin::router())
+        .merge(admin_health::router())
         .merge(oauth::router())
         .merge(feed::router())
         .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))

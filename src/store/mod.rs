@@ -47,10 +47,33 @@ macro_rules! fail_at {
 }
 pub(crate) use fail_at;
 
+/// How the store talks to its database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The longest any call of the facade waits on the database (docs/API.md §6,
+    /// `--db-timeout`): pool acquire, connect and statements. The revoking writes are the
+    /// exception: they run to their end in a task of their own (`Sessions`), whose caller
+    /// stops waiting after this long.
+    pub db_timeout: std::time::Duration,
+    /// SQLite `synchronous = FULL` (every commit on disk before it is answered) instead of
+    /// NORMAL (`--sqlite-synchronous`).
+    pub sqlite_synchronous_full: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { db_timeout: std::time::Duration::from_secs(5), sqlite_synchronous_full: false }
+    }
+}
+
 /// The storage handle. Clones share the connection pools and the email cache.
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    /// `StoreOptions::db_timeout`.
+    timeout: std::time::Duration,
+    /// The feed epoch, read once ([`Store::feed_epoch`]).
+    epoch: Arc<std::sync::OnceLock<Arc<str>>>,
     /// This process's id among instances (notifications carry it on PostgreSQL).
     instance_id: Arc<str>,
     /// user id → email. Emails never change, so entries never go stale; bounded, the coldest
@@ -64,11 +87,17 @@ enum Db {
     Postgres(PgStore),
 }
 
+/// A new random feed epoch: 16 hex digits.
+fn new_feed_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
+}
+
 /// Most emails remembered by [`Store::user_email`].
 const EMAIL_CACHE_MAX: usize = 65_536;
 
 /// Runs the same method on whichever backend the store has (each backend has every method of
-/// the facade, from `shared_store!` or its own module).
+/// the facade, from `shared_store!` or its own module). The facade's calls wait at most
+/// `--db-timeout` ([`Store::bounded`]), but for the migrations and the revoking writes.
 macro_rules! on_backend {
     ($store:expr, $b:ident => $call:expr) => {
         match &$store.db {
@@ -83,15 +112,40 @@ impl Store {
     /// The error names the database (an SQLite path, or PostgreSQL's host:port and database)
     /// and the reason, never a password.
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        Store::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// [`connect`](Store::connect) with `options`.
+    pub async fn connect_with(url: &str, options: &StoreOptions) -> StoreResult<Self> {
         let instance_id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let db = if url.starts_with("sqlite:") {
-            Db::Sqlite(SqliteStore::connect(url).await?)
+            Db::Sqlite(SqliteStore::connect(url, options).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Db::Postgres(PgStore::connect(url, instance_id.clone()).await?)
+            Db::Postgres(PgStore::connect(url, instance_id.clone(), options).await?)
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        Ok(Store { db, instance_id, emails: Arc::new(quick_cache::sync::Cache::new(EMAIL_CACHE_MAX)) })
+        Ok(Store {
+            db,
+            timeout: options.db_timeout,
+            epoch: Arc::default(),
+            instance_id,
+            emails: Arc::new(quick_cache::sync::Cache::new(EMAIL_CACHE_MAX)),
+        })
+    }
+
+    /// `call`, or [`StoreError::Timeout`] once it has waited `--db-timeout` (docs/API.md §6):
+    /// a silent network makes a statement wait for ever, and no caller may.
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// The longest a call waits on the database (`--db-timeout`).
+    pub fn db_timeout(&self) -> std::time::Duration {
+        self.timeout
     }
 
     /// The PostgreSQL store, for what only a cluster has (the backplane); `None` on SQLite.
@@ -100,6 +154,11 @@ impl Store {
             Db::Postgres(pg) => Some(pg),
             Db::Sqlite(_) => None,
         }
+    }
+
+    /// User emails held in the bounded cache (for `/metrics`).
+    pub fn email_cache_len(&self) -> usize {
+        self.emails.len()
     }
 
     /// This process's instance id.
@@ -114,7 +173,7 @@ impl Store {
 
     /// Cheap liveness probe of the database.
     pub async fn ping(&self) -> StoreResult<()> {
-        on_backend!(self, b => b.ping().await)
+        self.bounded(async { on_backend!(self, b => b.ping().await) }).await
     }
 
     pub async fn close(&self) {
@@ -124,19 +183,19 @@ impl Store {
     // ---- users ----
 
     pub async fn create_user(&self, id: &str, email: &str, hash: &str, admin: bool, now: Millis) -> StoreResult<()> {
-        on_backend!(self, b => b.create_user(id, email, hash, admin, now).await)
+        self.bounded(async { on_backend!(self, b => b.create_user(id, email, hash, admin, now).await) }).await
     }
 
     pub async fn count_users(&self) -> StoreResult<i64> {
-        on_backend!(self, b => b.count_users().await)
+        self.bounded(async { on_backend!(self, b => b.count_users().await) }).await
     }
 
     pub async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRow>> {
-        on_backend!(self, b => b.user_by_email(email).await)
+        self.bounded(async { on_backend!(self, b => b.user_by_email(email).await) }).await
     }
 
     pub async fn user_by_id(&self, id: &str) -> StoreResult<Option<UserRow>> {
-        on_backend!(self, b => b.user_by_id(id).await)
+        self.bounded(async { on_backend!(self, b => b.user_by_id(id).await) }).await
     }
 
     /// A user's email, from memory after the first read (emails are immutable).
@@ -144,7 +203,9 @@ impl Store {
         if let Some(e) = self.emails.get(id) {
             return Ok(Some(e));
         }
-        let Some(email) = on_backend!(self, b => b.email_of(id).await)? else { return Ok(None) };
+        let Some(email) = self.bounded(async { on_backend!(self, b => b.email_of(id).await) }).await? else {
+            return Ok(None);
+        };
         let email: Arc<str> = email.into();
         self.emails.insert(id.to_string(), email.clone());
         Ok(Some(email))
@@ -165,7 +226,7 @@ impl Store {
     /// write the old password back over a new one (SECURITY.md RT5). Sessions and the
     /// credential version are untouched: the password is the same.
     pub async fn rehash_password(&self, id: &str, verified: &str, rehashed: &str) -> StoreResult<bool> {
-        on_backend!(self, b => b.rehash_password(id, verified, rehashed).await)
+        self.bounded(async { on_backend!(self, b => b.rehash_password(id, verified, rehashed).await) }).await
     }
 
     /// Grants or revokes the admin role. Revoking it from an admin also ends every live session
@@ -203,20 +264,20 @@ impl Store {
         q: Option<&str>,
         now: Millis,
     ) -> StoreResult<Vec<UserSummary>> {
-        on_backend!(self, b => b.list_users(limit, after, q, now).await)
+        self.bounded(async { on_backend!(self, b => b.list_users(limit, after, q, now).await) }).await
     }
 
     // ---- audit log ----
 
     /// Appends one audit event (the table refuses updates and deletes).
     pub async fn append_audit(&self, e: &NewAuditEvent<'_>) -> StoreResult<()> {
-        on_backend!(self, b => b.append_audit(e).await)
+        self.bounded(async { on_backend!(self, b => b.append_audit(e).await) }).await
     }
 
     /// Audit events in id order after `after`, at most `limit`; with `user_id`, only those the
     /// user did or that were done to the user.
     pub async fn audit_events(&self, user_id: Option<&str>, after: i64, limit: i64) -> StoreResult<Vec<AuditRow>> {
-        on_backend!(self, b => b.audit_events(user_id, after, limit).await)
+        self.bounded(async { on_backend!(self, b => b.audit_events(user_id, after, limit).await) }).await
     }
 
     // ---- sessions ----
@@ -229,32 +290,35 @@ impl Store {
     /// or PostgreSQL's `FOR SHARE` keeps a password change, disable or demotion from slipping
     /// between them.
     pub async fn create_session(&self, s: NewSession) -> StoreResult<Option<(UserRow, SessionRow)>> {
-        on_backend!(self, b => b.create_session(s).await)
+        self.bounded(async { on_backend!(self, b => b.create_session(s).await) }).await
     }
 
     /// Live sessions of a user, newest first.
     pub async fn live_sessions(&self, user_id: &str, now: Millis) -> StoreResult<Vec<SessionRow>> {
-        on_backend!(self, b => b.live_sessions(user_id, now).await)
+        self.bounded(async { on_backend!(self, b => b.live_sessions(user_id, now).await) }).await
     }
 
     pub async fn session(&self, id: &str) -> StoreResult<Option<SessionRow>> {
-        on_backend!(self, b => b.session(id).await)
+        self.bounded(async { on_backend!(self, b => b.session(id).await) }).await
     }
 
     pub async fn count_live_sessions(&self, now: Millis) -> StoreResult<i64> {
-        on_backend!(self, b => b.count_live_sessions(now).await)
+        self.bounded(async { on_backend!(self, b => b.count_live_sessions(now).await) }).await
     }
 
     /// Ends the selected live sessions with `reason`; returns what it ended (committed).
     /// `request` tags the PostgreSQL notification so acknowledgements can be matched.
+    /// `audit`, given what was ended, makes the revocation's audit row, written in the same
+    /// transaction (a crash between the commit and a later write would lose it).
     pub async fn revoke(
         &self,
         sel: &Selector,
         reason: &str,
         now: Millis,
         request: Option<&str>,
+        audit: Option<AuditOf<'_>>,
     ) -> StoreResult<Vec<Revoked>> {
-        on_backend!(self, b => b.revoke(sel, reason, now, request).await)
+        on_backend!(self, b => b.revoke(sel, reason, now, request, audit).await)
     }
 
     /// Ends every session past its idle or absolute expiry (`session_expired`), then drops
@@ -266,7 +330,7 @@ impl Store {
 
     /// Revoked sessions some of whose access tokens may still be unexpired at `min_exp`.
     pub async fn revoked_since(&self, min_exp: Millis) -> StoreResult<Vec<Revoked>> {
-        on_backend!(self, b => b.revoked_since(min_exp).await)
+        self.bounded(async { on_backend!(self, b => b.revoked_since(min_exp).await) }).await
     }
 
     // ---- the revocation log (docs/API.md §9) ----
@@ -276,15 +340,47 @@ impl Store {
     // SQLite because one writer commits at a time, on PostgreSQL because ids are allocated
     // under an advisory lock held until commit (see `PgStore::revoke_in`).
 
+    /// The revocation feed's epoch (docs/API.md §14): the cursors of this database carry it.
+    /// Read once: it only changes while no server runs (`sessiond backup`'s copy, `sessiond
+    /// epoch renew`).
+    pub async fn feed_epoch(&self) -> StoreResult<Arc<str>> {
+        if let Some(e) = self.epoch.get() {
+            return Ok(e.clone());
+        }
+        let epoch: Arc<str> = self.bounded(async { on_backend!(self, b => b.feed_epoch().await) }).await?.into();
+        Ok(self.epoch.get_or_init(|| epoch).clone())
+    }
+
+    /// Gives the database a new feed epoch: every follower's cursor becomes unknown, and it
+    /// starts over from a snapshot (after a restore).
+    pub async fn renew_feed_epoch(&self) -> StoreResult<String> {
+        let epoch = new_feed_epoch();
+        self.bounded(async { on_backend!(self, b => b.set_feed_epoch(&epoch).await) }).await?;
+        Ok(epoch)
+    }
+
+    /// SQLite: an online, consistent copy of the database at `path` (which must not exist),
+    /// with a feed epoch of its own, so followers of this database never take the copy's
+    /// cursors for theirs once it is restored (docs/API.md §14). PostgreSQL has its own tools
+    /// (`pg_dump`): [`StoreError::UnsupportedUrl`].
+    pub async fn backup(&self, path: &std::path::Path) -> StoreResult<()> {
+        let Db::Sqlite(s) = &self.db else { return Err(StoreError::UnsupportedUrl) };
+        s.backup_into(path).await?;
+        let copy = Store::connect(&format!("sqlite://{}?mode=rw", path.display())).await?;
+        let renewed = copy.renew_feed_epoch().await;
+        copy.close().await;
+        renewed.map(|_| ())
+    }
+
     /// The newest cursor (0 for an empty log). Never moves back: the expiry sweep keeps the
     /// newest entry.
     pub async fn revocation_head(&self) -> StoreResult<i64> {
-        on_backend!(self, b => b.revocation_head().await)
+        self.bounded(async { on_backend!(self, b => b.revocation_head().await) }).await
     }
 
     /// Entries after `cursor`, oldest first, at most `limit`.
     pub async fn revocations_after(&self, cursor: i64, limit: i64) -> StoreResult<Vec<LogEntry>> {
-        on_backend!(self, b => b.revocations_after(cursor, limit).await)
+        self.bounded(async { on_backend!(self, b => b.revocations_after(cursor, limit).await) }).await
     }
 
     /// One page of a snapshot: the entries after `after` and at most `head` still in force at
@@ -299,7 +395,7 @@ impl Store {
         now: Millis,
         limit: i64,
     ) -> StoreResult<Vec<LogEntry>> {
-        on_backend!(self, b => b.revocations_in_force(after, head, now, limit).await)
+        self.bounded(async { on_backend!(self, b => b.revocations_in_force(after, head, now, limit).await) }).await
     }
 
     /// Every entry still in force at `now`, oldest first, and the head they were read at: the
@@ -331,36 +427,39 @@ impl Store {
         ssf_aud: Option<&str>,
         now: Millis,
     ) -> StoreResult<bool> {
-        on_backend!(self, b => b.create_service_credential(name, digest, scopes, ssf_aud, now).await)
+        self.bounded(async {
+            on_backend!(self, b => b.create_service_credential(name, digest, scopes, ssf_aud, now).await)
+        })
+        .await
     }
 
     /// Every credential, by name.
     pub async fn service_credentials(&self) -> StoreResult<Vec<ServiceCredentialRow>> {
-        on_backend!(self, b => b.service_credentials().await)
+        self.bounded(async { on_backend!(self, b => b.service_credentials().await) }).await
     }
 
     /// Deletes a credential and, in the same transaction, the Shared Signals streams it owns
     /// with everything they hold (SECURITY.md G-1); `None` when there is none of that name, else
     /// the ids of the streams deleted.
     pub async fn remove_service_credential(&self, name: &str) -> StoreResult<Option<Vec<String>>> {
-        on_backend!(self, b => b.remove_service_credential(name).await)
+        self.bounded(async { on_backend!(self, b => b.remove_service_credential(name).await) }).await
     }
 
     /// The credential whose secret has this SHA-256 digest.
     pub async fn service_credential_by_digest(&self, digest: &[u8; 32]) -> StoreResult<Option<ServiceCredentialRow>> {
-        on_backend!(self, b => b.service_credential_by_digest(digest).await)
+        self.bounded(async { on_backend!(self, b => b.service_credential_by_digest(digest).await) }).await
     }
 
     /// The credential of this name with its secret's digest (what an SSF access token is bound
     /// to, `tokens::ssf`).
     pub async fn service_credential_binding(&self, name: &str) -> StoreResult<Option<ServiceCredentialBinding>> {
-        on_backend!(self, b => b.service_credential_binding(name).await)
+        self.bounded(async { on_backend!(self, b => b.service_credential_binding(name).await) }).await
     }
 
     /// Sets `last_used_at` to `now` unless it is already after `unless_after` (so racing
     /// requests and instances write it at most once per period).
     pub async fn touch_service_credential(&self, name: &str, now: Millis, unless_after: Millis) -> StoreResult<()> {
-        on_backend!(self, b => b.touch_service_credential(name, now, unless_after).await)
+        self.bounded(async { on_backend!(self, b => b.touch_service_credential(name, now, unless_after).await) }).await
     }
 
     // ---- refresh tokens ----
@@ -372,30 +471,30 @@ impl Store {
 
     /// The session a refresh token (live or rotated) belongs to.
     pub async fn session_of_refresh(&self, hash: &[u8; 32]) -> StoreResult<Option<String>> {
-        on_backend!(self, b => b.session_of_refresh(hash).await)
+        self.bounded(async { on_backend!(self, b => b.session_of_refresh(hash).await) }).await
     }
 
     /// The user of the live session whose *current* (unrotated) refresh token has this digest:
     /// the cookie proof of the login throttle (`Sessions::check_login`).
     pub async fn live_session_user_of_refresh(&self, hash: &[u8; 32], now: Millis) -> StoreResult<Option<String>> {
-        on_backend!(self, b => b.live_session_user_of_refresh(hash, now).await)
+        self.bounded(async { on_backend!(self, b => b.live_session_user_of_refresh(hash, now).await) }).await
     }
 
     /// The live session whose *current* refresh token has this digest, read only (RFC 7662
     /// introspection: nothing is rotated, extended or counted as reuse).
     pub async fn live_refresh(&self, hash: &[u8; 32], now: Millis) -> StoreResult<Option<LiveRefresh>> {
-        on_backend!(self, b => b.live_refresh(hash, now).await)
+        self.bounded(async { on_backend!(self, b => b.live_refresh(hash, now).await) }).await
     }
 
     /// The client addresses of a user's sessions created after `since` (ended ones too), newest
     /// first, at most `limit`: the address proof of the login throttle (`Sessions::check_login`).
     pub async fn session_ips_since(&self, user_id: &str, since: Millis, limit: i64) -> StoreResult<Vec<String>> {
-        on_backend!(self, b => b.session_ips_since(user_id, since, limit).await)
+        self.bounded(async { on_backend!(self, b => b.session_ips_since(user_id, since, limit).await) }).await
     }
 
     /// (live, rotated) refresh tokens of a session: for tests and diagnostics.
     pub async fn refresh_token_counts(&self, session_id: &str) -> StoreResult<(i64, i64)> {
-        on_backend!(self, b => b.refresh_token_counts(session_id).await)
+        self.bounded(async { on_backend!(self, b => b.refresh_token_counts(session_id).await) }).await
     }
 
     // ---- signing keys ----
@@ -403,35 +502,35 @@ impl Store {
     // ---- Shared Signals (docs/SSF.md; statements and their rules in `ssf.rs`) ----
 
     pub async fn ssf_keys(&self) -> StoreResult<Vec<ssf::SsfKeyRow>> {
-        on_backend!(self, b => b.ssf_keys().await)
+        self.bounded(async { on_backend!(self, b => b.ssf_keys().await) }).await
     }
 
     pub async fn ssf_kids_in_use(&self) -> StoreResult<Vec<String>> {
-        on_backend!(self, b => b.ssf_kids_in_use().await)
+        self.bounded(async { on_backend!(self, b => b.ssf_kids_in_use().await) }).await
     }
 
     pub async fn ssf_insert_key(&self, k: &ssf::SsfKeyRow, only_if_empty: bool) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_insert_key(k, only_if_empty).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_insert_key(k, only_if_empty).await) }).await
     }
 
     pub async fn ssf_create_stream(&self, s: &ssf::StreamRow) -> StoreResult<ssf::Created> {
-        on_backend!(self, b => b.ssf_create_stream(s).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_create_stream(s).await) }).await
     }
 
     pub async fn ssf_stream(&self, id: &str) -> StoreResult<Option<ssf::StreamRow>> {
-        on_backend!(self, b => b.ssf_stream(id).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_stream(id).await) }).await
     }
 
     pub async fn ssf_streams(&self) -> StoreResult<Vec<ssf::StreamRow>> {
-        on_backend!(self, b => b.ssf_streams().await)
+        self.bounded(async { on_backend!(self, b => b.ssf_streams().await) }).await
     }
 
     pub async fn ssf_update_stream(&self, s: &ssf::StreamRow, now: Millis) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_update_stream(s, now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_update_stream(s, now).await) }).await
     }
 
     pub async fn ssf_delete_stream(&self, id: &str) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_delete_stream(id).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_delete_stream(id).await) }).await
     }
 
     pub async fn ssf_set_status(
@@ -443,11 +542,12 @@ impl Store {
         announce: Option<&str>,
         now: Millis,
     ) -> StoreResult<ssf::StatusChange> {
-        on_backend!(self, b => b.ssf_set_status(id, status, reason, by, announce, now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_set_status(id, status, reason, by, announce, now).await) })
+            .await
     }
 
     pub async fn ssf_verify(&self, id: &str, payload: &str, now: Millis, min_interval: Millis) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_verify(id, payload, now, min_interval).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_verify(id, payload, now, min_interval).await) }).await
     }
 
     pub async fn ssf_exclude_subject(
@@ -457,27 +557,27 @@ impl Store {
         keys: (&str, &str),
         exclude: bool,
     ) -> StoreResult<ssf::RuleChange> {
-        on_backend!(self, b => b.ssf_exclude_subject(id, subject, keys, exclude).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_exclude_subject(id, subject, keys, exclude).await) }).await
     }
 
     pub async fn ssf_unkeyed_rules(&self, limit: i64) -> StoreResult<Vec<(String, String)>> {
-        on_backend!(self, b => b.ssf_unkeyed_rules(limit).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_unkeyed_rules(limit).await) }).await
     }
 
     pub async fn ssf_set_rule_keys(&self, id: &str, subject: &str, keys: (&str, &str)) -> StoreResult<()> {
-        on_backend!(self, b => b.ssf_set_rule_keys(id, subject, keys).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_set_rule_keys(id, subject, keys).await) }).await
     }
 
     pub async fn ssf_has_rules(&self) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_has_rules().await)
+        self.bounded(async { on_backend!(self, b => b.ssf_has_rules().await) }).await
     }
 
     pub async fn ssf_excluding_streams(&self, user_key: &str, session_key: Option<&str>) -> StoreResult<Vec<String>> {
-        on_backend!(self, b => b.ssf_excluding_streams(user_key, session_key).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_excluding_streams(user_key, session_key).await) }).await
     }
 
     pub async fn ssf_has_unexpanded(&self, now: Millis) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_has_unexpanded(now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_has_unexpanded(now).await) }).await
     }
 
     pub async fn ssf_claim_signals(
@@ -486,15 +586,15 @@ impl Store {
         now: Millis,
         lease_until: Millis,
     ) -> StoreResult<Vec<ssf::SignalRow>> {
-        on_backend!(self, b => b.ssf_claim_signals(limit, now, lease_until).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_claim_signals(limit, now, lease_until).await) }).await
     }
 
     pub async fn ssf_store_expanded(&self, batch: &[ssf::Expanded], now: Millis) -> StoreResult<usize> {
-        on_backend!(self, b => b.ssf_store_expanded(batch, now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_store_expanded(batch, now).await) }).await
     }
 
     pub async fn ssf_poll_ready(&self, stream_id: &str, active: bool, now: Millis) -> StoreResult<bool> {
-        on_backend!(self, b => b.ssf_poll_ready(stream_id, active, now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_poll_ready(stream_id, active, now).await) }).await
     }
 
     pub async fn ssf_due_heads(
@@ -504,7 +604,7 @@ impl Store {
         limit: i64,
         all: bool,
     ) -> StoreResult<Vec<ssf::PushJob>> {
-        on_backend!(self, b => b.ssf_due_heads(stream_id, now, limit, all).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_due_heads(stream_id, now, limit, all).await) }).await
     }
 
     pub async fn ssf_lease(
@@ -513,23 +613,23 @@ impl Store {
         now: Millis,
         lease_until: Millis,
     ) -> StoreResult<Vec<ssf::PushJob>> {
-        on_backend!(self, b => b.ssf_lease(jobs, now, lease_until).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_lease(jobs, now, lease_until).await) }).await
     }
 
     pub async fn ssf_release_lease(&self, job: &ssf::PushJob) -> StoreResult<()> {
-        on_backend!(self, b => b.ssf_release_lease(job).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_release_lease(job).await) }).await
     }
 
     pub async fn ssf_repair_head(&self, job: &ssf::PushJob) -> StoreResult<()> {
-        on_backend!(self, b => b.ssf_repair_head(job).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_repair_head(job).await) }).await
     }
 
     pub async fn ssf_clear_leases(&self) -> StoreResult<u64> {
-        on_backend!(self, b => b.ssf_clear_leases().await)
+        self.bounded(async { on_backend!(self, b => b.ssf_clear_leases().await) }).await
     }
 
     pub async fn ssf_push_result(&self, job: &ssf::PushJob, result: &ssf::PushResult, now: Millis) -> StoreResult<()> {
-        on_backend!(self, b => b.ssf_push_result(job, result, now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_push_result(job, result, now).await) }).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -542,33 +642,33 @@ impl Store {
         active: bool,
         now: Millis,
     ) -> StoreResult<(Vec<(String, String)>, bool)> {
-        on_backend!(self, b => b.ssf_poll(stream_id, acks, errs, max, active, now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_poll(stream_id, acks, errs, max, active, now).await) }).await
     }
 
     pub async fn ssf_undelivered(&self, stream_id: &str, limit: i64) -> StoreResult<Vec<ssf::DeliveryRow>> {
-        on_backend!(self, b => b.ssf_undelivered(stream_id, limit).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_undelivered(stream_id, limit).await) }).await
     }
 
     pub async fn ssf_counts(&self) -> StoreResult<Vec<ssf::StreamCounts>> {
-        on_backend!(self, b => b.ssf_counts().await)
+        self.bounded(async { on_backend!(self, b => b.ssf_counts().await) }).await
     }
 
     pub async fn ssf_redeliver(&self, stream_id: &str, since: Millis, now: Millis) -> StoreResult<u64> {
-        on_backend!(self, b => b.ssf_redeliver(stream_id, since, now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_redeliver(stream_id, since, now).await) }).await
     }
 
     pub async fn ssf_prune(&self, now: Millis) -> StoreResult<u64> {
-        on_backend!(self, b => b.ssf_prune(now).await)
+        self.bounded(async { on_backend!(self, b => b.ssf_prune(now).await) }).await
     }
 
     pub async fn signing_keys(&self) -> StoreResult<Vec<KeyRow>> {
-        on_backend!(self, b => b.signing_keys().await)
+        self.bounded(async { on_backend!(self, b => b.signing_keys().await) }).await
     }
 
     /// Inserts `key`; with `only_if_empty`, only when no key exists yet (first start, raced by
     /// several instances). Returns whether it was inserted.
     pub async fn insert_signing_key(&self, k: &KeyRow, only_if_empty: bool) -> StoreResult<bool> {
-        on_backend!(self, b => b.insert_signing_key(k, only_if_empty).await)
+        self.bounded(async { on_backend!(self, b => b.insert_signing_key(k, only_if_empty).await) }).await
     }
 }
 
@@ -601,6 +701,15 @@ impl Store {
     /// are used up).
     pub fn failpoint_armed(&self, name: &'static str) -> bool {
         self.failpoints().is_armed(name)
+    }
+
+    /// SQLite only: caps the database file at `pages` pages (`None`: no cap), so a test can
+    /// make the "disk" full; returns the pages it holds now. `None` on PostgreSQL.
+    pub async fn sqlite_limit_pages(&self, pages: Option<i64>) -> Option<StoreResult<i64>> {
+        match &self.db {
+            Db::Sqlite(s) => Some(s.limit_pages(pages).await),
+            Db::Postgres(_) => None,
+        }
     }
 
     /// How many times the code passed the failpoint `name`, armed or not (e.g. how many reads

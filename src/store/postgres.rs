@@ -15,7 +15,6 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
@@ -35,9 +34,6 @@ pub const REVOCATIONS_CHANNEL: &str = "sessiond_revocations";
 /// The transaction-level advisory lock under which revocation log ids are allocated (see
 /// `PgStore::revoke_in`). Signing-key creation uses 7305813.
 const REVOCATION_LOG_LOCK: i64 = 7_305_814;
-
-/// How long the first connection may take before `connect` gives up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The PostgreSQL store. Clones share the pool.
 #[derive(Clone)]
@@ -60,23 +56,25 @@ impl PgStore {
     /// server's address and the reason (refused, unknown host, authentication, missing
     /// database…). The address comes from the parsed options, never from the URL text, so a
     /// password in the URL is never printed.
-    pub(super) async fn connect(url: &str, instance_id: Arc<str>) -> StoreResult<Self> {
+    pub(super) async fn connect(url: &str, instance_id: Arc<str>, store: &super::StoreOptions) -> StoreResult<Self> {
         let options = PgConnectOptions::from_str(url)?;
+        let connect_timeout = store.db_timeout;
         let target = format!("connect to PostgreSQL at {}", address(&options));
-        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+        match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await {
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
             }
             Ok(Err(error)) => return Err(StoreError::Connect { target, error }),
             Err(_) => {
                 let error =
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer in {CONNECT_TIMEOUT:?}"));
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer in {connect_timeout:?}"));
                 return Err(StoreError::Connect { target, error: error.into() });
             }
         }
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(store.db_timeout)
+            .after_connect(|conn, _| Box::pin(keepalives(conn)))
             .connect_with(options.clone())
             .await
             .map_err(|error| StoreError::Connect { target, error })?;
@@ -387,6 +385,16 @@ impl PgStore {
             .await?)
     }
 
+    /// Every instance whose heartbeat is after `alive_after`, with it (ms), by id.
+    pub async fn instances(&self, alive_after: Millis) -> StoreResult<Vec<(String, Millis)>> {
+        let rows: Vec<(String, Ts)> =
+            sqlx::query_as("SELECT id, heartbeat_at FROM instances WHERE heartbeat_at > $1 ORDER BY id")
+                .bind(Ts(alive_after))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id, t)| (id, t.0)).collect())
+    }
+
     /// Sends a notification now (outside any transaction).
     pub async fn notify(&self, channel: &str, payload: &str) -> StoreResult<()> {
         self.notify_in(&mut *self.pool.acquire().await?, channel, payload).await
@@ -402,14 +410,42 @@ impl PgStore {
     /// `pg_stat_activity`. The listener reconnects through its own one-connection pool.
     pub async fn listener(&self, application_name: &str) -> StoreResult<PgListener> {
         let options = PgConnectOptions::clone(&self.options).application_name(application_name);
-        let pool =
-            PgPoolOptions::new().max_connections(1).max_lifetime(None).idle_timeout(None).connect_with(options).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .after_connect(|conn, _| Box::pin(keepalives(conn)))
+            .connect_with(options)
+            .await?;
         Ok(PgListener::connect_with(&pool).await?)
     }
 }
 
-super::ssf::ssf_store!(PgStore, sqlx::Postgres, sqlx::PgConnection, " FOR UPDATE SKIP LOCKED", " FOR UPDATE", " FOR SHARE");
+super::ssf::ssf_store!(
+    PgStore,
+    sqlx::Postgres,
+    sqlx::PgConnection,
+    " FOR UPDATE SKIP LOCKED",
+    " FOR UPDATE",
+    " FOR SHARE"
+);
 shared_store!(PgStore, sqlx::Postgres, sqlx::PgConnection);
+
+/// Asks the server to drop this connection once its peer goes silent: TCP keepalives, and a
+/// user timeout for data left unacknowledged (PostgreSQL 12+). sqlx sets no socket option on
+/// its own side, so sessiond's bounds are `--db-timeout` on every call and the listener's
+/// liveness probe (`backplane`); this frees the server's end of a partitioned connection. Set
+/// with `SET` after connecting (not as startup options, which connection poolers refuse); a
+/// server or pooler that refuses them still serves, without them.
+async fn keepalives(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    let set = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; \
+               SET tcp_user_timeout = 20000";
+    if let Err(e) = conn.execute(set).await {
+        tracing::debug!(error = %e, "the server refused the TCP keepalive settings");
+    }
+    Ok(())
+}
 
 /// Where `options` point, for error messages: host and port (or socket) and database. Built
 /// from the parsed options, so it can never contain the password.

@@ -329,11 +329,31 @@ macro_rules! shared_store {
             use $crate::clock::Millis;
             use $crate::store::shared::*;
             use $crate::store::{
-                AuditRow, KeyRow, LogEntry, NewAuditEvent, NewSession, Revoked, RotateOutcome, Rotation, Selector,
+                AuditOf, AuditRow, KeyRow, LogEntry, NewAuditEvent, NewSession, Revoked, RotateOutcome, Rotation, Selector,
                 ServiceCredentialBinding, ServiceCredentialRow, SessionRow, StoreError, StoreResult, Ts, UserRow, UserSummary,
             };
 
             type Conn = $Conn;
+
+            /// Appends one audit event on `c` (a transaction's connection, or the writer's).
+            async fn append_audit_in(c: &mut Conn, e: &NewAuditEvent<'_>) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO audit_log \
+                       (at, event, actor_user_id, target_user_id, target_session_id, ip, user_agent, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(Ts(e.at))
+                .bind(e.event)
+                .bind(e.actor_user_id)
+                .bind(e.target_user_id)
+                .bind(e.target_session_id)
+                .bind(e.ip)
+                .bind(e.user_agent)
+                .bind(e.detail.as_deref())
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            }
 
             impl Backend {
                 // ---- users ----
@@ -537,22 +557,7 @@ macro_rules! shared_store {
                 // ---- audit log ----
 
                 pub(crate) async fn append_audit(&self, e: &NewAuditEvent<'_>) -> StoreResult<()> {
-                    sqlx::query(
-                        "INSERT INTO audit_log \
-                           (at, event, actor_user_id, target_user_id, target_session_id, ip, user_agent, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    )
-                    .bind(Ts(e.at))
-                    .bind(e.event)
-                    .bind(e.actor_user_id)
-                    .bind(e.target_user_id)
-                    .bind(e.target_session_id)
-                    .bind(e.ip)
-                    .bind(e.user_agent)
-                    .bind(e.detail.as_deref())
-                    .execute(self.writer())
-                    .await?;
-                    Ok(())
+                    append_audit_in(&mut *self.writer().acquire().await?, e).await
                 }
 
                 pub(crate) async fn audit_events(
@@ -650,15 +655,20 @@ macro_rules! shared_store {
                     reason: &str,
                     now: Millis,
                     request: Option<&str>,
+                    audit: Option<AuditOf<'_>>,
                 ) -> StoreResult<Vec<Revoked>> {
                     let mut tx = self.begin().await?;
                     let revoked = self.revoke_in(&mut tx, sel, reason, now, request, &new_txn()).await?;
+                    // The audit row commits with the revocation or not at all (docs/API.md §14).
+                    if let Some(row) = audit.and_then(|a| a(&revoked)) {
+                        append_audit_in(&mut tx, &row.as_new()).await?;
+                    }
                     tx.commit().await?;
                     Ok(revoked)
                 }
 
                 pub(crate) async fn sweep_expired(&self, now: Millis, grace: Millis) -> StoreResult<Vec<Revoked>> {
-                    let revoked = self.revoke(&Selector::Expired, "session_expired", now, None).await?;
+                    let revoked = self.revoke(&Selector::Expired, "session_expired", now, None, None).await?;
                     sqlx::query(
                         "UPDATE refresh_tokens SET sealed_successor = NULL \
                          WHERE sealed_successor IS NOT NULL AND (rotated_at < $1 OR EXISTS (SELECT 1 FROM sessions s \
@@ -704,6 +714,20 @@ macro_rules! shared_store {
                 }
 
                 // ---- the revocation log (docs/API.md §9) ----
+
+                pub(crate) async fn feed_epoch(&self) -> StoreResult<String> {
+                    Ok(sqlx::query_scalar("SELECT value FROM sessiond_meta WHERE key = 'feed_epoch'")
+                        .fetch_one(self.reader())
+                        .await?)
+                }
+
+                pub(crate) async fn set_feed_epoch(&self, epoch: &str) -> StoreResult<()> {
+                    sqlx::query("UPDATE sessiond_meta SET value = $1 WHERE key = 'feed_epoch'")
+                        .bind(epoch)
+                        .execute(self.writer())
+                        .await?;
+                    Ok(())
+                }
 
                 pub(crate) async fn revocation_head(&self) -> StoreResult<i64> {
                     Ok(sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM revocations")

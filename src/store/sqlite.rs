@@ -41,12 +41,16 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating it unless the URL says `mode=`) the database file named by `url`.
-    pub(super) async fn connect(url: &str) -> StoreResult<Self> {
+    pub(super) async fn connect(url: &str, options: &super::StoreOptions) -> StoreResult<Self> {
+        // WAL with NORMAL: commits do not sync; checkpoints do (in the background task). A
+        // commit survives the process being killed, not a power loss or an OS crash
+        // (docs/operations.md); FULL syncs every commit.
+        let synchronous =
+            if options.sqlite_synchronous_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal };
         let mut opts = SqliteConnectOptions::from_str(url)?
             .journal_mode(SqliteJournalMode::Wal)
-            // WAL with NORMAL: commits do not sync; checkpoints do (in the background task).
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
+            .synchronous(synchronous)
+            .busy_timeout(options.db_timeout)
             .foreign_keys(true)
             // Checkpoints (and their fsyncs) run in the background task below, off the write
             // path; this is the backstop.
@@ -59,12 +63,10 @@ impl SqliteStore {
         // does not go stale, and each ping is one more hand-off to the connection's thread, for
         // every transaction and read (BENCHMARKS.md, issue 15).
         let pool = |n| {
-            SqlitePoolOptions::new()
-                .max_connections(n)
-                .acquire_timeout(Duration::from_secs(10))
-                .test_before_acquire(false)
+            SqlitePoolOptions::new().max_connections(n).acquire_timeout(options.db_timeout).test_before_acquire(false)
         };
         let writer = pool(1)
+            .after_release(|conn, _| Box::pin(still_usable(conn)))
             .connect_with(opts.clone())
             .await
             .map_err(|error| StoreError::Connect { target: target(), error })?;
@@ -79,6 +81,27 @@ impl SqliteStore {
             #[cfg(any(test, feature = "test-util"))]
             failpoints: Default::default(),
         })
+    }
+
+    /// Tests only: caps the database file at `pages` pages (`PRAGMA max_page_count` on the one
+    /// writer connection; `None`: SQLite's default), so a test can fill the "disk".
+    #[cfg(any(test, feature = "test-util"))]
+    pub(super) async fn limit_pages(&self, pages: Option<i64>) -> StoreResult<i64> {
+        let pages = pages.unwrap_or(4_294_967_294);
+        let mut conn = self.writer.acquire().await?;
+        let now: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut *conn).await?;
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(&mut *conn).await?;
+        Ok(now)
+    }
+
+    /// An online, consistent copy of the database at `path` (`VACUUM INTO`: one read
+    /// transaction, so writers go on meanwhile), which must not exist yet.
+    pub(super) async fn backup_into(&self, path: &std::path::Path) -> StoreResult<()> {
+        let path = path
+            .to_str()
+            .ok_or_else(|| StoreError::Db(sqlx::Error::Configuration("the backup path is not valid UTF-8".into())))?;
+        sqlx::query("VACUUM INTO $1").bind(path).execute(&self.reader).await?;
+        Ok(())
     }
 
     pub(super) async fn migrate(&self) -> StoreResult<()> {
@@ -236,6 +259,26 @@ impl SqliteStore {
     async fn lock_signing_keys(&self, _tx: &mut SqliteConnection) -> StoreResult<()> {
         Ok(())
     }
+}
+
+/// Whether the writer connection may go back to the pool. SQLite rolls a transaction back by
+/// itself on some errors (`SQLITE_FULL`, `SQLITE_IOERR`, …: a full disk); sqlx's rollback then
+/// fails ("no transaction is active") and sqlx still counts the connection as inside a
+/// transaction, so every later `BEGIN` on it would fail for good (a 500 until a restart). Such a
+/// connection is closed instead and the pool opens a new one. The check costs a round trip to
+/// the connection's thread only after a transaction that was not committed (the rollback of a
+/// dropped transaction is still queued then: the ping lets it run first).
+async fn still_usable(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!("the SQLite writer connection lost track of a rolled-back transaction; replacing it");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 super::ssf::ssf_store!(SqliteStore, sqlx::Sqlite, sqlx::SqliteConnection, "", "", "");

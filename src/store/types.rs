@@ -241,6 +241,40 @@ pub struct NewAuditEvent<'a> {
     pub detail: Option<String>,
 }
 
+/// An audit event to write, owned (a revocation's: built once its sessions are known, and
+/// written in the revoking transaction).
+#[derive(Debug, Clone, Default)]
+pub struct AuditRecord {
+    pub at: Millis,
+    pub event: &'static str,
+    pub actor_user_id: Option<String>,
+    pub target_user_id: Option<String>,
+    pub target_session_id: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// JSON text.
+    pub detail: Option<String>,
+}
+
+impl AuditRecord {
+    pub fn as_new(&self) -> NewAuditEvent<'_> {
+        NewAuditEvent {
+            at: self.at,
+            event: self.event,
+            actor_user_id: self.actor_user_id.as_deref(),
+            target_user_id: self.target_user_id.as_deref(),
+            target_session_id: self.target_session_id.as_deref(),
+            ip: self.ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            detail: self.detail.clone(),
+        }
+    }
+}
+
+/// The audit row of a revocation, given what it ended (`None`: none). Called inside the
+/// revoking transaction, so the row commits with the revocation or not at all.
+pub type AuditOf<'a> = &'a (dyn Fn(&[Revoked]) -> Option<AuditRecord> + Send + Sync);
+
 /// An audit event as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AuditRow {
@@ -284,6 +318,9 @@ pub enum StoreError {
     /// in their message, so a chain printed with `{:#}` would say everything twice.
     #[error("cannot {target}: {error}")]
     Connect { target: String, error: sqlx::Error },
+    /// A call waited on the database longer than `--db-timeout` (docs/API.md §6).
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// A fault injected by an armed [failpoint](super::Store::arm_failpoint) (tests only):
     /// reported like a lost database connection, so the request answers 503 `unavailable`.
     #[cfg(any(test, feature = "test-util"))]
@@ -291,13 +328,29 @@ pub enum StoreError {
     Injected(&'static str),
 }
 
+impl StoreError {
+    /// Whether this is the database being out of reach or refusing for now (503, and worth
+    /// another attempt), not a fault of the request or of sessiond.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StoreError::Db(e) | StoreError::Connect { error: e, .. } => {
+                crate::error::is_outage(e) || matches!(self, StoreError::Connect { .. })
+            }
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => crate::error::is_outage(e),
+            StoreError::Timeout(_) => true,
+            #[cfg(any(test, feature = "test-util"))]
+            StoreError::Injected(_) => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<StoreError> for crate::error::AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::EmailTaken => crate::error::AppError::EmailTaken,
             StoreError::Db(e) => e.into(),
-            #[cfg(any(test, feature = "test-util"))]
-            e @ StoreError::Injected(_) => crate::error::AppError::Unavailable(e.into()),
+            e if e.is_outage() => crate::error::AppError::Unavailable(e.into()),
             other => crate::error::AppError::Internal(other.into()),
         }
     }

@@ -17,8 +17,29 @@ use crate::service::feed_reader;
 
 const FEED: &str = "/v1/revocations";
 
-/// A 200 answer of the feed.
+/// `query` with every `after=N` (N digits only) made a cursor of this database: `EPOCH.N`.
+pub async fn with_epoch(app: &TestApp, query: &str) -> String {
+    let epoch = app.state.store.feed_epoch().await.unwrap();
+    let mut out = String::new();
+    let mut rest = query;
+    while let Some(at) = rest.find("after=") {
+        let (before, after) = rest.split_at(at + "after=".len());
+        out.push_str(before);
+        let value: String = after.chars().take_while(|c| *c != '&').collect();
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("{epoch}.{value}"));
+        } else {
+            out.push_str(&value);
+        }
+        rest = &after[value.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A 200 answer of the feed (`after=N` in `query` is the cursor of log id N, see [`with_epoch`]).
 pub async fn feed(app: &TestApp, secret: &str, query: &str) -> Value {
+    let query = with_epoch(app, query).await;
     let r = app.get_auth(&format!("{FEED}{query}"), secret).await;
     assert_eq!(r.status(), StatusCode::OK, "{query}");
     let body: Value = r.json().await.unwrap();
@@ -30,8 +51,12 @@ fn entries(page: &Value) -> &Vec<Value> {
     page["revocations"].as_array().unwrap()
 }
 
+/// The log id of a cursor (`EPOCH.ID`).
 fn cursor(v: &Value) -> i64 {
-    v.as_str().unwrap().parse().unwrap()
+    let c = v.as_str().unwrap();
+    let (epoch, id) = c.split_once('.').unwrap_or_else(|| panic!("a cursor without its epoch: {c}"));
+    assert_eq!(epoch.len(), 16, "{c}");
+    id.parse().unwrap()
 }
 
 /// `(id, session_id, reason)` of every row of the log, read behind the server's back.
@@ -196,7 +221,7 @@ async fn expiry_is_logged_and_the_sweep_prunes_past_until_but_never_the_head() {
     // A cursor older than what is kept is no error.
     let page = feed(&app, &reader, "?after=0").await;
     assert_eq!(entries(&page).len(), 1);
-    let r = app.get_auth(&format!("{FEED}?after={}", head + 1), &reader).await;
+    let r = app.get_auth(&format!("{FEED}{}", with_epoch(&app, &format!("?after={}", head + 1)).await), &reader).await;
     assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
 }
 
@@ -236,7 +261,7 @@ async fn pages_follow_the_cursor_with_limit_and_next() {
     let reader = feed_reader(&app).await;
     let empty = feed(&app, &reader, "").await;
     assert!(entries(&empty).is_empty());
-    assert_eq!(empty["next"], "0");
+    assert_eq!(cursor(&empty["next"]), 0);
     assert_eq!(feed(&app, &reader, "?after=0").await, empty);
 
     let mut ended = Vec::new();
@@ -250,7 +275,7 @@ async fn pages_follow_the_cursor_with_limit_and_next() {
     assert_eq!(all, ended, "oldest first");
 
     // Paging two at a time from the start gives the snapshot, each page's `next` its last cursor.
-    let mut after = "0".to_string();
+    let mut after = with_epoch(&app, "after=0").await.trim_start_matches("after=").to_string();
     let mut paged = Vec::new();
     loop {
         let page = feed(&app, &reader, &format!("?after={after}&limit=2")).await;
@@ -297,6 +322,7 @@ async fn pages_follow_the_cursor_with_limit_and_next() {
         format!("?after={}", head + 1),
     ];
     for query in bad {
+        let query = with_epoch(&app, &query).await;
         let r = app.get_auth(&format!("{FEED}{query}"), &reader).await;
         assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
     }
@@ -363,7 +389,8 @@ async fn followers_with_any_page_size_collect_the_same_entries() {
         }
         for limit in [1, 2, 7] {
             let seen = by_limit.entry(limit).or_default();
-            let mut after = seen.last().cloned().unwrap_or_else(|| "0".into());
+            let zero = with_epoch(&app, "after=0").await.trim_start_matches("after=").to_string();
+            let mut after = seen.last().cloned().unwrap_or(zero);
             loop {
                 let page = feed(&app, &reader, &format!("?after={after}&limit={limit}")).await;
                 if entries(&page).is_empty() {
@@ -375,7 +402,8 @@ async fn followers_with_any_page_size_collect_the_same_entries() {
             assert_eq!(seen.len(), 3 * (round + 1));
         }
     }
-    let db: Vec<String> = log_rows(&app).await.into_iter().map(|r| r.0.to_string()).collect();
+    let epoch = app.state.store.feed_epoch().await.unwrap();
+    let db: Vec<String> = log_rows(&app).await.into_iter().map(|r| format!("{epoch}.{}", r.0)).collect();
     for seen in by_limit.values() {
         assert_eq!(seen, &db);
     }

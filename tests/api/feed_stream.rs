@@ -122,7 +122,8 @@ async fn a_stream_sends_the_snapshot_then_synced_then_live_entries() {
     let (event, id, data) = s.event().await;
     assert_eq!((event.as_str(), data["session_id"].as_str()), ("revocation", Some(c.session_id.as_str())));
     assert_eq!(data["reason"], "logout");
-    assert!(id.parse::<i64>().unwrap() > synced.parse::<i64>().unwrap());
+    let id_of = |c: &str| c.split_once('.').expect("EPOCH.ID").1.parse::<i64>().unwrap();
+    assert!(id_of(&id) > id_of(&synced));
     assert!(started.elapsed() < Duration::from_secs(5), "live, not polled: {:?}", started.elapsed());
     for field in ["user_id", "at", "until"] {
         assert!(data[field].is_string(), "{field}: {data}");
@@ -165,7 +166,20 @@ async fn bad_cursors_and_credentials_are_refused_before_the_stream_starts() {
     let Some(app) = spawn_app().await else { return };
     let reader = feed_reader(&app).await;
     logout(&app).await;
-    for (id, query) in [(Some("x"), ""), (Some("99999999"), ""), (None, "?after=-1"), (None, "?after=99999999")] {
+    let epoch = app.state.store.feed_epoch().await.unwrap();
+    let (beyond, other_epoch) = (format!("{epoch}.99999999"), "0123456789abcdef.1".to_string());
+    let (beyond_q, other_q) = (format!("?after={beyond}"), format!("?after={other_epoch}"));
+    let cases = [
+        (Some("x"), ""),
+        (Some("99999999"), ""),
+        (Some(beyond.as_str()), ""),
+        (Some(other_epoch.as_str()), ""),
+        (None, "?after=-1"),
+        (None, "?after=99999999"),
+        (None, beyond_q.as_str()),
+        (None, other_q.as_str()),
+    ];
+    for (id, query) in cases {
         let r = Stream::open(&app, &reader, id, query).await;
         assert_problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
     }

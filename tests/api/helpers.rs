@@ -60,6 +60,8 @@ pub fn test_config(dir: &TempDir) -> Config {
     c.allow_registration = true;
     c.admin_email = None;
     c.admin_password = None;
+    // No load balancer to tell: stop accepting at once (the rolling-restart test sets its own).
+    c.shutdown_delay = std::time::Duration::ZERO;
     c
 }
 

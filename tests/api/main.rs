@@ -8,6 +8,9 @@ pub const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 #[path = "../support/answer.rs"]
 mod answer;
 #[allow(dead_code)]
+#[path = "../support/fault_proxy.rs"]
+mod fault_proxy;
+#[allow(dead_code)]
 mod helpers;
 #[allow(dead_code)]
 mod pg;
@@ -25,7 +28,9 @@ mod admin;
 mod auth;
 mod cli;
 mod cookies;
+mod crash;
 mod credentials;
+mod deadlines;
 mod errors;
 mod faults;
 mod feed;
@@ -35,6 +40,7 @@ mod jwt;
 mod keys;
 mod metrics;
 mod oauth;
+mod outages;
 mod refresh;
 mod resource_server;
 mod service;

@@ -433,6 +433,71 @@ async fn a_cursor_unknown_to_sessiond_starts_the_follower_over_from_a_snapshot()
     assert_revoked_like_sessiond(&app, &next, &refusals).await;
 }
 
+/// A database restored from a `sessiond backup` copy while a verifier follows the feed (issue
+/// 21, docs/API.md §14). After the restore, revocations committed before the verifier comes
+/// back take log ids its cursor (of the live database) already covers; without the epoch it
+/// would resume after its cursor and skip them. With it, the old cursor is refused (400), the
+/// verifier starts over from a snapshot and refuses every one of them.
+#[tokio::test]
+async fn a_restored_backup_makes_the_follower_start_over_and_skip_nothing() {
+    if crate::BACKEND != Backend::Sqlite {
+        return; // `sessiond backup` copies SQLite; PostgreSQL's restores run `sessiond epoch renew`.
+    }
+    let proxy = Proxy::start().await;
+    let Some(app) = sessiond_behind(&proxy).await else { return };
+    let key = feed_reader(&app).await;
+    let rs = ResourceServer::start(verifier(&proxy, &key).build().unwrap()).await;
+    let (before, after_backup) = (app.new_session().await, app.new_session().await);
+    let (new1, new2) = (app.new_session().await, app.new_session().await);
+    assert_eq!(app.post_auth("/v1/auth/logout", &before.access, None).await.status(), StatusCode::NO_CONTENT);
+    wait_received(&rs.verifier, 1).await;
+    // The backup, online, while the server and its follower run.
+    let copy = app.dir.path().join("backup.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg("backup")
+        .arg(&copy)
+        .args(["--database-url", &app.config.database_url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(app.post_auth("/v1/auth/logout", &after_backup.access, None).await.status(), StatusCode::NO_CONTENT);
+    wait_received(&rs.verifier, 2).await;
+    let cursor_before = rs.verifier.cursor();
+
+    // Restore: stop, copy the backup back, start. Two revocations commit before the verifier
+    // can reach the restored server: log ids 2 and 3 (the copy's head was 1).
+    proxy.cut();
+    let mut app = app;
+    app.stop().await;
+    let db = app.db_path();
+    std::fs::copy(&copy, &db).unwrap();
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    let mut config = app.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let app = start_on(config, app.dir.clone(), sessiond::clock::Clock::system(), None).await;
+    for t in [&new1, &new2] {
+        assert_eq!(app.post_auth("/v1/auth/logout", &t.access, None).await.status(), StatusCode::NO_CONTENT);
+    }
+    proxy.connect(&app);
+    let deadline = Instant::now() + SYNC_WITHIN;
+    while rs.verifier.status().snapshot_restarts < 1 || rs.verifier.cursor() == cursor_before {
+        assert!(Instant::now() < deadline, "the follower never started over: {:?}", rs.verifier.status());
+        tokio::time::sleep(POLL).await;
+    }
+    wait_received(&rs.verifier, 2 + 3).await;
+    for t in [&new1, &new2, &before] {
+        let refusals = rs.refused_within(t, Instant::now()).await;
+        assert_revoked_like_sessiond(&app, t, &refusals).await;
+    }
+    // What the restore lost from sessiond, the follower still knew and keeps refusing.
+    let refusals = rs.refused_within(&after_backup, Instant::now()).await;
+    assert!(!refusals.is_empty(), "the revocation the restore lost is still refused by the follower");
+}
+
 /// sessiond's keep-alive comments (every 2 s) keep a silent feed live; cut off longer than the
 /// staleness bound, a fail-closed verifier answers 503 `unavailable` and is not ready, a
 /// fail-open one keeps serving; both recover when the feed is back.

@@ -39,7 +39,9 @@ async fn follow(
         let list = page["revocations"].as_array().unwrap();
         assert!(list.len() <= limit as usize);
         for e in list {
-            seen.push((e["cursor"].as_str().unwrap().parse().unwrap(), e["session_id"].as_str().unwrap().to_string()));
+            let cursor = e["cursor"].as_str().unwrap();
+            let id = cursor.split_once('.').expect("EPOCH.ID").1.parse().unwrap();
+            seen.push((id, e["session_id"].as_str().unwrap().to_string()));
         }
         after = page["next"].as_str().unwrap().to_string();
         if list.is_empty() && finished {
@@ -67,7 +69,8 @@ async fn followers_miss_nothing_while_two_instances_revoke_concurrently() {
         }
         users.push(sessions);
     }
-    let start = a.state.store.revocation_head().await.unwrap().to_string();
+    let epoch = a.state.store.feed_epoch().await.unwrap();
+    let start = format!("{epoch}.{}", a.state.store.revocation_head().await.unwrap());
 
     let (done_tx, done) = tokio::sync::watch::channel(false);
     let paging =

@@ -8,6 +8,9 @@ pub const BACKEND: helpers::Backend = helpers::Backend::Postgres;
 #[path = "../support/answer.rs"]
 mod answer;
 #[allow(dead_code)]
+#[path = "../support/fault_proxy.rs"]
+mod fault_proxy;
+#[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[allow(dead_code)]
@@ -23,6 +26,8 @@ mod admin;
 mod auth;
 #[path = "../api/cookies.rs"]
 mod cookies;
+#[path = "../api/crash.rs"]
+mod crash;
 #[path = "../api/credentials.rs"]
 mod credentials;
 #[path = "../api/errors.rs"]
@@ -43,6 +48,8 @@ mod keys;
 mod metrics;
 #[path = "../api/oauth.rs"]
 mod oauth;
+#[path = "../api/outages.rs"]
+mod outages;
 #[path = "../api/refresh.rs"]
 mod refresh;
 #[path = "../api/resource_server.rs"]
@@ -72,3 +79,5 @@ mod ws;
 
 mod cluster;
 mod feed_cluster;
+mod network;
+mod rolling;

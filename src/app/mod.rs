@@ -1,5 +1,8 @@
 //! Building the application: state (database, keys, denylist), router and layers, serving with
-//! an injected shutdown signal, and the background tasks (key reload, expiry sweep).
+//! an injected shutdown signal (the server loop itself: [`listen`]), starting before the
+//! database is reachable ([`run`]), and the background tasks (key reload, expiry sweep).
+
+pub mod listen;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -41,7 +44,7 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// Opens and migrates the database, loads the keys, bootstraps the admin, rebuilds the
 /// denylist and checks that signing works. Returns a state that is ready to serve.
 pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppState> {
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect_with(&config.database_url, &store_options(&config)).await?;
     store.migrate().await?;
     let keys = Keys::new(&config.issuer, &config.audience, config.access_ttl);
     jwt::ensure_initial_key(&store, &clock).await?;
@@ -89,6 +92,7 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
         allowed_origins: Arc::new(crate::state::AllowedOrigins::new(config.allowed_origins())),
         config,
         ready: Arc::new(AtomicBool::new(false)),
+        draining: Default::default(),
         feed,
     };
     self_test(&state)?;
@@ -98,6 +102,14 @@ pub async fn build_state(config: Config, clock: Clock) -> anyhow::Result<AppStat
     tracing::info!(denylisted = n, kids = ?state.keys.kids(), "state ready");
     state.ready.store(true, Ordering::Release);
     Ok(state)
+}
+
+/// How the store is to talk to the database, from the configuration.
+pub fn store_options(config: &Config) -> crate::store::StoreOptions {
+    crate::store::StoreOptions {
+        db_timeout: config.db_timeout,
+        sqlite_synchronous_full: config.sqlite_synchronous == "full",
+    }
 }
 
 /// Signs and verifies once: a crypto backend misconfiguration of `jsonwebtoken` compiles but
@@ -149,6 +161,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.config.clone(), deadline))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(CatchPanicLayer::custom(|_| {
             problem(
@@ -170,6 +183,36 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
+}
+
+/// Every request is answered within `--request-timeout` (docs/API.md §14), else 503
+/// `unavailable` with `Retry-After`, never a hung connection; a body that stalls is part of the
+/// request. Long polls get their wait on top (`/v1/revocations?wait=`, `/ssf/poll/…`); streams
+/// and sockets answer at once and keep their own bounds. Work that must not be cut off (a
+/// revocation, a rotation) runs in its own task and completes or rolls back whole.
+async fn deadline(State(config): State<Arc<Config>>, req: Request, next: Next) -> Response {
+    let limit = config.request_timeout + long_wait(&config, req.uri());
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            tracing::warn!(limit = ?limit, "request deadline passed: 503");
+            AppError::Unavailable(anyhow::anyhow!("request deadline")).into_response()
+        }
+    }
+}
+
+/// The wait a long poll asks for, on top of the request deadline.
+fn long_wait(config: &Config, uri: &axum::http::Uri) -> Duration {
+    match uri.path() {
+        "/v1/revocations" => {
+            let wait = uri.query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "wait").and_then(|(_, v)| v.parse::<u64>().ok())
+            });
+            Duration::from_secs(wait.unwrap_or(0).min(http::feed::MAX_WAIT_SECS))
+        }
+        p if p.starts_with("/ssf/poll/") => config.ssf_poll_wait,
+        _ => Duration::ZERO,
+    }
 }
 
 /// Counts requests by route and status, and turns any error response that is not yet
@@ -211,39 +254,157 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves until `shutdown` resolves, running the background tasks meanwhile.
+/// Serves until `shutdown` resolves, running the background tasks meanwhile. `state` is ready
+/// (see [`build_state`]); [`run`] is the server's whole life, database outages at start included.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let quit = cancel_on(shutdown);
+    let routes = listen::Routes::new(router(state.clone()));
+    serve_state(listener, routes, state, quit).await
+}
+
+/// A token cancelled when `signal` resolves.
+fn cancel_on(signal: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let quit = CancellationToken::new();
+    let cancel = quit.clone();
+    tokio::spawn(async move {
+        signal.await;
+        cancel.cancel();
+    });
+    quit
+}
+
+/// The server's whole life (`sessiond serve`, docs/API.md §14): it listens at once, answering
+/// `/healthz` 200 and everything else 503 `unavailable` (`/readyz` included) while it reaches
+/// the database, migrates it and syncs; each failed attempt is logged with the database's
+/// address and the reason, and retried with backoff for as long as it takes (never an exit for
+/// a database that comes back). Errors that no retry can fix (a bad URL, a migration the
+/// database refuses for good) end it.
+pub async fn run(
+    config: Config,
+    clock: Clock,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let quit = cancel_on(shutdown);
+    let addr = listener.local_addr()?;
+    tracing::info!(addr = %addr, "accepting connections; starting (every request but /healthz answers 503 until ready)");
+    let routes = listen::Routes::new(starting_router());
+    let accept = CancellationToken::new();
+    let starting = tokio::spawn(listen::serve(listener, routes.clone(), accept.clone().cancelled_owned()));
+    let mut backoff = START_BACKOFF;
+    let state = loop {
+        let attempt = tokio::select! {
+            _ = quit.cancelled() => {
+                accept.cancel();
+                let _ = starting.await;
+                return Ok(());
+            }
+            attempt = build_state(config.clone(), clock.clone()) => attempt,
+        };
+        match attempt {
+            Ok(state) => break state,
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "starting: the database is not reachable yet");
+                tokio::select! {
+                    _ = quit.cancelled() => {
+                        accept.cancel();
+                        let _ = starting.await;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(START_BACKOFF_MAX);
+            }
+            Err(e) => {
+                accept.cancel();
+                let _ = starting.await;
+                return Err(e);
+            }
+        }
+    };
+    // The starting server keeps the listener; from now on it serves with the full router.
+    routes.replace(router(state.clone()));
+    // "listening" means ready: scripts and tests wait for this line.
+    tracing::info!(addr = %addr, "listening");
+    run_state(routes, state, quit, starting, accept).await
+}
+
+/// First pause between start attempts; doubles up to [`START_BACKOFF_MAX`].
+const START_BACKOFF: Duration = Duration::from_millis(500);
+const START_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Whether a start failure is the database being unreachable (or failing for a while), which
+/// a later attempt may not meet.
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(s) = cause.downcast_ref::<crate::store::StoreError>() {
+            return s.is_outage();
+        }
+        cause.downcast_ref::<sqlx::Error>().is_some_and(crate::error::is_outage)
+    })
+}
+
+/// What answers while the instance starts: `/healthz` 200, anything else 503 with
+/// `Retry-After`, each answer closing its connection (the next one meets the full router).
+fn starting_router() -> Router {
+    Router::new()
+        .route("/healthz", axum::routing::get(http::health::healthz_ok))
+        .fallback(|| async { AppError::Unavailable(anyhow::anyhow!("starting")) })
+        .layer(SetResponseHeaderLayer::overriding(header::CONNECTION, HeaderValue::from_static("close")))
+}
+
+/// Serves `state` on `listener` until `quit`.
+async fn serve_state(
+    listener: TcpListener,
+    routes: listen::Routes,
+    state: AppState,
+    quit: CancellationToken,
+) -> std::io::Result<()> {
+    let accept = CancellationToken::new();
+    let server = tokio::spawn(listen::serve(listener, routes.clone(), accept.clone().cancelled_owned()));
+    run_state(routes, state, quit, server, accept).await.map_err(std::io::Error::other)
+}
+
+/// The background tasks of a ready `state` while `server` serves `routes`; after `quit`, the
+/// drain (docs/API.md §14): `/readyz` answers 503 at once (a load balancer stops sending), new
+/// upgrades 503, the feed's waits answer, sockets close with 1012; after `--shutdown-delay` (the
+/// time a balancer needs to notice) `accept` is cancelled and the server stops accepting and
+/// finishes what is in flight; the sockets get `--shutdown-drain` to close; then the tasks stop
+/// and the database closes.
+async fn run_state(
+    routes: listen::Routes,
+    state: AppState,
+    quit: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    accept: CancellationToken,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let mut tasks = spawn_background(&state, stop.clone());
     if let Some(addr) = state.config.metrics_listen {
         tasks.push(serve_metrics(bind(addr).await?, state.clone(), stop.clone()));
     }
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop_serving = stop.clone();
-    let (hub, feed) = (state.hub.clone(), state.feed.clone());
-    let res = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stop_serving.cancelled() => {}
-            }
-            // Upgraded sockets are not HTTP connections: axum's graceful shutdown does not end
-            // them (tokio-rs/axum#3003). Close them with 1012 now, in parallel with the drain.
-            hub.begin_shutdown();
-            feed.close();
-        })
-        .await;
+    quit.cancelled().await;
+    state.draining.store(true, Ordering::Release);
+    tracing::info!(delay = ?state.config.shutdown_delay, "draining: /readyz answers 503");
+    // Upgraded sockets are not HTTP connections: the graceful end of the connections does not
+    // end them (tokio-rs/axum#3003). Close them with 1012 now, in parallel with the drain.
+    state.hub.begin_shutdown();
+    state.feed.close();
+    tokio::time::sleep(state.config.shutdown_delay).await;
+    accept.cancel();
     state.hub.shutdown(state.config.shutdown_drain).await;
+    let _ = server.await;
+    drop(routes);
     stop.cancel();
     for t in tasks {
         let _ = t.await;
     }
     state.store.close().await;
-    res
+    Ok(())
 }
 
 /// `--metrics-listen`: a second listener that serves only `GET /metrics`, without
